@@ -1,0 +1,310 @@
+"""CasaMinter: configuration (traitlets) + the per-user minting pipeline that builds a CredentialBundle.
+
+This is the only place that knows which credential goes to which file and which env var; the crypto lives
+in :mod:`casa_hub.credentials` (pure), the Kubernetes / local-disk delivery in the spawners.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import threading
+from collections import OrderedDict
+from functools import cached_property
+from pathlib import Path
+
+from traitlets import Bool, Enum, Integer, List, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from .credentials import dask_tls, htcondor, servicex, xcache
+from .credentials.bundle import BundleFile, CredentialBundle
+from .credentials.issuer import IssuerKey, jwks_document, load_issuer_key, openid_configuration
+
+# file layout inside the mounted bundle (relative paths; the spawner picks the mount point)
+XCACHE_TOKEN = "xcache.token"
+XCACHE_MACAROON = "xcache.macaroon"
+CONDOR_TOKEN = "condor-tokens/casa"
+SERVICEX_CONFIG = "servicex.yaml"
+SERVICEX_TOKEN = "servicex.token"
+DASK_CA = "dask/ca.pem"
+MANIFEST = "casa.json"
+
+
+def _dask_files(role: str) -> tuple[str, str]:
+    return f"dask/{role}.crt", f"dask/{role}.key"
+
+
+def _read_secret_file(path: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RuntimeError(f"cannot read the {what} at {path!r}: {e.strerror}") from None
+    if not data.strip(b"\0\n "):
+        raise RuntimeError(f"the {what} at {path!r} is empty")
+    return data
+
+
+def _seconds(help_text: str, default_value: int, **kw):
+    return Integer(default_value, min=1, help=help_text + " (seconds)", **kw).tag(config=True)
+
+
+class CasaMinter(LoggingConfigurable):
+    """Mints every per-user credential of the facility.
+
+    Signing keys are read from files the hub holds (Kubernetes Secrets mounted into the hub pod) the first
+    time they are needed and never leave the hub: the bundle contains only tokens, the user's public CA
+    certificate and the user's own leaf keys.
+    """
+
+    # ---- facility issuer (XCache / WLCG token) ----
+    issuer_url = Unicode(
+        "",
+        help="""URL of the facility token issuer (the ``iss`` of storage tokens).
+
+        Token consumers fetch ``<issuer_url>/.well-known/openid-configuration`` and the JWKS it names;
+        CasaAuthenticator serves both at ``<hub public url>/hub/casa-issuer``, so point this there.
+        XRootD only fetches keys over https.
+        Example: ``c.CasaMinter.issuer_url = "https://hub.example.org/hub/casa-issuer"``""",
+    ).tag(config=True)
+
+    issuer_key_file = Unicode(
+        "",
+        help="""PEM file with the issuer's private signing key (EC P-256 -> ES256, or RSA >= 2048 -> RS256).
+
+        Create one with ``python -m casa_hub.keys issuer > issuer.pem`` and store it as a hub Secret.""",
+    ).tag(config=True)
+
+    issuer_retired_key_files = List(
+        Unicode(),
+        help="""PEM files of retired issuer keys still published in the JWKS so tokens they signed stay
+        valid until they expire (key rotation). They never sign.""",
+    ).tag(config=True)
+
+    # ---- XCache / XRootD ----
+    xcache_enabled = Bool(True, help="Mint a WLCG bearer token for XCache/XRootD.").tag(config=True)
+    xcache_scopes = List(
+        Unicode(), ["storage.read:/store"],
+        help="""WLCG storage scopes of the XCache token; ``{username}`` is replaced by the user name.
+        Example: ``["storage.read:/store", "storage.create:/store/user/{username}"]``""",
+    ).tag(config=True)
+    xcache_audience = List(
+        Unicode(), ["https://wlcg.cern.ch/jwt/v1/any"],
+        help="Audience(s) of the XCache token: the XCache/XRootD endpoints that must accept it.",
+    ).tag(config=True)
+    xcache_lifetime = _seconds("Lifetime of the XCache token", 6 * 3600)
+
+    macaroon_enabled = Bool(False, help="Also mint a macaroon for legacy XCache servers.").tag(config=True)
+    macaroon_secret_file = Unicode(
+        "", help="XRootD's ``macaroons.secretkey`` file (base64 of the raw key), shared with the cache."
+    ).tag(config=True)
+    macaroon_location = Unicode("", help="The cache's ``all.sitename``: the macaroon's location.").tag(config=True)
+    macaroon_path = Unicode("/store", help="Path prefix the macaroon grants read access to.").tag(config=True)
+    macaroon_lifetime = _seconds("Lifetime of the macaroon, at most 24 h", 6 * 3600)
+
+    @validate("macaroon_lifetime")
+    def _check_macaroon_lifetime(self, proposal):
+        if proposal.value > 86400:
+            raise ValueError(f"CasaMinter.macaroon_lifetime={proposal.value}: XRootD caps macaroons at 86400 s")
+        return proposal.value
+
+    # ---- HTCondor ----
+    condor_enabled = Bool(False, help="Mint an HTCondor IDTOKEN for the user.").tag(config=True)
+    condor_signing_key_file = Unicode(
+        "", help="The pool signing key file (e.g. ``/etc/condor/passwords.d/POOL``) mounted into the hub only."
+    ).tag(config=True)
+    condor_key_id = Unicode("POOL", help="Name of the signing key (its file name in passwords.d).").tag(config=True)
+    condor_trust_domain = Unicode(
+        "", help="The pool's ``TRUST_DOMAIN`` (token ``iss``; the identity is ``<user>@<trust domain>``)."
+    ).tag(config=True)
+    condor_scopes = List(Unicode(), list(htcondor.DEFAULT_SCOPES),
+                         help="Authorization scopes of the IDTOKEN (empty list: unrestricted).").tag(config=True)
+    condor_lifetime = _seconds("Lifetime of the IDTOKEN", 6 * 3600)
+
+    # ---- ServiceX ----
+    servicex_enabled = Bool(False, help="Mint a ServiceX token and client configuration.").tag(config=True)
+    servicex_endpoint = Unicode("", help="ServiceX endpoint URL written into servicex.yaml.").tag(config=True)
+    servicex_name = Unicode("casa", help="Endpoint name in servicex.yaml (also its default-endpoint).").tag(
+        config=True)
+    servicex_secret_file = Unicode("", help="File with the ServiceX deployment's JWT_SECRET_KEY.").tag(config=True)
+    servicex_identity = Enum(
+        ["username", "email"], "username",
+        help="Identity ServiceX knows users by: the hub user name (older ServiceX, ``sub``) or e-mail.",
+    ).tag(config=True)
+    servicex_identity_claim = Unicode("sub", help="flask-jwt-extended ``JWT_IDENTITY_CLAIM``.").tag(config=True)
+    servicex_token_mode = Enum(
+        ["access", "refresh"], "access",
+        help="""``access``: a short-lived access token in ``servicex.token``, refreshed by the hub.
+        ``refresh``: a refresh token in ``servicex.yaml`` whose jti the hub registers with ServiceX
+        (requires ``CasaAuthenticator.servicex_registrar``).""",
+    ).tag(config=True)
+    servicex_lifetime = _seconds("Lifetime of the ServiceX token", 6 * 3600)
+
+    # ---- Dask TLS ----
+    dask_tls_enabled = Bool(True, help="Issue a per-user CA and Dask TLS certificates.").tag(config=True)
+    dask_ca_secret_file = Unicode(
+        "", help="""File with >= 32 random bytes from which every user's CA key is derived (HKDF).
+        Keep it as stable as the hub's cookie secret: changing it changes every user's CA.""",
+    ).tag(config=True)
+    dask_ca_generation = Integer(
+        0, min=0, help="Bump to rotate every user's Dask CA (e.g. after a suspected key exposure)."
+    ).tag(config=True)
+    dask_hostnames = List(
+        Unicode(), ["localhost", "127.0.0.1", "dask-{username}"],
+        help="Subject alternative names of the scheduler and worker certificates; ``{username}`` is replaced.",
+    ).tag(config=True)
+    dask_cert_lifetime = _seconds("Lifetime of the Dask leaf certificates", 24 * 3600)
+
+    ca_cache_size = Integer(4096, min=1, help="How many users' CA keys to keep in memory.").tag(config=True)
+
+    # ---------------------------------------------------------------- keys (loaded once, hub only)
+    @cached_property
+    def issuer_keys(self) -> tuple[IssuerKey, ...]:
+        if not self.issuer_key_file:
+            raise RuntimeError("CasaMinter.issuer_key_file is not set")
+        current = load_issuer_key(_read_secret_file(self.issuer_key_file, "issuer signing key"))
+        retired = [load_issuer_key(_read_secret_file(p, "retired issuer key")) for p in self.issuer_retired_key_files]
+        return (current, *retired)
+
+    @cached_property
+    def _condor_key(self) -> bytes:
+        raw = _read_secret_file(self.condor_signing_key_file, "HTCondor signing key")
+        return htcondor.signing_key_from_file(raw, self.condor_key_id)
+
+    @cached_property
+    def _macaroon_secret(self) -> bytes:
+        return base64.b64decode(_read_secret_file(self.macaroon_secret_file, "macaroon secret"))
+
+    @cached_property
+    def _servicex_secret(self) -> bytes:
+        return _read_secret_file(self.servicex_secret_file, "ServiceX JWT secret").strip()
+
+    @cached_property
+    def _dask_ca_secret(self) -> bytes:
+        return _read_secret_file(self.dask_ca_secret_file, "Dask CA secret")
+
+    @cached_property
+    def _ca_cache(self) -> "OrderedDict[tuple[str, int], dask_tls.UserCA]":
+        return OrderedDict()
+
+    @cached_property
+    def _ca_lock(self) -> threading.Lock:
+        return threading.Lock()
+
+    def load_keys(self) -> None:
+        """Read every enabled signing key now, so a misconfiguration fails at hub start, not at login."""
+        if self.xcache_enabled:
+            self.issuer_keys
+        if self.macaroon_enabled:
+            self._macaroon_secret
+        if self.condor_enabled:
+            self._condor_key
+        if self.servicex_enabled:
+            self._servicex_secret
+        if self.dask_tls_enabled:
+            self._dask_ca_secret
+
+    # ---------------------------------------------------------------- issuer documents
+    def jwks(self) -> dict:
+        return jwks_document(self.issuer_keys)
+
+    def openid_configuration(self, jwks_uri: str) -> dict:
+        return openid_configuration(self.issuer_url, jwks_uri)
+
+    # ---------------------------------------------------------------- per user
+    def user_ca(self, user: str) -> dask_tls.UserCA:
+        """A user's CA, cached; its key is re-derivable from the hub secret at any time."""
+        cache_key = (user, self.dask_ca_generation)
+        with self._ca_lock:
+            hit = self._ca_cache.get(cache_key)
+            if hit is not None:
+                self._ca_cache.move_to_end(cache_key)
+                return hit
+        entry = dask_tls.user_ca(self._dask_ca_secret, user, self.dask_ca_generation)
+        with self._ca_lock:
+            self._ca_cache[cache_key] = entry
+            while len(self._ca_cache) > self.ca_cache_size:
+                self._ca_cache.popitem(last=False)
+        return entry
+
+    def mint(self, user: str, *, email: str | None = None, now: datetime.datetime | None = None) -> CredentialBundle:
+        """Mint the full bundle for ``user`` (CPU only, ~1 ms; no I/O once keys are loaded)."""
+        if not user:
+            raise ValueError("cannot mint credentials for an empty user name")
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        files: dict[str, BundleFile] = {}
+        env: dict[str, str] = {}
+        manifest: dict[str, dict] = {}
+
+        def add(path, content, expires_at=None, mode=0o400, kind=None):
+            files[path] = BundleFile(content, mode, expires_at)
+            if kind:
+                manifest[kind] = {"file": path, "expires_at": expires_at.isoformat() if expires_at else None}
+
+        fmt = {"username": user}
+        if self.xcache_enabled:
+            token, exp = xcache.mint_wlcg_token(
+                self.issuer_keys[0], issuer=self.issuer_url, subject=user,
+                scopes=[s.format(**fmt) for s in self.xcache_scopes], audience=
+                self.xcache_audience[0] if len(self.xcache_audience) == 1 else self.xcache_audience,
+                now=now, lifetime=datetime.timedelta(seconds=self.xcache_lifetime))
+            add(XCACHE_TOKEN, token, exp, kind="xcache")
+            env["BEARER_TOKEN_FILE"] = "{mount}/" + XCACHE_TOKEN
+        if self.macaroon_enabled:
+            mac, exp = xcache.mint_macaroon(
+                secret=self._macaroon_secret, location=self.macaroon_location, user=user,
+                path=self.macaroon_path.format(**fmt), now=now,
+                lifetime=datetime.timedelta(seconds=self.macaroon_lifetime))
+            add(XCACHE_MACAROON, mac, exp, kind="macaroon")
+            env["CASA_MACAROON_FILE"] = "{mount}/" + XCACHE_MACAROON
+        if self.condor_enabled:
+            tok, exp = htcondor.mint_idtoken(
+                signing_key=self._condor_key, key_id=self.condor_key_id, trust_domain=self.condor_trust_domain,
+                user=user, now=now, lifetime=datetime.timedelta(seconds=self.condor_lifetime),
+                scopes=self.condor_scopes)
+            add(CONDOR_TOKEN, tok, exp, kind="htcondor")
+            env["_CONDOR_SEC_TOKEN_DIRECTORY"] = "{mount}/" + CONDOR_TOKEN.rsplit("/", 1)[0]
+        if self.servicex_enabled:
+            self._mint_servicex(user, email, now, add, env)
+        if self.dask_tls_enabled:
+            self._mint_dask(user, now, add, env)
+        add(MANIFEST, json.dumps({"user": user, "issued_at": now.isoformat(), "credentials": manifest}).encode(), mode=0o444)
+        env["CASA_CREDENTIALS_DIR"] = "{mount}"
+        return CredentialBundle(user=user, issued_at=now, files=files, env=env)
+
+    def _mint_servicex(self, user, email, now, add, env):
+        identity = user if self.servicex_identity == "username" else email
+        if not identity:
+            raise ValueError(f"ServiceX needs the e-mail of user {user!r} (CasaMinter.servicex_identity='email')")
+        lifetime = datetime.timedelta(seconds=self.servicex_lifetime)
+        token, claims = servicex.mint_servicex_token(
+            secret=self._servicex_secret, identity=identity, token_type=self.servicex_token_mode,
+            identity_claim=self.servicex_identity_claim, now=now, lifetime=lifetime)
+        exp = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
+        if self.servicex_token_mode == "refresh":
+            add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name,
+                                                        refresh_token=token), exp, kind="servicex")
+            # the registrar needs identity + jti; neither is secret
+            add("servicex.jti", json.dumps({"identity": identity, "jti": claims["jti"]}).encode(), mode=0o444)
+        else:
+            add(SERVICEX_TOKEN, token.encode() + b"\n", exp, kind="servicex")
+            add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name),
+                mode=0o444)
+            env["CASA_SERVICEX_TOKEN_FILE"] = "{mount}/" + SERVICEX_TOKEN
+        env["CASA_SERVICEX_CONFIG"] = "{mount}/" + SERVICEX_CONFIG
+
+    def _mint_dask(self, user, now, add, env):
+        ca = self.user_ca(user)
+        add(DASK_CA, ca.cert_pem, mode=0o444)
+        hostnames = [h.format(username=user) for h in self.dask_hostnames]
+        lifetime = datetime.timedelta(seconds=self.dask_cert_lifetime)
+        env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = "{mount}/" + DASK_CA
+        env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+        for role in dask_tls.ROLES:
+            leaf = dask_tls.issue_leaf(ca=ca, user=user, role=role,
+                                       hostnames=hostnames if role != "client" else (), now=now, lifetime=lifetime)
+            cert_path, key_path = _dask_files(role)
+            add(cert_path, leaf.cert_pem, leaf.expires_at, mode=0o444, kind=f"dask-{role}")
+            add(key_path, leaf.key_pem, leaf.expires_at)
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT"] = "{mount}/" + cert_path
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY"] = "{mount}/" + key_path

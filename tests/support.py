@@ -1,0 +1,106 @@
+"""Helpers shared by the test layers: CI-aware skipping, ports, processes and a ready-to-use minter."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from casa_hub import keys
+from casa_hub.minter import CasaMinter
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def need(condition: bool, what: str) -> None:
+    """A test that needs a real server or tool: skip locally when it is missing, FAIL in CI."""
+    if condition:
+        return
+    message = f"{what} is not available (run ./scripts/provision.sh)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def need_binary(name: str) -> str:
+    path = shutil.which(name)
+    need(path is not None, f"the {name!r} executable")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0, proc: subprocess.Popen | None = None):
+    """Bounded wait until something listens on host:port (fails early if ``proc`` died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate a process group we started; kill it if it does not go."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+
+
+def write_keys(directory: Path, algorithm: str = "ES256") -> dict[str, Path]:
+    """Fresh hub secrets in ``directory`` (issuer, dask-ca, macaroon, servicex, condor)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind in ("issuer", "dask-ca", "macaroon", "servicex", "condor"):
+        p = directory / kind
+        p.write_bytes(keys.generate(kind, algorithm))
+        p.chmod(0o600)
+        paths[kind] = p
+    return paths
+
+
+def make_minter(key_dir: Path, **overrides) -> CasaMinter:
+    """A CasaMinter with every credential kind enabled and fresh keys; ``overrides`` are trait values."""
+    k = write_keys(key_dir, overrides.pop("algorithm", "ES256"))
+    c = Config()
+    m = c.CasaMinter
+    m.issuer_url = "https://127.0.0.1:1/casa-issuer"
+    m.issuer_key_file = str(k["issuer"])
+    m.macaroon_enabled = True
+    m.macaroon_secret_file = str(k["macaroon"])
+    m.macaroon_location = "CASA_TEST"
+    m.condor_enabled = True
+    m.condor_signing_key_file = str(k["condor"])
+    m.condor_trust_domain = "casa.test"
+    m.servicex_enabled = True
+    m.servicex_secret_file = str(k["servicex"])
+    m.servicex_endpoint = "http://127.0.0.1:1"
+    m.dask_ca_secret_file = str(k["dask-ca"])
+    for name, value in overrides.items():
+        setattr(m, name, value)
+    return CasaMinter(config=c)
