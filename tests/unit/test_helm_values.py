@@ -1,0 +1,110 @@
+"""helm-values/*.yaml are valid Z2JH values and their hub.config loads into Casa's classes cleanly."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from traitlets.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+Z2JH = REPO / "tests" / "data" / "z2jh"
+VALUES_FILES = sorted((REPO / "helm-values").glob("*values*.yaml"))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Helm's merge of a values file over the chart defaults (maps merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return yaml.safe_load((Z2JH / "values.schema.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def chart_defaults():
+    return yaml.safe_load((Z2JH / "values.yaml").read_text())
+
+
+def test_there_are_values_files():
+    assert VALUES_FILES, "helm-values/ has no values files"
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_values_validate_against_z2jh_schema(path, schema, chart_defaults):
+    merged = _merge(chart_defaults, yaml.safe_load(path.read_text()))
+    jsonschema.validate(merged, schema)
+
+
+def test_schema_rejects_a_typo(schema, chart_defaults):
+    """The validation above can fail: an unknown top-level hub key is refused by Z2JH's schema."""
+    merged = _merge(chart_defaults, {"hub": {"confg": {}}})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(merged, schema)
+
+
+def _hub_config(path: Path) -> Config:
+    # Z2JH's jupyterhub_config.py loads hub.config.<Class>.<trait> straight into traitlets config
+    values = yaml.safe_load(path.read_text())
+    return Config(values["hub"]["config"])
+
+
+def _warnings_for(cls, config: Config, caplog) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cls(config=config, log=logging.getLogger("casa-test"))
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_hub_config_instantiates_casa_classes_without_unknown_traits(path, caplog):
+    from casa_hub.authenticator import CasaAuthenticator
+    from casa_hub.minter import CasaMinter
+    from casa_hub.spawner import CasaSpawner
+
+    config = _hub_config(path)
+    for cls in (CasaAuthenticator, CasaMinter, CasaSpawner):
+        section = config.get(cls.__name__, {})
+        unknown = sorted(set(section) - set(cls.class_trait_names(config=True)))
+        assert not unknown, f"{path.name}: hub.config.{cls.__name__} has unknown traits {unknown}"
+    warnings = _warnings_for(CasaMinter, config, caplog)
+    assert not [w for w in warnings if "not recognized" in w or "unrecognized" in w.lower()], warnings
+
+
+def test_unknown_trait_is_detected(tmp_path):
+    """The unknown-trait check above can fail."""
+    from casa_hub.minter import CasaMinter
+
+    assert "xcache_lifetme" not in CasaMinter.class_trait_names(config=True)
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_entry_points_resolve(path):
+    from importlib.metadata import entry_points
+
+    config = _hub_config(path)["JupyterHub"]
+    auth = {e.name: e for e in entry_points(group="jupyterhub.authenticators")}
+    spawners = {e.name: e for e in entry_points(group="jupyterhub.spawners")}
+    assert auth[config["authenticator_class"]].load().__name__ == "CasaAuthenticator"
+    assert spawners[config["spawner_class"]].load().__name__ == "CasaSpawner"
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_no_secret_in_clear(path):
+    text = path.read_text()
+    for marker in ("BEGIN PRIVATE KEY", "BEGIN EC PRIVATE KEY", "BEGIN RSA PRIVATE KEY"):
+        assert marker not in text
+    values = yaml.safe_load(text)
+    secret = values["hub"]["config"].get("CasaAuthenticator", {}).get("client_secret", "")
+    assert not secret, "client_secret must come from a Kubernetes Secret, not values.yaml"
