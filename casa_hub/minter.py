@@ -14,7 +14,7 @@ from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 
-from traitlets import Bool, Enum, Integer, List, Unicode, default, validate
+from traitlets import Bool, Enum, Integer, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from .credentials import dask_tls, htcondor, servicex, xcache
@@ -105,7 +105,7 @@ class CasaMinter(LoggingConfigurable):
     @validate("macaroon_lifetime")
     def _check_macaroon_lifetime(self, proposal):
         if proposal.value > 86400:
-            raise ValueError(f"CasaMinter.macaroon_lifetime={proposal.value}: XRootD caps macaroons at 86400 s")
+            raise TraitError(f"CasaMinter.macaroon_lifetime={proposal.value}: XRootD caps macaroons at 86400 s")
         return proposal.value
 
     # ---- HTCondor ----

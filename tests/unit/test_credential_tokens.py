@@ -1,0 +1,197 @@
+"""Pure unit tests of the token minting functions: exact claims, signatures checked against the JWKS."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymacaroons import Macaroon, Verifier
+
+from casa_hub.credentials import htcondor, issuer, servicex, xcache
+
+NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.timezone.utc)
+T = int(NOW.timestamp())
+HOUR = datetime.timedelta(hours=1)
+
+
+@pytest.fixture(scope="module", params=["ES256", "RS256"])
+def key(request):
+    return issuer.load_issuer_key(issuer.generate_issuer_key_pem(request.param))
+
+
+def _verify_with_jwks(token: str, jwks: dict, audience) -> dict:
+    header = jwt.get_unverified_header(token)
+    (jwk,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    public = jwt.PyJWK(jwk).key
+    return jwt.decode(token, public, algorithms=[jwk["alg"]], audience=audience,
+                      options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
+
+
+def test_wlcg_claims_exact():
+    claims = xcache.wlcg_token_claims(issuer="https://hub/casa-issuer", subject="alice", scopes=["storage.read:/store"],
+                                      audience="https://xcache", now=NOW, lifetime=HOUR, jti="j1")
+    assert claims == {"wlcg.ver": "1.0", "iss": "https://hub/casa-issuer", "sub": "alice", "aud": "https://xcache",
+                      "scope": "storage.read:/store", "iat": T, "nbf": T, "exp": T + 3600, "jti": "j1"}
+
+
+def test_wlcg_token_verifies_against_published_jwks(key):
+    token, exp = xcache.mint_wlcg_token(key, issuer="https://i", subject="alice", scopes=["storage.read:/store"],
+                                        audience=["a1", "a2"], now=NOW, lifetime=HOUR)
+    claims = _verify_with_jwks(token.decode().strip(), issuer.jwks_document([key]), audience="a2")
+    assert claims["sub"] == "alice" and claims["exp"] == T + 3600 and claims["aud"] == ["a1", "a2"]
+    assert exp == NOW + HOUR
+    assert jwt.get_unverified_header(token.decode().strip())["alg"] == key.algorithm
+
+
+def test_jwks_has_public_members_only(key):
+    (jwk,) = issuer.jwks_document([key])["keys"]
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(jwk)
+    assert jwk["kid"] == issuer.jwk_thumbprint(jwk) and jwk["use"] == "sig"
+
+
+def test_kid_is_rfc7638_thumbprint():
+    import hashlib
+
+    k = issuer.load_issuer_key(issuer.generate_issuer_key_pem("ES256"))
+    jwk = k.jwk
+    # RFC 7638: required members only, lexicographic order, no whitespace
+    canonical = f'{{"crv":"P-256","kty":"EC","x":"{jwk["x"]}","y":"{jwk["y"]}"}}'.encode()
+    expected = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+    assert k.kid == expected
+
+
+def test_openid_configuration_names_issuer_and_jwks():
+    doc = issuer.openid_configuration("https://hub/casa-issuer", "https://hub/casa-issuer/jwks.json")
+    assert doc["issuer"] == "https://hub/casa-issuer" and doc["jwks_uri"].endswith("/jwks.json")
+
+
+@pytest.mark.parametrize("bad", [
+    dict(lifetime=datetime.timedelta(0)), dict(lifetime=-HOUR), dict(scopes=[]),
+])
+def test_wlcg_bad_input_is_refused(bad):
+    kw = dict(issuer="i", subject="s", scopes=["storage.read:/"], audience="a", now=NOW, lifetime=HOUR)
+    kw.update(bad)
+    with pytest.raises(ValueError):
+        xcache.wlcg_token_claims(**kw)
+
+
+def test_small_rsa_issuer_key_is_refused():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ValueError, match="2048"):
+        issuer.load_issuer_key(small)
+
+
+# ---------------------------------------------------------------- macaroons
+
+def test_macaroon_caveats_and_signature():
+    secret = b"k" * 32
+    mac, before = xcache.mint_macaroon(secret=secret, location="SITE", user="alice", path="/store", now=NOW,
+                                       lifetime=HOUR)
+    m = Macaroon.deserialize(mac.decode().strip())
+    assert m.location == "SITE"
+    assert [c.caveat_id for c in m.caveats] == [
+        "name:alice", "activity:DOWNLOAD,READ_METADATA,LIST", "path:/store", "before:2026-11-23T13:00:00Z"]
+    assert before == NOW + HOUR
+    v = Verifier()
+    v.satisfy_general(lambda c: True)
+    assert v.verify(m, secret)
+    with pytest.raises(Exception):
+        v.verify(m, b"x" * 32)
+
+
+@pytest.mark.parametrize("lifetime", [datetime.timedelta(hours=25), datetime.timedelta(0)])
+def test_macaroon_lifetime_is_capped(lifetime):
+    with pytest.raises(ValueError, match="24h"):
+        xcache.mint_macaroon(secret=b"k", location="S", user="u", path="/", now=NOW, lifetime=lifetime)
+
+
+# ---------------------------------------------------------------- HTCondor
+
+def _reference_condor_key(file_bytes: bytes, key_id: str) -> bytes:
+    """Independent re-statement of HTCondor's derivation (TESTBED.md), written differently on purpose."""
+    raw = file_bytes[:file_bytes.index(b"\0")] if b"\0" in file_bytes else file_bytes
+    mask = b"\xde\xad\xbe\xef" * (len(raw) // 4 + 1)
+    password = bytes(a ^ b for a, b in zip(raw, mask))
+    if key_id == "POOL":
+        password *= 2
+    return HKDF(hashes.SHA256(), 32, salt=b"htcondor", info=b"master jwt").derive(password)
+
+
+@pytest.mark.parametrize("key_id", ["POOL", "casa"])
+def test_condor_key_derivation_matches_reference(key_id):
+    file_bytes = htcondor.scramble_key_file(b"correct horse battery") + b"\0trailing garbage"
+    assert htcondor.signing_key_from_file(file_bytes, key_id) == _reference_condor_key(file_bytes, key_id)
+
+
+def test_condor_pool_and_named_keys_differ():
+    f = htcondor.scramble_key_file(b"pw")
+    assert htcondor.signing_key_from_file(f, "POOL") != htcondor.signing_key_from_file(f, "other")
+
+
+def test_idtoken_claims_and_header():
+    token, exp = htcondor.mint_idtoken(signing_key=b"s" * 32, key_id="POOL", trust_domain="pool.example",
+                                       user="alice", now=NOW, lifetime=HOUR, jti="abc")
+    token = token.decode().strip()
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "kid": "POOL", "typ": "JWT"}
+    claims = jwt.decode(token, b"s" * 32, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
+    assert claims == {"iat": T, "exp": T + 3600, "iss": "pool.example", "jti": "abc", "sub": "alice@pool.example",
+                      "scope": "condor:/READ condor:/WRITE"}
+    assert exp == NOW + HOUR
+
+
+def test_empty_condor_key_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        htcondor.signing_key_from_file(b"\0abc")
+
+
+# ---------------------------------------------------------------- ServiceX
+
+@pytest.mark.parametrize("token_type", ["access", "refresh"])
+def test_servicex_token_claims_match_flask_jwt_extended(token_type):
+    token, claims = servicex.mint_servicex_token(secret=b"x" * 40, identity="alice@example.org",
+                                                 token_type=token_type, now=NOW, lifetime=HOUR, jti="J")
+    assert claims == {"fresh": False, "iat": T, "jti": "J", "type": token_type, "sub": "alice@example.org",
+                      "nbf": T, "exp": T + 3600}
+    assert jwt.decode(token, b"x" * 40, algorithms=["HS256"], options={"verify_exp": False,
+                                                                       "verify_iat": False, "verify_nbf": False})
+
+
+def test_servicex_yaml_is_what_the_client_reads():
+    import yaml
+    from servicex.configuration import Configuration
+
+    doc = yaml.safe_load(servicex.servicex_yaml(endpoint="https://sx", name="casa", refresh_token="R"))
+    cfg = Configuration.model_validate(doc)
+    assert cfg.default_endpoint == "casa"
+    assert cfg.endpoint_dict()["casa"].endpoint == "https://sx" and cfg.endpoint_dict()["casa"].token == "R"
+
+
+@pytest.mark.parametrize("bad", [dict(token_type="id"), dict(identity=""), dict(lifetime=datetime.timedelta(0))])
+def test_servicex_bad_input(bad):
+    kw = dict(identity="a", token_type="access", now=NOW, lifetime=HOUR)
+    kw.update(bad)
+    with pytest.raises(ValueError):
+        servicex.servicex_token_claims(**kw)
+
+
+# ---------------------------------------------------------------- properties
+
+@settings(max_examples=60, deadline=None)
+@given(user=st.text(min_size=1, max_size=80))
+def test_any_user_name_yields_a_token_for_exactly_that_subject(user):
+    token, _ = htcondor.mint_idtoken(signing_key=b"s" * 32, key_id="POOL", trust_domain="d", user=user, now=NOW,
+                                     lifetime=HOUR)
+    payload = token.decode().strip().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["sub"] == f"{user}@d"

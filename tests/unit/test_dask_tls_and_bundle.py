@@ -1,0 +1,202 @@
+"""Per-user CA, role certificates, the immutable bundle and the minter's pipeline (pure)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from casa_hub.credentials import dask_tls
+from casa_hub.credentials.bundle import BundleFile, CredentialBundle
+from tests.support import make_minter
+
+NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.timezone.utc)
+SECRET = b"s" * 48
+
+
+def _cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_ca_is_stable_and_deterministic():
+    a = dask_tls.user_ca(SECRET, "alice")
+    b = dask_tls.user_ca(SECRET, "alice")
+    assert a.cert_pem == b.cert_pem  # same bytes: RFC 6979 signature over a fixed validity window
+    assert _cert(a.cert_pem).extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+@pytest.mark.parametrize("other", [dict(user="bob"), dict(generation=1), dict(secret=b"t" * 48)])
+def test_ca_changes_with_user_generation_or_secret(other):
+    kw = dict(secret=SECRET, user="alice", generation=0)
+    base = dask_tls.user_ca(**kw).key.public_key().public_numbers()
+    kw.update(other)
+    assert dask_tls.user_ca(**kw).key.public_key().public_numbers() != base
+
+
+def test_short_ca_secret_is_refused():
+    with pytest.raises(ValueError, match="32 bytes"):
+        dask_tls.derive_ca_key(b"short", "alice")
+
+
+@pytest.mark.parametrize("role,usages", [
+    ("scheduler", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ("worker", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
+])
+def test_leaf_usages_sans_and_lifetime(role, usages):
+    ca = dask_tls.user_ca(SECRET, "alice")
+    leaf = dask_tls.issue_leaf(ca=ca, user="alice", role=role, hostnames=["dask-alice", "127.0.0.1"], now=NOW,
+                               lifetime=datetime.timedelta(hours=24))
+    cert = _cert(leaf.cert_pem)
+    assert set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == usages
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["dask-alice"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert cert.not_valid_after_utc == NOW + datetime.timedelta(hours=24) == leaf.expires_at
+    assert cert.issuer == ca.subject
+    ca.key.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                               __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
+                                   cert.signature_hash_algorithm))
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_leaf_never_outlives_its_ca():
+    ca = dask_tls.user_ca(SECRET, "alice")
+    leaf = dask_tls.issue_leaf(ca=ca, user="alice", role="worker", hostnames=[], now=ca.not_after - datetime.timedelta(hours=1),
+                               lifetime=datetime.timedelta(days=10))
+    assert leaf.expires_at == ca.not_after
+
+
+@pytest.mark.parametrize("bad", [dict(role="admin"), dict(lifetime=datetime.timedelta(0))])
+def test_leaf_bad_input(bad):
+    kw = dict(ca=dask_tls.user_ca(SECRET, "a"), user="a", role="worker", hostnames=[], now=NOW,
+              lifetime=datetime.timedelta(hours=1))
+    kw.update(bad)
+    with pytest.raises(ValueError):
+        dask_tls.issue_leaf(**kw)
+
+
+# ---------------------------------------------------------------- bundle
+
+def test_bundle_is_immutable_and_hides_secrets_in_repr(minter):
+    bundle = minter.mint("alice")
+    with pytest.raises(TypeError):
+        bundle.files["x"] = BundleFile(b"")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bundle.user = "mallory"
+    token = bundle.files["xcache.token"].content.decode().strip()
+    assert token not in repr(bundle) and token not in repr(bundle.files["xcache.token"])
+
+
+def test_bundle_round_trips_through_auth_state_json(minter):
+    bundle = minter.mint("alice")
+    again = CredentialBundle.from_dict(json.loads(json.dumps(bundle.to_dict())))
+    assert again == bundle
+    assert again.expires_at == bundle.expires_at
+
+
+def test_bundle_env_points_into_mount(minter):
+    env = minter.mint("alice").env_for("/etc/casa/")
+    assert env["BEARER_TOKEN_FILE"] == "/etc/casa/xcache.token"
+    assert env["_CONDOR_SEC_TOKEN_DIRECTORY"] == "/etc/casa/condor-tokens"
+    assert all("{mount}" not in v for v in env.values())
+
+
+# ---------------------------------------------------------------- minter
+
+def _all_secret_forms(minter) -> dict[str, bytes]:
+    """Every hub-held secret in every encoding it could leak in."""
+    forms = {}
+    ca = minter.user_ca("alice")
+    der = ca.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    forms["ca key der"] = der
+    forms["ca key b64"] = base64.b64encode(der)
+    forms["ca key scalar"] = ca.key.private_numbers().private_value.to_bytes(32, "big")
+    for name in ("issuer_key_file", "dask_ca_secret_file", "macaroon_secret_file", "servicex_secret_file",
+                 "condor_signing_key_file"):
+        raw = Path(getattr(minter, name)).read_bytes()
+        forms[name] = raw.strip()
+    issuer_der = minter.issuer_keys[0].private_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    forms["issuer der"] = issuer_der
+    return forms
+
+
+def test_no_hub_secret_enters_the_bundle(minter):
+    bundle = minter.mint("alice")
+    blob = b"\n".join(f.content for f in bundle.files.values()) + json.dumps(dict(bundle.env)).encode()
+    pem_bodies = [b"".join(f.content.splitlines()[1:-1]) for f in bundle.files.values() if f.content.startswith(b"-----")]
+    decoded = b"".join(base64.b64decode(b) for b in pem_bodies if b)
+    for name, secret in _all_secret_forms(minter).items():
+        assert secret not in blob and secret not in decoded, f"{name} leaked into the bundle"
+
+
+def test_every_token_has_expiry_and_per_user_subject(minter):
+    import jwt
+
+    for user in ("alice", "bob"):
+        bundle = minter.mint(user)
+        for path in ("xcache.token", "condor-tokens/casa", "servicex.token"):
+            claims = jwt.decode(bundle.files[path].content.strip(), options={"verify_signature": False})
+            assert claims["exp"] > claims["iat"]
+            assert user in claims["sub"]
+            assert "aud" in claims or "scope" in claims or claims.get("type") == "access"
+            assert bundle.files[path].expires_at is not None
+        assert bundle.expires_at == min(f.expires_at for f in bundle.files.values() if f.expires_at)
+
+
+def test_secret_files_are_owner_only(minter):
+    bundle = minter.mint("alice")
+    for path, f in bundle.files.items():
+        if path.endswith((".token", ".key", ".macaroon")) or path.startswith("condor-tokens/"):
+            assert f.mode == 0o400, path
+
+
+def test_manifest_lists_credentials_without_secrets(minter):
+    bundle = minter.mint("alice")
+    manifest = json.loads(bundle.files["casa.json"].content)
+    assert manifest["user"] == "alice"
+    assert set(manifest["credentials"]) >= {"xcache", "macaroon", "htcondor", "servicex", "dask-client"}
+    token = bundle.files["xcache.token"].content.strip()
+    assert token not in bundle.files["casa.json"].content
+
+
+def test_scopes_template_the_user_name(tmp_path):
+    m = make_minter(tmp_path, xcache_scopes=["storage.read:/store", "storage.create:/store/user/{username}"])
+    import jwt
+
+    claims = jwt.decode(m.mint("carol").files["xcache.token"].content.strip(), options={"verify_signature": False})
+    assert claims["scope"] == "storage.read:/store storage.create:/store/user/carol"
+
+
+def test_missing_key_file_is_a_clear_error(tmp_path):
+    m = make_minter(tmp_path, issuer_key_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(RuntimeError, match="issuer signing key.*nope.pem"):
+        m.load_keys()
+
+
+def test_empty_user_is_refused(minter):
+    with pytest.raises(ValueError, match="empty user"):
+        minter.mint("")
+
+
+def test_macaroon_lifetime_trait_is_validated(tmp_path):
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="macaroon_lifetime"):
+        make_minter(tmp_path, macaroon_lifetime=90000)
+
+
+def test_email_identity_needs_an_email(tmp_path):
+    m = make_minter(tmp_path, servicex_identity="email")
+    with pytest.raises(ValueError, match="e-mail"):
+        m.mint("alice")
+    assert m.mint("alice", email="alice@example.org").files["servicex.token"]
