@@ -108,6 +108,8 @@ COLLECTOR_HOST = 127.0.0.1:{port}
 NETWORK_INTERFACE = 127.0.0.1
 ENABLE_IPV6 = False
 USE_SHARED_PORT = False
+# the tools find "the local schedd" from its address file, without asking the collector
+SCHEDD_ADDRESS_FILE = {work}/log/.schedd_address
 SEC_CLIENT_AUTHENTICATION = REQUIRED
 SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS
 SEC_CLIENT_ENCRYPTION = REQUIRED
@@ -158,6 +160,7 @@ class Pool:
     proc: subprocess.Popen
     mnt_ns: str  # the namespace every pool process lives in (/proc/PID/ns/mnt link text)
     client_config: Path
+    hub_key_file: Path  # the hub's copy of the pool key, for the minter
     users: dict[str, User] = field(default_factory=dict)
     startup_seconds: float = 0.0
 
@@ -185,8 +188,9 @@ class Pool:
         """Write a file owned by ``user`` (tokens and keys must belong to whoever uses them)."""
         u = self.users[user]
         path.parent.mkdir(parents=True, exist_ok=True)
+        home = self.work / "home"
         for p in [path.parent, *path.parent.parents]:
-            if p == self.work:
+            if p == home or p == self.work:
                 break
             os.chown(p, u.uid, u.gid)
         path.write_bytes(content)
@@ -197,8 +201,9 @@ class Pool:
     def _nsenter(self, user: str, env: dict[str, str], cwd: Path) -> list[str]:
         u = self.users[user]
         base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "CONDOR_CONFIG": str(self.client_config)}
-        return ["nsenter", "-t", str(self.proc.pid), "-m", "-r", f"--wd={cwd}", "-S", str(u.uid), "-G", str(u.gid),
-                "--", "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in {**base, **env}.items()]]
+        # (nsenter --wd would open the directory outside the root: getcwd() then fails inside; env -C does not)
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "-r", "-S", str(u.uid), "-G", str(u.gid),
+                "--", "/usr/bin/env", "-i", "-C", str(cwd), *[f"{k}={v}" for k, v in {**base, **env}.items()]]
 
     def run(self, user: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 30,
             input: bytes | None = None) -> subprocess.CompletedProcess:
@@ -209,14 +214,15 @@ class Pool:
     def tools(self, bin_dir: Path, user: str, *, env: dict[str, str], cwd: Path) -> Path:
         """condor_submit/condor_q/condor_rm wrappers running the root's tools as ``user``, for dask-jobqueue.
 
-        The submit description is written outside the root (a host temp file), so it goes in on stdin."""
+        The submit description is written outside the root (a host temp file), so it goes in on stdin
+        (condor_submit reads stdin when it is given no file; a lone ``-`` is taken as an option)."""
         bin_dir.mkdir(parents=True, exist_ok=True)
         prefix = shlex.join(self._nsenter(user, env, cwd))
         for tool in ("condor_submit", "condor_q", "condor_rm"):
             if tool == "condor_submit":  # last argument: the description file outside the root
                 body = ('for f; do :; done\n'
                         'n=$#; i=1; for a; do [ $i -lt $n ] && set -- "$@" "$a"; i=$((i+1)); done; shift $n\n'
-                        f'exec {prefix} /usr/bin/{tool} "$@" - < "$f"\n')
+                        f'exec {prefix} /usr/bin/{tool} "$@" < "$f"\n')
             else:
                 body = f'exec {prefix} /usr/bin/{tool} "$@"\n'
             path = bin_dir / tool
@@ -314,7 +320,7 @@ def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUS
     proc.stdin.write(pool_key)
     proc.stdin.close()
     own_ns = os.readlink("/proc/self/ns/mnt")
-    pool = Pool(CONDOR_ROOT, work, port, trust_domain, proc, "", client_config, pool_users)
+    pool = Pool(CONDOR_ROOT, work, port, trust_domain, proc, "", client_config, hub_key_file, pool_users)
     try:
         deadline = time.monotonic() + timeout
         while True:  # the namespace exists once unshare has run; the pid is condor_master after the execs

@@ -1,0 +1,337 @@
+"""CasaAuthenticator: OIDC login (discovery, verified id_tokens, groups) that mints per-user credentials.
+
+Built on oauthenticator's GenericOAuthenticator by overriding its documented steps only:
+``get_token_info`` (verify every fresh id_token), ``token_to_user`` (id_token and userinfo must agree),
+``build_auth_state_dict`` (mint), ``get_user_groups``, ``refresh_user``, ``pre_spawn_start``,
+``get_handlers``; plus a login handler that runs discovery before redirecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import unicodedata
+from functools import cached_property
+
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.oauth2 import OAuthLoginHandler
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Any, Integer, List, Unicode, default
+
+from .credentials.bundle import CredentialBundle
+from .handlers import issuer_handlers
+from .minter import CasaMinter
+from .oidc import ASYMMETRIC_ALGORITHMS, JWKSCache, OIDCError, ProviderMetadata, parse_discovery, verify_id_token
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class CasaLoginHandler(OAuthLoginHandler):
+    """Discovers the provider (cached) before oauthenticator builds the authorize redirect."""
+
+    async def get(self):
+        await self.authenticator.discover()
+        return super().get()
+
+
+class ProviderUnavailable(web.HTTPError):
+    def __init__(self, issuer: str):
+        super().__init__(503, log_message=f"OIDC provider {issuer} unreachable",
+                         reason="Identity provider unavailable")
+        self.jupyterhub_message = (f"The identity provider ({issuer}) cannot be reached right now. "
+                                   "Please try again in a few minutes.")
+
+
+class CasaAuthenticator(GenericOAuthenticator):
+    """Log in with the facility's OIDC provider and mint the user's Casa credentials."""
+
+    login_handler = CasaLoginHandler
+
+    oidc_issuer = Unicode(
+        "",
+        help="""Issuer URL of the OIDC provider (CILogon, CERN IAM, a Keycloak realm).
+
+        The authorize, token, userinfo and JWKS endpoints are discovered from
+        ``<oidc_issuer>/.well-known/openid-configuration``; there is no need to set
+        ``authorize_url``/``token_url``/``userdata_url``.
+        Example: ``c.CasaAuthenticator.oidc_issuer = "https://cms-auth.web.cern.ch/"``""",
+    ).tag(config=True)
+
+    groups_claim = Unicode(
+        "groups",
+        help="""Claim (id_token or userinfo) holding the user's groups: ``groups``, ``wlcg.groups``
+        (leading ``/`` stripped) or ``eduperson_entitlement``. Used with ``allowed_groups`` and
+        ``admin_groups``.""",
+    ).tag(config=True)
+
+    id_token_algorithms = List(
+        Unicode(), ["RS256", "ES256"],
+        help="Signature algorithms accepted on id_tokens; only asymmetric ones are honoured.",
+    ).tag(config=True)
+
+    id_token_leeway = Integer(30, min=0, help="Clock skew tolerated on id_token exp/iat (seconds).").tag(config=True)
+
+    discovery_timeout = Integer(10, min=1, help="Timeout of each request to the provider (seconds).").tag(
+        config=True)
+
+    credential_refresh_margin = Integer(
+        1800, min=60,
+        help="""Re-mint credentials when the earliest one expires within this many seconds. Keep it well below
+        the shortest credential lifetime (``CasaMinter.*_lifetime``).""",
+    ).tag(config=True)
+
+    mint_concurrency = Integer(
+        4, min=1, help="How many mints may run at once in worker threads (keeps the event loop free)."
+    ).tag(config=True)
+
+    clock = Any(
+        help="Callable returning the current aware UTC datetime; a seam for tests. Default: the real clock.",
+    ).tag(config=False)
+
+    @default("clock")
+    def _clock_default(self):
+        return _utcnow
+
+    @default("username_claim")
+    def _username_claim_default(self):
+        return "preferred_username"
+
+    @default("scope")
+    def _scope_default(self):
+        return ["openid", "profile", "email", "offline_access"]
+
+    @default("enable_auth_state")
+    def _enable_auth_state_default(self):
+        return True
+
+    @default("manage_groups")
+    def _manage_groups_default(self):
+        return True
+
+    @default("custom_403_message")
+    def _custom_403_message_default(self):
+        return ("Your account is not in a group allowed to use this facility. "
+                "If you need access, ask the facility administrators to add you to one of its groups.")
+
+    @default("userdata_url")
+    def _userdata_url_default(self):
+        return ""  # discovered
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.enable_auth_state:
+            raise ValueError("CasaAuthenticator needs Authenticator.enable_auth_state = True (credentials are "
+                             "kept in encrypted auth state); set JUPYTERHUB_CRYPT_KEY as well")
+        self.minter.load_keys()  # misconfigured keys fail at hub start, not at the first login
+
+    # ------------------------------------------------------------------ collaborators
+    @cached_property
+    def minter(self) -> CasaMinter:
+        return CasaMinter(parent=self)
+
+    @cached_property
+    def _mint_slots(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.mint_concurrency)
+
+    @cached_property
+    def _jwks(self) -> JWKSCache:
+        return JWKSCache(self._fetch_jwks)
+
+    _provider: ProviderMetadata | None = None
+
+    # ------------------------------------------------------------------ discovery
+    async def discover(self) -> ProviderMetadata:
+        if self._provider is not None:
+            return self._provider
+        if not self.oidc_issuer:
+            raise ValueError("CasaAuthenticator.oidc_issuer is not set")
+        url = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            document = await self._get_json(url)
+            provider = parse_discovery(document, self.oidc_issuer)
+        except OIDCError as e:
+            self.log.error("OIDC discovery at %s refused: %s", url, e)
+            raise web.HTTPError(502, reason="Identity provider misconfigured") from None
+        self.authorize_url = provider.authorization_endpoint
+        self.token_url = provider.token_endpoint
+        self.userdata_url = provider.userinfo_endpoint
+        if self.enable_pkce and provider.code_challenge_methods and "S256" not in provider.code_challenge_methods:
+            self.log.warning("OIDC provider does not advertise PKCE S256; PKCE disabled")
+            self.enable_pkce = False
+        self._provider = provider
+        self.log.info("OIDC provider %s discovered", provider.issuer)
+        return provider
+
+    async def _get_json(self, url: str, attempts: int = 3) -> dict:
+        """GET a provider document with a timeout and bounded retries; outages become a clear 503."""
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                return await self.httpfetch(url, label="OIDC provider", method="GET",
+                                            request_timeout=self.discovery_timeout,
+                                            connect_timeout=self.discovery_timeout,
+                                            validate_cert=self.validate_server_cert)
+            except HTTPClientError as e:
+                if e.code < 500 and e.code != 599:
+                    raise
+                error = e
+            except (OSError, asyncio.TimeoutError) as e:
+                error = e
+            if attempt + 1 < attempts:
+                await asyncio.sleep(delay)
+                delay *= 4
+        self.log.warning("OIDC provider unreachable at %s: %s", url, type(error).__name__)
+        raise ProviderUnavailable(self.oidc_issuer)
+
+    async def _fetch_jwks(self) -> dict:
+        provider = await self.discover()
+        return await self._get_json(provider.jwks_uri)
+
+    # ------------------------------------------------------------------ oauthenticator steps
+    async def get_token_info(self, handler, params):
+        """Every token response fresh from the provider: verify its id_token before anything trusts it."""
+        await self.discover()
+        try:
+            token_info = await super().get_token_info(handler, params)
+        except HTTPClientError as e:
+            if e.code >= 500 or e.code == 599:
+                raise ProviderUnavailable(self.oidc_issuer) from None
+            raise
+        except OSError:
+            raise ProviderUnavailable(self.oidc_issuer) from None
+        id_token = token_info.get("id_token")
+        if id_token:
+            try:
+                claims = await verify_id_token(
+                    id_token, self._jwks, issuer=self._provider.issuer, audience=self.client_id,
+                    algorithms=[a for a in self.id_token_algorithms if a in ASYMMETRIC_ALGORITHMS],
+                    leeway=self.id_token_leeway, now=self.clock().timestamp())
+            except OIDCError as e:
+                self.log.warning("Refusing login: %s", e)
+                raise web.HTTPError(403, reason="Invalid identity token", log_message=str(e)) from None
+            token_info["id_token_claims"] = claims
+        elif params.get("grant_type") == "authorization_code":
+            raise web.HTTPError(403, reason="The identity provider returned no id_token (is 'openid' in scope?)")
+        return token_info
+
+    async def token_to_user(self, token_info):
+        """userinfo (fresh from the provider) merged over the verified id_token claims; ``sub`` must agree."""
+        user_info = await super().token_to_user(token_info)
+        claims = token_info.get("id_token_claims") or {}
+        if claims and user_info.get("sub") != claims.get("sub"):
+            raise web.HTTPError(403, reason="Identity mismatch", log_message="userinfo sub != id_token sub")
+        return {**claims, **user_info}
+
+    def normalize_username(self, username):
+        # NFKC folds look-alike compatibility characters before JupyterHub's lower-casing
+        return super().normalize_username(unicodedata.normalize("NFKC", username or ""))
+
+    def validate_username(self, username):
+        if not username or any(unicodedata.category(c)[0] in ("C", "Z") and c != " " for c in username):
+            return False
+        if "/" in username or len(username) > 255:
+            return False
+        return super().validate_username(username)
+
+    async def get_user_groups(self, auth_state):
+        user_info = auth_state.get(self.user_auth_state_key) or {}
+        raw = user_info.get(self.groups_claim)
+        if raw is None:
+            raw = auth_state.get("token_response", {}).get("id_token_claims", {}).get(self.groups_claim, [])
+        if isinstance(raw, str):
+            raw = raw.replace(",", " ").split()
+        groups = set()
+        for g in raw or []:
+            if isinstance(g, str) and g.strip():
+                groups.add(g.strip().lstrip("/") if self.groups_claim == "wlcg.groups" else g.strip())
+        return groups
+
+    async def build_auth_state_dict(self, token_info, user_info):
+        """oauthenticator's auth_state plus the user's freshly minted credentials (``auth_state["casa"]``)."""
+        state = super().build_auth_state_dict(token_info, user_info)
+        username = self.normalize_username(self.user_info_to_username(user_info))
+        bundle = await self.mint(username, email=user_info.get("email"))
+        state["casa"] = bundle.to_dict()
+        state["casa_groups"] = sorted(await self.get_user_groups(state))
+        return state
+
+    # ------------------------------------------------------------------ minting and refresh
+    async def mint(self, username: str, email: str | None = None) -> CredentialBundle:
+        """Mint in a worker thread (CPU work off the event loop), a bounded number at a time."""
+        async with self._mint_slots:
+            return await asyncio.to_thread(self.minter.mint, username, email=email, now=self.clock())
+
+    def _needs_refresh(self, bundle: CredentialBundle | None) -> bool:
+        if bundle is None or bundle.expires_at is None:
+            return bundle is None
+        return bundle.expires_at - self.clock() <= datetime.timedelta(seconds=self.credential_refresh_margin)
+
+    def _expired(self, bundle: CredentialBundle | None) -> bool:
+        return bundle is None or (bundle.expires_at is not None and bundle.expires_at <= self.clock())
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """JupyterHub's refresh: :meth:`refresh_credentials`, then deliver to the user's running servers."""
+        model = await self.refresh_credentials(user, handler, **kwargs)
+        if isinstance(model, dict) and model.get("auth_state", {}).get("casa"):
+            await self._deliver(user, CredentialBundle.from_dict(model["auth_state"]["casa"]))
+        return model
+
+    async def refresh_credentials(self, user, handler=None, **kwargs):
+        """Keep OIDC tokens and Casa credentials fresh.
+
+        Credentials still far from expiry: nothing to do. Near expiry: refresh with the provider (which
+        re-checks the user) and re-mint. Provider unreachable: keep the session while the credentials are
+        still valid, then require a new login.
+        """
+        auth_state = await user.get_auth_state() or {}
+        bundle = CredentialBundle.from_dict(auth_state["casa"]) if auth_state.get("casa") else None
+        if not kwargs.get("force") and not self._needs_refresh(bundle):
+            return True
+        try:
+            model = await super().refresh_user(user, handler, **kwargs)
+        except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
+            if isinstance(e, HTTPClientError) and 400 <= e.code < 500:
+                raise
+            if not self._expired(bundle):
+                self.log.warning("OIDC provider unavailable while refreshing %s; keeping credentials valid "
+                                 "until %s", user.name, bundle.expires_at)
+                return True
+            self.log.warning("Credentials of %s expired while the OIDC provider was unavailable: "
+                             "a new login is required", user.name)
+            return False
+        return model
+
+    async def casa_refresh_credentials(self, user) -> CredentialBundle | None:
+        """Called by a running server's refresh timer: refresh now, persist, then deliver to the servers
+        (persisting first means a hub restart never loses credentials a server already has)."""
+        model = await self.refresh_credentials(user, force=True)
+        if not isinstance(model, dict):
+            return None
+        await user.save_auth_state(model["auth_state"])
+        bundle = CredentialBundle.from_dict(model["auth_state"]["casa"])
+        await self._deliver(user, bundle)
+        return bundle
+
+    async def _deliver(self, user, bundle: CredentialBundle) -> None:
+        from .mixin import CasaCredentialsMixin
+
+        for spawner in getattr(user, "spawners", {}).values():
+            if isinstance(spawner, CasaCredentialsMixin) and spawner.active:
+                await spawner.casa_apply_bundle(bundle)
+
+    async def pre_spawn_start(self, user, spawner):
+        from .mixin import CasaCredentialsMixin
+
+        auth_state = await user.get_auth_state() or {}
+        if not auth_state.get("casa"):
+            raise web.HTTPError(403, reason="No credentials: please log out and log in again")
+        if isinstance(spawner, CasaCredentialsMixin):
+            spawner.casa_bundle = CredentialBundle.from_dict(auth_state["casa"])
+            spawner.casa_groups = list(auth_state.get("casa_groups", []))
+
+    def get_handlers(self, app):
+        return super().get_handlers(app) + issuer_handlers(self.minter)

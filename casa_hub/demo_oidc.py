@@ -1,0 +1,95 @@
+"""A local OIDC provider with demo users, for the one-command facility and the tests.
+
+Wraps oidc-provider-mock 0.3.4 (the release Python 3.11 gets) and closes its gaps that matter to us:
+PKCE (S256) is enforced and advertised, and the token endpoint accepts ``client_secret_post`` on the refresh
+grant as oauthenticator sends it. Run: ``python -m casa_hub.demo_oidc PORT USERS.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+# the kind of users a facility has: physicists in experiment groups, GPU users, an admin
+DEMO_USERS = [
+    {"sub": "alice", "preferred_username": "alice", "email": "alice@casa.test", "name": "Alice Physicist",
+     "groups": ["cms", "gpu-users"]},
+    {"sub": "bob", "preferred_username": "bob", "email": "bob@casa.test", "name": "Bob Analyst",
+     "groups": ["atlas"]},
+    {"sub": "admin", "preferred_username": "admin", "email": "admin@casa.test", "name": "Facility Admin",
+     "groups": ["cms", "facility-admins", "gpu-users"]},
+    {"sub": "eve", "preferred_username": "eve", "email": "eve@casa.test", "name": "Eve Outsider",
+     "groups": ["visitors"]},
+]
+
+
+def make_app(users: list[dict]):
+    """The provider's Flask app with PKCE enforced; call once per process (the mock keeps global state)."""
+    os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")  # plain http on 127.0.0.1 only
+    import flask
+    import oidc_provider_mock
+    import oidc_provider_mock._app as mock
+    from authlib.oauth2.rfc7636 import CodeChallenge
+
+    challenges: dict[str, tuple[str | None, str | None]] = {}
+
+    class PKCE(CodeChallenge):
+        def get_authorization_code_challenge(self, authorization_code):
+            return challenges.get(authorization_code.code, (None, None))[0]
+
+        def get_authorization_code_challenge_method(self, authorization_code):
+            return challenges.get(authorization_code.code, (None, None))[1]
+
+    class CodeGrant(mock.AuthorizationCodeGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PKCE(required=True)(self)
+
+        def save_authorization_code(self, code, request):
+            data = request.payload.data
+            challenges[code] = (data.get("code_challenge"), data.get("code_challenge_method"))
+            return super().save_authorization_code(code, request)
+
+    class RefreshGrant(mock.RefreshTokenGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    mock.AuthorizationCodeGrant, mock.RefreshTokenGrant = CodeGrant, RefreshGrant
+    app = oidc_provider_mock.app(user_claims=[
+        oidc_provider_mock.User(sub=u["sub"], claims={k: v for k, v in u.items() if k != "sub"}) for u in users])
+
+    @app.after_request
+    def advertise_pkce(response):
+        if flask.request.path == "/.well-known/openid-configuration":
+            document = response.get_json()
+            document["code_challenge_methods_supported"] = ["S256"]
+            response.set_data(json.dumps(document))
+        return response
+
+    return app
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m casa_hub.demo_oidc PORT [USERS.json]", file=sys.stderr)
+        return 2
+    port = int(argv[0])
+    users = json.loads(open(argv[1]).read()) if len(argv) > 1 else DEMO_USERS
+    logging.basicConfig(level=logging.WARNING)
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, make_app(users), threaded=True)
+    print(f"OIDC provider on http://127.0.0.1:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

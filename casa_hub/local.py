@@ -1,0 +1,134 @@
+"""CasaLocalSpawner: the Casa credential pipeline for single-user servers on the hub's own machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Bool, Unicode
+
+from .credentials.bundle import CredentialBundle
+from .mixin import CasaCredentialsMixin
+
+
+def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None,
+                     gid: int | None = None) -> None:
+    """Write (or replace) the bundle in ``directory`` (0700): each file is written beside its target and
+    renamed over it, so a reader never sees a half-written credential. Files not in the bundle are removed."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    chown = (lambda p: os.chown(p, uid, gid if gid is not None else -1)) if uid is not None else (lambda p: None)
+    chown(directory)
+    for rel, f in bundle.files.items():
+        target = directory / rel
+        if target.parent != directory:
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            chown(target.parent)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-")
+        try:
+            os.write(fd, f.content)
+            os.fchmod(fd, f.mode)
+            if uid is not None:
+                os.fchown(fd, uid, gid if gid is not None else -1)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    wanted = {directory / rel for rel in bundle.files}
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file() and path not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
+    """Local single-user servers with the user's credentials in a private directory (0700).
+
+    With ``run_as_hub_user = True`` (the one-command local facility) servers run as the hub's own Unix user,
+    each in its own home directory; otherwise as the matching system user, like LocalProcessSpawner.
+    """
+
+    credentials_dir_template = Unicode(
+        "{home}/.casa/credentials",
+        help="Where the bundle is written; ``{home}`` and ``{username}`` are expanded.",
+    ).tag(config=True)
+
+    run_as_hub_user = Bool(
+        False,
+        help="""Run servers as the hub's Unix user in ``home_dir_template`` instead of switching to a system
+        user of the same name (a single-machine demo facility; no isolation between users).""",
+    ).tag(config=True)
+
+    home_dir_template = Unicode(
+        "/tmp/casa-home/{username}", help="Home directory of each user when ``run_as_hub_user`` is set."
+    ).tag(config=True)
+
+    def _home(self) -> str:
+        if self.run_as_hub_user:
+            return self.home_dir_template.format(username=self.user.name)
+        return pwd.getpwnam(self.user.name).pw_dir
+
+    def _owner(self) -> tuple[int | None, int | None]:
+        if self.run_as_hub_user:
+            return None, None
+        entry = pwd.getpwnam(self.user.name)
+        return entry.pw_uid, entry.pw_gid
+
+    @property
+    def credentials_dir(self) -> Path:
+        return Path(self.credentials_dir_template.format(home=self._home(), username=self.user.name))
+
+    def make_preexec_fn(self, name):
+        if not self.run_as_hub_user:
+            return super().make_preexec_fn(name)
+        home = self._home()
+
+        def preexec():
+            os.makedirs(home, 0o700, exist_ok=True)
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env):
+        if not self.run_as_hub_user:
+            return super().user_env(env)
+        env["USER"] = self.user.name
+        env["HOME"] = self._home()
+        return env
+
+    def get_env(self):
+        env = super().get_env()
+        if self.casa_bundle is not None:
+            env.update(self.casa_bundle.env_for(str(self.credentials_dir)))
+        return env
+
+    async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
+        uid, gid = self._owner()
+        await asyncio.to_thread(write_bundle_dir, self.credentials_dir, bundle, uid, gid)
+
+    async def casa_remove_bundle(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.credentials_dir, True)
+
+    async def start(self):
+        if self.casa_bundle is None:
+            raise RuntimeError("no Casa credentials for this server: log in again")
+        await self.casa_write_bundle(self.casa_bundle)
+        result = await super().start()
+        self.casa_schedule_refresh(self.casa_bundle.expires_at)
+        return result
+
+    async def stop(self, now=False):
+        self.casa_cancel_refresh()
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.casa_remove_bundle()
+
+    async def progress(self):
+        yield {"progress": 30, "message": "Credentials minted and written to a private directory"}
+        yield {"progress": 50, "message": "Starting the server..."}

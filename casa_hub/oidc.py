@@ -1,0 +1,138 @@
+"""OpenID Connect pieces oauthenticator leaves out: discovery and id_token verification.
+
+Pure functions plus a small key cache; the HTTP fetch is passed in (the authenticator's ``httpfetch``), so
+everything here is testable against a real provider and free of Tornado specifics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping, Sequence
+
+import jwt
+
+# id_tokens must be signed asymmetrically: HS* would let anyone holding the client secret (or, with key
+# confusion, the provider's *public* key) forge them; "none" is not a signature at all.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class OIDCError(Exception):
+    """An id_token or provider document that must not be trusted; the message is safe to show users."""
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    userinfo_endpoint: str
+    jwks_uri: str
+    code_challenge_methods: tuple[str, ...] = ()
+
+
+def parse_discovery(document: Mapping, expected_issuer: str) -> ProviderMetadata:
+    """Validate an ``/.well-known/openid-configuration`` document (OIDC Discovery 1.0 section 4.3)."""
+    if document.get("issuer", "").rstrip("/") != expected_issuer.rstrip("/"):
+        raise OIDCError(f"the provider says its issuer is {document.get('issuer')!r}, expected {expected_issuer!r}")
+    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
+               if not document.get(k)]
+    if missing:
+        raise OIDCError(f"the provider's discovery document lacks {', '.join(missing)}")
+    return ProviderMetadata(
+        issuer=document["issuer"],
+        authorization_endpoint=document["authorization_endpoint"],
+        token_endpoint=document["token_endpoint"],
+        userinfo_endpoint=document["userinfo_endpoint"],
+        jwks_uri=document["jwks_uri"],
+        code_challenge_methods=tuple(document.get("code_challenge_methods_supported", ())),
+    )
+
+
+class JWKSCache:
+    """The provider's signing keys by ``kid``; an unknown kid triggers one re-fetch (key rotation), at most
+    once per ``min_refetch_interval`` seconds so forged kids cannot make us hammer the provider."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[Mapping]], min_refetch_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._fetch = fetch
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._interval = min_refetch_interval
+        self._clock = clock
+
+    async def refresh(self) -> None:
+        document = await self._fetch()
+        keys = {}
+        for jwk in document.get("keys", []):
+            if jwk.get("use", "sig") != "sig" or "kid" not in jwk:
+                continue
+            try:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk)
+            except jwt.PyJWKError:
+                continue  # a key type we cannot use; others may still be fine
+        self._keys = keys
+        self._fetched_at = self._clock()
+
+    async def get(self, kid: str | None) -> jwt.PyJWK:
+        if kid is None:
+            # tokens without a kid are only acceptable when the provider publishes a single key
+            if self._fetched_at is None:
+                await self.refresh()
+            if len(self._keys) == 1:
+                return next(iter(self._keys.values()))
+            raise OIDCError("the id_token names no key id and the provider publishes several keys")
+        if kid not in self._keys:
+            if self._fetched_at is None or self._clock() - self._fetched_at >= self._interval:
+                await self.refresh()
+        try:
+            return self._keys[kid]
+        except KeyError:
+            raise OIDCError("the id_token was signed with a key the provider does not publish") from None
+
+
+async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience: str,
+                          algorithms: Sequence[str] = ("RS256", "ES256"), leeway: float = 30.0,
+                          nonce: str | None = None, now: float | None = None) -> dict:
+    """Verify signature, ``iss``, ``aud``, ``exp``, ``iat`` (and ``nonce`` if we sent one); return the claims."""
+    allowed = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise OIDCError("the id_token is not a well-formed JWT") from None
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in allowed:
+        raise OIDCError(f"id_token algorithm {alg!r} is not accepted (allowed: {', '.join(allowed)})")
+    key = await keys.get(kid or None)
+    if key.key_type != _KEY_TYPES.get(alg[:2]):  # an RSA key must not verify an ES token, and so on
+        raise OIDCError(f"id_token algorithm {alg} does not match the provider's {key.key_type} key {kid!r}")
+    options = {"require": ["iss", "aud", "exp", "iat", "sub"]}
+    try:
+        if now is not None:
+            # PyJWT has no clock parameter: check time claims ourselves, signature/iss/aud with PyJWT
+            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
+                                options={**options, "verify_exp": False, "verify_iat": False,
+                                         "verify_nbf": False})
+            if claims["exp"] + leeway < now:
+                raise jwt.ExpiredSignatureError("Signature has expired")
+            if claims["iat"] - leeway > now:
+                raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+        else:
+            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
+                                leeway=leeway, options=options)
+    except jwt.ExpiredSignatureError:
+        raise OIDCError("the id_token has expired") from None
+    except jwt.InvalidAudienceError:
+        raise OIDCError("the id_token was issued for another client (audience mismatch)") from None
+    except jwt.InvalidIssuerError:
+        raise OIDCError("the id_token was issued by another provider (issuer mismatch)") from None
+    except jwt.InvalidSignatureError:
+        raise OIDCError("the id_token signature is invalid") from None
+    except jwt.PyJWTError as e:
+        raise OIDCError(f"the id_token is invalid: {e}") from None
+    if isinstance(claims.get("aud"), list) and len(claims["aud"]) > 1 and claims.get("azp") != audience:
+        raise OIDCError("the id_token has several audiences and names another authorized party")
+    if nonce is not None and claims.get("nonce") != nonce:
+        raise OIDCError("the id_token nonce does not match this login")
+    return claims

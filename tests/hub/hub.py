@@ -1,0 +1,145 @@
+"""A real JupyterHub (+ configurable-http-proxy) running CasaAuthenticator and CasaLocalSpawner against the
+demo OIDC provider, all on 127.0.0.1, and an HTTP client that logs in through the real OAuth flow."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+
+from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port, write_keys
+
+CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+
+CONFIG = """
+import sys
+c = get_config()  # noqa
+c.JupyterHub.authenticator_class = "casa"
+c.JupyterHub.spawner_class = "casa-local"
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.command = ["{chp}"]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.db_url = "sqlite:///{work}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
+c.JupyterHub.pid_file = "{work}/hub.pid"
+c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers",
+                                                          "read:users", "list:users"],
+                             "services": ["casa-test"]}}]
+c.JupyterHub.services = [{{"name": "casa-test", "api_token": "{api_token}"}}]
+c.Authenticator.enable_auth_state = True
+c.CasaAuthenticator.oidc_issuer = "{issuer}"
+c.CasaAuthenticator.client_id = "casa-hub"
+c.CasaAuthenticator.client_secret = "not-checked-by-the-demo-provider"
+c.CasaAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
+c.CasaAuthenticator.scope = ["openid", "profile", "email"]
+c.CasaAuthenticator.allowed_groups = {{"cms", "atlas"}}
+c.CasaAuthenticator.admin_groups = {{"facility-admins"}}
+c.CasaMinter.issuer_url = "http://127.0.0.1:{port}/hub/casa-issuer"
+c.CasaMinter.issuer_key_file = "{keys}/issuer"
+c.CasaMinter.dask_ca_secret_file = "{keys}/dask-ca"
+c.CasaMinter.condor_enabled = True
+c.CasaMinter.condor_signing_key_file = "{keys}/condor"
+c.CasaMinter.condor_trust_domain = "casa.test"
+c.CasaLocalSpawner.run_as_hub_user = True
+c.CasaLocalSpawner.home_dir_template = "{work}/home/{{username}}"
+c.Spawner.cmd = ["{singleuser}"]
+c.Spawner.args = ["--ServerApp.allow_root=True"]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+{extra}
+"""
+
+
+@dataclass
+class Hub:
+    url: str
+    work: Path
+    proc: subprocess.Popen
+    api_token: str
+    provider: object
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/hub/api", headers={"Authorization": f"token {self.api_token}"},
+                            timeout=30)
+
+    def log(self) -> str:
+        return (self.work / "hub.log").read_text(errors="replace")
+
+
+def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60) -> Hub:
+    work.mkdir(parents=True, exist_ok=True)
+    keys = write_keys(work / "keys")
+    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    api_token = secrets.token_hex(16)
+    (work / "jupyterhub_config.py").write_text(CONFIG.format(
+        port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=CHP, work=work, api_token=api_token,
+        issuer=provider.url, keys=keys["issuer"].parent, singleuser=VENV_BIN / "jupyterhub-singleuser",
+        extra=extra_config))
+    env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32), PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
+                            cwd=work, env=env, stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    hub = Hub(f"http://127.0.0.1:{port}", work, proc, api_token, provider)
+    try:
+        wait_for_port(port, proc=proc, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:  # the proxy listens before the hub is routed: wait for the hub API itself
+            try:
+                if httpx.get(hub.url + "/hub/api", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise TimeoutError("hub API not ready")
+            time.sleep(0.1)
+    except Exception as e:
+        stop_hub(hub)
+        raise RuntimeError(f"JupyterHub did not start: {e}\n{hub.log()[-4000:]}") from None
+    return hub
+
+
+def stop_hub(hub: Hub) -> None:
+    stop_process(hub.proc, timeout=20)
+
+
+def oauth_login(hub: Hub, sub: str, client: httpx.Client | None = None) -> httpx.Client:
+    """Log in through the real flow: hub -> provider authorize (PKCE) -> choose user -> callback -> hub."""
+    client = client or httpx.Client(timeout=30, follow_redirects=False)
+    r = client.get(hub.url + "/hub/oauth_login")
+    assert r.status_code == 302, r.text
+    authorize = r.headers["location"]
+    assert "code_challenge=" in authorize and "code_challenge_method=S256" in authorize
+    form = client.get(authorize)
+    assert form.status_code == 200, form.text
+    r = client.post(authorize, data={"sub": sub})
+    assert r.status_code == 302, r.text
+    r = client.get(r.headers["location"])  # back to the hub's callback
+    client.last_callback = r
+    return client
+
+
+def follow(client: httpx.Client, response: httpx.Response, limit: int = 10) -> httpx.Response:
+    for _ in range(limit):
+        if response.status_code not in (301, 302, 303, 307):
+            return response
+        response = client.get(urljoin(str(response.url), response.headers["location"]))
+    return response
+
+
+def xsrf(client: httpx.Client) -> str:
+    return client.cookies.get("_xsrf", "")
+
+
+def page_message(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))

@@ -1,0 +1,43 @@
+"""Run the demo OIDC provider (a real OAuth2/OIDC server: authlib under oidc-provider-mock) for tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from casa_hub.demo_oidc import DEMO_USERS
+from tests.support import free_port, stop_process, wait_for_port
+
+
+@dataclass
+class Provider:
+    url: str
+    port: int
+    proc: subprocess.Popen
+
+    def get_json(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.load(r)
+
+    def set_user(self, sub: str, claims: dict) -> None:
+        req = urllib.request.Request(f"{self.url}/users/{sub}", data=json.dumps(claims).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+
+
+def start_provider(tmp: Path, users=DEMO_USERS, port: int | None = None) -> Provider:
+    port = port or free_port()
+    users_file = tmp / "oidc-users.json"
+    users_file.write_text(json.dumps(users))
+    proc = subprocess.Popen([sys.executable, "-m", "casa_hub.demo_oidc", str(port), str(users_file)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "oidc.log", "wb"), start_new_session=True)
+    wait_for_port(port, proc=proc, timeout=30)
+    return Provider(f"http://127.0.0.1:{port}", port, proc)
+
+
+def stop_provider(provider: Provider) -> None:
+    stop_process(provider.proc)

@@ -1,0 +1,143 @@
+"""The real thing, without a browser: JupyterHub + configurable-http-proxy + CasaAuthenticator +
+CasaLocalSpawner + the demo OIDC provider, driven through the OAuth code flow with PKCE."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from casa_hub.credentials.bundle import CredentialBundle
+from tests.hub import hub as H
+from tests.hub.oidc import start_provider, stop_provider
+from tests.support import need
+
+# credentials live 70 s and are refreshed 60 s before expiry: the server's timer fires ~10 s after start
+SHORT_LIVED = """
+c.CasaMinter.xcache_lifetime = 70
+c.CasaAuthenticator.credential_refresh_margin = 60
+c.CasaLocalSpawner.casa_refresh_jitter = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory):
+    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
+    tmp = tmp_path_factory.mktemp("facility")
+    provider = start_provider(tmp)
+    try:
+        hub = H.start_hub(tmp / "hub", provider, extra_config=SHORT_LIVED)
+        try:
+            yield hub
+        finally:
+            H.stop_hub(hub)
+    finally:
+        stop_provider(provider)
+
+
+def _auth_state(hub, name):
+    with hub.api() as api:
+        r = api.get(f"/users/{name}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def test_login_mints_credentials_into_auth_state(facility):
+    client = H.oauth_login(facility, "alice")
+    assert client.last_callback.status_code == 302
+    model = _auth_state(facility, "alice")
+    assert model["admin"] is False
+    assert sorted(model["groups"]) == ["cms", "gpu-users"]
+    state = model["auth_state"]
+    bundle = CredentialBundle.from_dict(state["casa"])
+    assert bundle.user == "alice"
+    assert {"xcache.token", "condor-tokens/casa", "dask/ca.pem", "dask/client.key"} <= set(bundle.files)
+    assert state["token_response"]["id_token_claims"]["sub"] == "alice"
+
+
+def test_issued_token_verifies_against_the_hubs_own_jwks(facility):
+    H.oauth_login(facility, "alice")
+    bundle = CredentialBundle.from_dict(_auth_state(facility, "alice")["auth_state"]["casa"])
+    config = httpx.get(facility.url + "/hub/casa-issuer/.well-known/openid-configuration", timeout=10).json()
+    assert config["issuer"] == facility.url + "/hub/casa-issuer"
+    jwks = httpx.get(config["jwks_uri"], timeout=10).json()
+    token = bundle.files["xcache.token"].content.decode().strip()
+    key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
+    claims = jwt.decode(token, key.key, algorithms=["ES256"], audience="https://wlcg.cern.ch/jwt/v1/any",
+                        issuer=config["issuer"])
+    assert claims["sub"] == "alice" and claims["scope"] == "storage.read:/store"
+
+
+def test_admin_group_makes_admin(facility):
+    H.oauth_login(facility, "admin")
+    assert _auth_state(facility, "admin")["admin"] is True
+
+
+def test_user_outside_allowed_groups_gets_a_clear_403(facility):
+    client = H.oauth_login(facility, "eve")
+    assert client.last_callback.status_code == 403
+    assert "not in a group allowed to use this facility" in H.page_message(client.last_callback.text)
+    with facility.api() as api:
+        assert api.get("/users/eve").status_code == 404  # nothing was stored for her
+
+
+def _wait_ready(hub, name, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server = _auth_state(hub, name)["servers"].get("")
+        if server and server["ready"]:
+            return server
+        time.sleep(0.2)
+    raise TimeoutError(f"server of {name} not ready\n{hub.log()[-3000:]}")
+
+
+def test_spawn_writes_private_credentials_refreshes_and_cleans_up(facility):
+    H.oauth_login(facility, "bob")
+    with facility.api() as api:
+        assert api.post("/users/bob/server").status_code in (201, 202)
+    _wait_ready(facility, "bob")
+    creds = facility.work / "home" / "bob" / ".casa" / "credentials"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    token_file = creds / "xcache.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o400
+    first = jwt.decode(token_file.read_bytes().strip(), options={"verify_signature": False})
+    assert first["sub"] == "bob"
+    # the server is reachable through the proxy with the user's own cookie-less token via the hub API
+    with facility.api() as api:
+        assert _auth_state(facility, "bob")["servers"][""]["url"] == "/user/bob/"
+    # the per-server timer refreshes the credentials in place before they expire
+    deadline = time.monotonic() + 40
+    refreshed = first
+    while time.monotonic() < deadline and refreshed["jti"] == first["jti"]:
+        time.sleep(0.5)
+        refreshed = jwt.decode(token_file.read_bytes().strip(), options={"verify_signature": False})
+    assert refreshed["jti"] != first["jti"], "credentials were not refreshed while the server ran"
+    assert refreshed["exp"] > first["exp"]
+    persisted = CredentialBundle.from_dict(_auth_state(facility, "bob")["auth_state"]["casa"])
+    assert persisted.files["xcache.token"].content.strip() == token_file.read_bytes().strip()
+    with facility.api() as api:
+        assert api.delete("/users/bob/server").status_code in (202, 204)
+    deadline = time.monotonic() + 30
+    while creds.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not creds.exists(), "credentials left behind after the server stopped"
+
+
+def test_no_secret_in_hub_log(facility):
+    H.oauth_login(facility, "alice")
+    state = _auth_state(facility, "alice")["auth_state"]
+    secrets_ = [state["access_token"], state["refresh_token"], state["id_token"]]
+    bundle = CredentialBundle.from_dict(state["casa"])
+    secrets_ += [f.content.decode().strip() for p, f in bundle.files.items() if p.endswith((".token", ".key"))
+                 or p.startswith("condor-tokens/")]
+    log = facility.log()
+    for s in secrets_:
+        assert s and s not in log
+    for key_file in (facility.work / "keys").iterdir():
+        assert key_file.read_bytes().strip().decode(errors="ignore") not in log
