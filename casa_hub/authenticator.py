@@ -226,14 +226,23 @@ class CasaAuthenticator(GenericOAuthenticator):
             raise web.HTTPError(403, reason="Identity mismatch", log_message="userinfo sub != id_token sub")
         return {**claims, **user_info}
 
-    def normalize_username(self, username):
-        # NFKC folds look-alike compatibility characters before JupyterHub's lower-casing
-        return super().normalize_username(unicodedata.normalize("NFKC", username or ""))
+    def user_info_to_username(self, user_info):
+        try:
+            return super().user_info_to_username(user_info)
+        except ValueError:
+            # oauthenticator's message would echo every claim into the log and the error page
+            raise web.HTTPError(403, reason="Your identity provider sent no user name",
+                                log_message=f"no usable {self.username_claim!r} claim") from None
 
     def validate_username(self, username):
-        if not username or any(unicodedata.category(c)[0] in ("C", "Z") and c != " " for c in username):
+        """Refuse names that are empty, over 255 characters, contain control/separator characters or '/', or
+        that Unicode compatibility normalisation would change: folding them (e.g. full-width letters) could
+        let one identity log in as another user."""
+        if not username or len(username) > 255 or "/" in username:
             return False
-        if "/" in username or len(username) > 255:
+        if any(unicodedata.category(c)[0] in ("C", "Z") for c in username):
+            return False
+        if unicodedata.normalize("NFKC", username) != username:
             return False
         return super().validate_username(username)
 
@@ -254,6 +263,11 @@ class CasaAuthenticator(GenericOAuthenticator):
         """oauthenticator's auth_state plus the user's freshly minted credentials (``auth_state["casa"]``)."""
         state = super().build_auth_state_dict(token_info, user_info)
         username = self.normalize_username(self.user_info_to_username(user_info))
+        # JupyterHub validates names only after authenticate(): refuse before minting anything
+        if not self.validate_username(username):
+            self.log.warning("Refusing login with an invalid user name %r", username[:80])
+            raise web.HTTPError(403, reason="User name not allowed",
+                                log_message=f"invalid user name {username[:80]!r}")
         bundle = await self.mint(username, email=user_info.get("email"))
         state["casa"] = bundle.to_dict()
         state["casa_groups"] = sorted(await self.get_user_groups(state))

@@ -151,7 +151,8 @@ class CasaMinter(LoggingConfigurable):
     ).tag(config=True)
     dask_hostnames = List(
         Unicode(), ["localhost", "127.0.0.1", "dask-{username}"],
-        help="Subject alternative names of the scheduler and worker certificates; ``{username}`` is replaced.",
+        help="""Subject alternative names of the scheduler and worker certificates; ``{username}`` is replaced
+        by a DNS-safe form of the user name (unchanged when it already is one).""",
     ).tag(config=True)
     dask_cert_lifetime = _seconds("Lifetime of the Dask leaf certificates", 24 * 3600)
 
@@ -296,7 +297,7 @@ class CasaMinter(LoggingConfigurable):
     def _mint_dask(self, user, now, add, env):
         ca = self.user_ca(user)
         add(DASK_CA, ca.cert_pem, mode=0o444)
-        hostnames = [h.format(username=user) for h in self.dask_hostnames]
+        hostnames = [h.format(username=dask_tls.dns_label(user)) for h in self.dask_hostnames]
         lifetime = datetime.timedelta(seconds=self.dask_cert_lifetime)
         env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = "{mount}/" + DASK_CA
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"

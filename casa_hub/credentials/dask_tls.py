@@ -82,6 +82,16 @@ def ca_certificate(ca_key: ec.EllipticCurvePrivateKey, user: str, generation: in
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def dns_label(name: str) -> str:
+    """A DNS label (RFC 1123) for any user name: kept as is when already safe, otherwise the safe
+    characters plus a short hash so different names never collide."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in name.lower()).strip("-")
+    if safe == name and 0 < len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{safe[:50].strip('-') or 'u'}-{digest}"
+
+
 @functools.lru_cache(maxsize=1024)
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     entries: list[x509.GeneralName] = []

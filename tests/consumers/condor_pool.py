@@ -215,7 +215,8 @@ class Pool:
         """condor_submit/condor_q/condor_rm wrappers running the root's tools as ``user``, for dask-jobqueue.
 
         The submit description is written outside the root (a host temp file), so it goes in on stdin
-        (condor_submit reads stdin when it is given no file; a lone ``-`` is taken as an option)."""
+        (condor_submit reads stdin when given no file; with ``-`` 23.9 printed the verbose job ad instead of
+        "submitted to cluster N", which dask-jobqueue parses)."""
         bin_dir.mkdir(parents=True, exist_ok=True)
         prefix = shlex.join(self._nsenter(user, env, cwd))
         for tool in ("condor_submit", "condor_q", "condor_rm"):

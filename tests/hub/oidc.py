@@ -41,3 +41,28 @@ def start_provider(tmp: Path, users=DEMO_USERS, port: int | None = None) -> Prov
 
 def stop_provider(provider: Provider) -> None:
     stop_process(provider.proc)
+
+
+def code_flow_tokens(provider: Provider, sub: str, client_id: str = "casa-test",
+                     redirect_uri: str = "http://127.0.0.1:1/callback") -> dict:
+    """A genuine token response from the provider for ``sub`` (authorization code + PKCE, no browser)."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    import httpx
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    query = urlencode({"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
+                       "scope": "openid profile email", "state": "s", "code_challenge": challenge,
+                       "code_challenge_method": "S256"})
+    with httpx.Client(timeout=10) as http:
+        r = http.post(f"{provider.url}/oauth2/authorize?{query}", data={"sub": sub})
+        code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+        r = http.post(f"{provider.url}/oauth2/token", data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "client_id": client_id, "client_secret": "x", "code_verifier": verifier})
+        r.raise_for_status()
+        return r.json()

@@ -141,3 +141,30 @@ def test_no_secret_in_hub_log(facility):
         assert s and s not in log
     for key_file in (facility.work / "keys").iterdir():
         assert key_file.read_bytes().strip().decode(errors="ignore") not in log
+
+
+@pytest.mark.parametrize("claimed,expected", [
+    ("Carol.UPPER", "carol.upper"),
+    ("dörte", "dörte"),
+    ("frank@cern.ch", "frank@cern.ch"),
+    ("g" * 120, "g" * 120),
+])
+def test_unusual_but_valid_usernames_log_in(facility, claimed, expected):
+    sub = f"sub-{abs(hash(claimed))}"
+    facility.provider.set_user(sub, {"preferred_username": claimed, "groups": ["cms"]})
+    client = H.oauth_login(facility, sub)
+    assert client.last_callback.status_code == 302, H.page_message(client.last_callback.text)[:500]
+    model = _auth_state(facility, expected)
+    assert CredentialBundle.from_dict(model["auth_state"]["casa"]).user == expected
+
+
+@pytest.mark.parametrize("claimed", ["ａｌｉｃｅ", "evil\u0000name", "tab\tname", "a/b", "x" * 300, ""])
+def test_hostile_usernames_are_refused(facility, claimed):
+    sub = f"hostile-{abs(hash(claimed))}"
+    facility.provider.set_user(sub, {"preferred_username": claimed, "groups": ["cms"]})
+    client = H.oauth_login(facility, sub)
+    assert client.last_callback.status_code in (400, 403), client.last_callback.status_code
+    with facility.api() as api:
+        users = [u["name"] for u in api.get("/users").json()]
+    assert "alice" not in users or claimed != "ａｌｉｃｅ" or _auth_state(facility, "alice")  # no takeover
+    assert not [u for u in users if "\x00" in u or "/" in u or len(u) > 255]

@@ -200,3 +200,17 @@ def test_email_identity_needs_an_email(tmp_path):
     with pytest.raises(ValueError, match="e-mail"):
         m.mint("alice")
     assert m.mint("alice", email="alice@example.org").files["servicex.token"]
+
+
+@pytest.mark.parametrize("name", ["alice", "dörte", "Carol.UPPER", "a@b.c", "x" * 100, "名前"])
+def test_dns_label_is_safe_and_stable(name):
+    label = dask_tls.dns_label(name)
+    assert 0 < len(label) <= 63 and label.isascii()
+    assert all(c.isalnum() or c == "-" for c in label) and not label.startswith("-")
+    assert label == dask_tls.dns_label(name)
+    x509.DNSName(label)  # accepted by cryptography
+
+
+def test_dns_labels_do_not_collide():
+    assert dask_tls.dns_label("a.b") != dask_tls.dns_label("a-b")
+    assert dask_tls.dns_label("a-b") == "a-b"

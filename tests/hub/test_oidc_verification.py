@@ -1,0 +1,166 @@
+"""id_token verification (casa_hub.oidc) against the real provider's JWKS and genuine tokens; forgeries of
+every kind are refused with a clear reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from casa_hub.oidc import JWKSCache, OIDCError, parse_discovery, verify_id_token
+from tests.hub.oidc import code_flow_tokens, start_provider, stop_provider
+
+CLIENT = "casa-test"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    p = start_provider(tmp_path_factory.mktemp("oidc"))
+    try:
+        yield p
+    finally:
+        stop_provider(p)
+
+
+@pytest.fixture(scope="module")
+def metadata(provider):
+    return parse_discovery(provider.get_json("/.well-known/openid-configuration"), provider.url)
+
+
+@pytest.fixture
+def keys(metadata):
+    async def fetch():
+        async with httpx.AsyncClient(timeout=10) as http:
+            return (await http.get(metadata.jwks_uri)).json()
+    return JWKSCache(fetch)
+
+
+@pytest.fixture(scope="module")
+def genuine(provider):
+    return code_flow_tokens(provider, "alice", client_id=CLIENT)["id_token"]
+
+
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def _header(token: str) -> dict:
+    return jwt.get_unverified_header(token)
+
+
+async def _verify(token, keys, metadata, **kw):
+    return await verify_id_token(token, keys, issuer=metadata.issuer, audience=kw.pop("audience", CLIENT), **kw)
+
+
+async def test_genuine_id_token_verifies(genuine, keys, metadata):
+    claims = await _verify(genuine, keys, metadata)
+    assert claims["sub"] == "alice" and claims["aud"] in (CLIENT, [CLIENT]) and claims["iss"] == metadata.issuer
+
+
+def test_discovery_issuer_mismatch_is_refused(provider):
+    doc = provider.get_json("/.well-known/openid-configuration")
+    with pytest.raises(OIDCError, match="issuer"):
+        parse_discovery(doc, "https://evil.example.org")
+
+
+def _resign(token: str, key, alg: str, **changes) -> str:
+    claims = {**_claims(token), **changes}
+    return jwt.encode(claims, key, algorithm=alg, headers={k: v for k, v in _header(token).items()
+                                                           if k not in ("alg", "typ")})
+
+
+async def test_forged_signature_is_refused(genuine, keys, metadata):
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(OIDCError, match="signature is invalid"):
+        await _verify(_resign(genuine, forger, "RS256"), keys, metadata)
+
+
+async def test_alg_none_is_refused(genuine, keys, metadata):
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=")
+    body = genuine.split(".")[1].encode()
+    with pytest.raises(OIDCError, match="'none' is not accepted"):
+        await _verify((header + b"." + body + b".").decode(), keys, metadata)
+
+
+async def test_hs256_with_the_public_key_is_refused(genuine, keys, metadata, provider):
+    """Key confusion: an attacker signs HS256 using the provider's public key as the HMAC secret."""
+    jwks = provider.get_json("/jwks")
+    public_pem = jwt.PyJWK(jwks["keys"][0]).key.public_bytes(serialization.Encoding.PEM,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    import hmac
+    import hashlib
+
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()).rstrip(b"=")
+    body = genuine.split(".")[1].encode()
+    signature = base64.urlsafe_b64encode(hmac.new(public_pem, header + b"." + body, hashlib.sha256).digest())
+    token = b".".join([header, body, signature.rstrip(b"=")]).decode()
+    with pytest.raises(OIDCError, match="'HS256' is not accepted"):
+        await _verify(token, keys, metadata, algorithms=["RS256", "HS256"])
+
+
+async def test_es256_header_on_rsa_key_is_refused(genuine, keys, metadata):
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(OIDCError, match="does not match"):
+        await _verify(_resign(genuine, other, "ES256"), keys, metadata)
+
+
+async def test_expired_id_token_is_refused(genuine, keys, metadata):
+    later = _claims(genuine)["exp"] + 3600
+    with pytest.raises(OIDCError, match="expired"):
+        await _verify(genuine, keys, metadata, now=later)
+
+
+async def test_wrong_audience_is_refused(genuine, keys, metadata):
+    with pytest.raises(OIDCError, match="audience"):
+        await _verify(genuine, keys, metadata, audience="another-client")
+
+
+async def test_wrong_issuer_is_refused(genuine, keys):
+    class Meta:
+        issuer = "https://other-provider.example.org"
+    with pytest.raises(OIDCError, match="issuer"):
+        await verify_id_token(genuine, keys, issuer=Meta.issuer, audience=CLIENT)
+
+
+async def test_unknown_kid_is_refused_and_refetch_is_bounded(genuine, metadata):
+    calls = []
+
+    async def fetch():
+        calls.append(time.monotonic())
+        async with httpx.AsyncClient(timeout=10) as http:
+            return (await http.get(metadata.jwks_uri)).json()
+
+    keys = JWKSCache(fetch, min_refetch_interval=3600)
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(_claims(genuine), forger, algorithm="RS256", headers={"kid": "rotated-away"})
+    for _ in range(5):
+        with pytest.raises(OIDCError, match="does not publish"):
+            await _verify(token, keys, metadata)
+    assert len(calls) == 1  # forged kids cannot make us hammer the provider
+
+
+async def test_nonce_mismatch_is_refused(genuine, keys, metadata):
+    with pytest.raises(OIDCError, match="nonce"):
+        await _verify(genuine, keys, metadata, nonce="expected-nonce")
+
+
+@pytest.mark.parametrize("mutation", range(0, 40))
+async def test_byte_mutations_are_refused(genuine, keys, metadata, mutation):
+    raw = bytearray(genuine.encode())
+    pos = (mutation * 37) % len(raw)
+    raw[pos] = ord("A") if raw[pos] != ord("A") else ord("B")
+    token = raw.decode(errors="replace")
+    if token == genuine:
+        pytest.fail("mutation did not change the token")
+    try:
+        claims = await _verify(token, keys, metadata)
+    except OIDCError:
+        return
+    # base64url padding bits: a flip in the last char's unused bits can decode to the same bytes
+    assert claims == await _verify(genuine, keys, metadata)
