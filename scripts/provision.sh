@@ -51,6 +51,10 @@ if [[ ! -x node_modules/.bin/configurable-http-proxy ]]; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
+if [[ -n ${CASA_PROVISION_MINIMAL:-} ]]; then
+  log "ready (minimal: no HTCondor root; venv: $ROOT/.venv)"
+  exit 0
+fi
 if [[ ! -f $CONDOR_ROOT/.casa-ready ]] || [[ $(cat "$CONDOR_ROOT/.casa-ready") != "$CONDOR_VERSION" ]]; then
   log "htcondor: building a Debian trixie root with condor $CONDOR_VERSION in $CONDOR_ROOT"
   rm -rf "$CONDOR_ROOT.tmp"; mkdir -p "$(dirname "$CONDOR_ROOT")"
