@@ -37,7 +37,7 @@ c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
 c.JupyterHub.pid_file = "{state}/jupyterhub.pid"
 c.Authenticator.enable_auth_state = True
-c.CasaAuthenticator.oidc_issuer = "http://127.0.0.1:{oidc_port}"
+c.CasaAuthenticator.oidc_issuer = "{oidc_issuer}"
 c.CasaAuthenticator.client_id = "casa-facility"
 c.CasaAuthenticator.client_secret = "demo-provider-does-not-check-it"
 c.CasaAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
@@ -62,7 +62,16 @@ c.Spawner.default_url = "/lab"
 c.Spawner.environment = {{"CASA_GPU_COUNT": "{gpus}"}}
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
+{extra}
 """
+
+
+def render_hub_config(*, port: int, hub_port: int, proxy_api_port: int, chp: str, state: Path, oidc_issuer: str,
+                      key_dir: Path, singleuser: str, gpus: int = 0, extra: str = "") -> str:
+    """The facility's jupyterhub_config.py (also what the hub tests run, plus their ``extra`` lines)."""
+    return HUB_CONFIG.format(port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=chp, state=state,
+                             oidc_issuer=oidc_issuer, keys=key_dir, singleuser=singleuser,
+                             as_root=os.geteuid() == 0, gpus=gpus, extra=extra)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -128,10 +137,10 @@ def main(argv=None) -> int:
     state = args.state.resolve()
     key_dir = prepare_state(state)
     ports = [_free_port(), _free_port()]  # the hub's and the proxy's internal APIs
-    (state / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
-        port=args.port, hub_port=ports[0], proxy_api_port=ports[1], chp=chp, state=state, oidc_port=args.oidc_port,
-        keys=key_dir, singleuser=str(bin_dir / "jupyterhub-singleuser"), as_root=os.geteuid() == 0,
-        gpus=args.gpus))
+    (state / "jupyterhub_config.py").write_text(render_hub_config(
+        port=args.port, hub_port=ports[0], proxy_api_port=ports[1], chp=chp, state=state,
+        oidc_issuer=f"http://127.0.0.1:{args.oidc_port}", key_dir=key_dir,
+        singleuser=str(bin_dir / "jupyterhub-singleuser"), gpus=args.gpus))
     (state / "users.json").write_text(json.dumps(DEMO_USERS))
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(state / "crypt_key").read_text().strip(),
                PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")

@@ -15,48 +15,18 @@ from urllib.parse import urljoin
 
 import httpx
 
-from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port, write_keys
+from casa_hub.facility import prepare_state, render_hub_config
+from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port
 
 CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
 
-CONFIG = """
-import sys
-c = get_config()  # noqa
-c.JupyterHub.authenticator_class = "casa"
-c.JupyterHub.spawner_class = "casa-local"
-c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.command = ["{chp}"]
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.JupyterHub.db_url = "sqlite:///{work}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{work}/cookie_secret"
-c.JupyterHub.pid_file = "{work}/hub.pid"
+# the hub tests run the facility's own configuration, plus an API token for the test and their extras
+TEST_CONFIG = """
 c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers",
                                                           "read:users", "list:users"],
                              "services": ["casa-test"]}}]
 c.JupyterHub.services = [{{"name": "casa-test", "api_token": "{api_token}"}}]
-c.Authenticator.enable_auth_state = True
-c.CasaAuthenticator.oidc_issuer = "{issuer}"
-c.CasaAuthenticator.client_id = "casa-hub"
-c.CasaAuthenticator.client_secret = "not-checked-by-the-demo-provider"
-c.CasaAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
-c.CasaAuthenticator.scope = ["openid", "profile", "email"]
-c.CasaAuthenticator.allowed_groups = {{"cms", "atlas"}}
-c.CasaAuthenticator.admin_groups = {{"facility-admins"}}
-c.CasaMinter.issuer_url = "http://127.0.0.1:{port}/hub/casa-issuer"
-c.CasaMinter.issuer_key_file = "{keys}/issuer"
-c.CasaMinter.dask_ca_secret_file = "{keys}/dask-ca"
-c.CasaMinter.condor_enabled = True
-c.CasaMinter.condor_signing_key_file = "{keys}/condor"
-c.CasaMinter.condor_trust_domain = "casa.test"
-c.CasaLocalSpawner.run_as_hub_user = True
-c.CasaLocalSpawner.home_dir_template = "{work}/home/{{username}}"
-c.Spawner.cmd = ["{singleuser}"]
-c.Spawner.args = ["--ServerApp.allow_root=True"]
-c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 60
-c.Spawner.http_timeout = 60
 {extra}
 """
 
@@ -76,17 +46,21 @@ class Hub:
     def log(self) -> str:
         return (self.work / "hub.log").read_text(errors="replace")
 
+    def key_files(self) -> list[Path]:
+        return list((self.work / "keys").iterdir())
+
 
 def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60) -> Hub:
     work.mkdir(parents=True, exist_ok=True)
-    keys = write_keys(work / "keys")
+    key_dir = prepare_state(work)
     port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
     api_token = secrets.token_hex(16)
-    (work / "jupyterhub_config.py").write_text(CONFIG.format(
-        port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=CHP, work=work, api_token=api_token,
-        issuer=provider.url, keys=keys["issuer"].parent, singleuser=VENV_BIN / "jupyterhub-singleuser",
-        extra=extra_config))
-    env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32), PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    (work / "jupyterhub_config.py").write_text(render_hub_config(
+        port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=str(CHP), state=work,
+        oidc_issuer=provider.url, key_dir=key_dir, singleuser=str(VENV_BIN / "jupyterhub-singleuser"),
+        extra=TEST_CONFIG.format(api_token=api_token, extra=extra_config)))
+    env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(work / "crypt_key").read_text().strip(),
+               PATH=f"{VENV_BIN}:{os.environ['PATH']}")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
                             cwd=work, env=env, stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -139,7 +139,7 @@ def test_no_secret_in_hub_log(facility):
     log = facility.log()
     for s in secrets_:
         assert s and s not in log
-    for key_file in (facility.work / "keys").iterdir():
+    for key_file in facility.key_files():
         assert key_file.read_bytes().strip().decode(errors="ignore") not in log
 
 
