@@ -42,6 +42,7 @@ c.CasaAuthenticator.client_id = "casa-facility"
 c.CasaAuthenticator.client_secret = "demo-provider-does-not-check-it"
 c.CasaAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
 c.CasaAuthenticator.scope = ["openid", "profile", "email"]
+c.CasaAuthenticator.login_service = "the Casa demo identity provider"
 c.CasaAuthenticator.allowed_groups = {{"cms", "atlas", "facility-admins"}}
 c.CasaAuthenticator.admin_groups = {{"facility-admins"}}
 c.CasaMinter.issuer_url = "http://127.0.0.1:{port}/hub/casa-issuer"

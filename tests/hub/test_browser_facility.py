@@ -1,0 +1,106 @@
+"""A person in a real browser (Debian Chromium via Playwright) on the one-command facility: sign in at the
+OIDC provider, start a server, reach JupyterLab; an outsider sees a clear refusal. Screenshots go to
+docs/screenshots/ for the guides."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.hub import hub as H
+from tests.support import REPO, free_port, need, wait_for_port
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+# screenshots for the guides: regenerated into docs/ with CASA_UPDATE_SCREENSHOTS=1, else kept as artifacts
+SHOTS = REPO / ("docs/screenshots" if os.environ.get("CASA_UPDATE_SCREENSHOTS") else "test-artifacts/screenshots")
+
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory):
+    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
+    need(Path(CHROMIUM).exists(), "Debian chromium")
+    state = tmp_path_factory.mktemp("browser-facility") / "state"
+    port, oidc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "casa_hub.facility", "--port", str(port), "--oidc-port", str(oidc_port),
+         "--state", str(state), "--gpus", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, proc=proc, timeout=60)
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while httpx.get(f"http://127.0.0.1:{port}/hub/api", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def page():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        pg = context.new_page()
+        pg.set_default_timeout(20_000)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def _sign_in(page, base: str, user: str, shot: str | None = None):
+    page.goto(base + "/hub/login")
+    if shot:
+        page.screenshot(path=str(SHOTS / f"{shot}-hub-login.png"))
+    page.get_by_text("Sign in with the Casa demo identity provider").click()
+    page.wait_for_url("**/oauth2/authorize**")
+    if shot:
+        page.screenshot(path=str(SHOTS / f"{shot}-provider.png"))
+    page.get_by_role("button", name=user, exact=True).click()
+
+
+def test_physicist_signs_in_and_reaches_jupyterlab(facility, page):
+    base, state = facility
+    started = time.monotonic()
+    _sign_in(page, base, "alice", shot="01")
+    if page.locator("form#spawn_form").count():  # a profile form, when the spawner offers one
+        page.screenshot(path=str(SHOTS / "02-spawn-form.png"))
+        page.locator("form#spawn_form input[type=submit], form#spawn_form button[type=submit]").first.click()
+    page.wait_for_url("**/user/alice/lab**", timeout=120_000)
+    page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+    ready = time.monotonic() - started
+    page.screenshot(path=str(SHOTS / "03-jupyterlab.png"))
+    creds = state / "home" / "alice" / ".casa" / "credentials"
+    assert (creds / "xcache.token").is_file()
+    print(f"browser: sign-in click to JupyterLab ready in {ready:.1f} s")
+
+
+def test_outsider_sees_a_clear_refusal(facility, page):
+    base, _ = facility
+    _sign_in(page, base, "eve")
+    page.wait_for_load_state()
+    body = page.inner_text("body")
+    assert "403" in body and "not in a group allowed to use this facility" in body
+    page.screenshot(path=str(SHOTS / "04-refused.png"))
