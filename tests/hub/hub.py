@@ -50,7 +50,7 @@ class Hub:
         return list((self.work / "keys").iterdir())
 
 
-def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60) -> Hub:
+def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60, env: dict | None = None) -> Hub:
     work.mkdir(parents=True, exist_ok=True)
     key_dir = prepare_state(work)
     port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
@@ -60,7 +60,7 @@ def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60)
         oidc_issuer=provider.url, key_dir=key_dir, singleuser=str(VENV_BIN / "jupyterhub-singleuser"),
         extra=TEST_CONFIG.format(api_token=api_token, extra=extra_config)))
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(work / "crypt_key").read_text().strip(),
-               PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+               PATH=f"{VENV_BIN}:{os.environ['PATH']}", **(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
                             cwd=work, env=env, stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)

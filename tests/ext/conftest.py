@@ -1,0 +1,52 @@
+"""Fixtures for the user-side extension: a minted bundle laid out as the spawner mounts it, declared GPUs."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from casa_hub.credentials.bundle import CredentialBundle
+from casa_hub_ext.bundle import MountedBundle
+from casa_hub_ext.gpu import GPU, Inventory
+from casa_hub_ext.options import CasaClusterSettings
+
+
+def write_bundle(bundle: CredentialBundle, directory: Path) -> Path:
+    """Lay the bundle out as the spawner would (files with their modes)."""
+    for rel, f in bundle.files.items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.content)
+        path.chmod(f.mode)
+    return directory
+
+
+def declared_gpus(n: int) -> Inventory:
+    return Inventory(tuple(GPU(i, str(i)) for i in range(n)), "CASA_GPU_COUNT")
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, minter) -> Path:
+    return write_bundle(minter.mint("alice"), tmp_path / "casa")
+
+
+@pytest.fixture
+def mounted(bundle_dir) -> MountedBundle:
+    return MountedBundle.from_directory(bundle_dir)
+
+
+@pytest.fixture
+def expired_bundle_dir(tmp_path, minter) -> Path:
+    """A bundle minted two days ago: every token and leaf certificate has expired."""
+    then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    return write_bundle(minter.mint("alice", now=then), tmp_path / "expired")
+
+
+@pytest.fixture
+def settings(monkeypatch) -> CasaClusterSettings:
+    for var in ("CASA_DASK_BACKENDS", "CASA_GPU_MAX_PER_WORKER", "DASK_GATEWAY__ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    return CasaClusterSettings(backends=["local", "htcondor", "gateway"], max_gpus_per_worker=1, max_workers=4,
+                               gateway_address="http://127.0.0.1:1")

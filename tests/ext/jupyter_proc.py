@@ -1,0 +1,78 @@
+"""A real ``jupyter server`` / ``jupyter lab`` subprocess with the Casa extension enabled by its jupyter-config
+file (as a pip install would) and the built labextension on the data path."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port
+
+LABEXTENSION = REPO / "casa_hub_ext" / "labextension"
+
+
+@dataclass
+class JupyterProc:
+    url: str  # base url, ending in /
+    token: str
+    proc: subprocess.Popen
+    log: Path
+
+    def headers(self) -> dict:
+        return {"Authorization": f"token {self.token}"}
+
+
+def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeout: float = 60) -> JupyterProc:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "root").mkdir(exist_ok=True)
+    data = work / "data" / "labextensions"
+    data.mkdir(parents=True, exist_ok=True)
+    if app == "lab" and not (data / "casa-hub-ext").exists():
+        (data / "casa-hub-ext").symlink_to(LABEXTENSION)
+    port, token = free_port(), secrets.token_hex(16)
+    full_env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(work / "config"),
+        "JUPYTER_CONFIG_PATH": str(REPO / "jupyter-config"),  # the auto-enable file shipped in the wheel
+        "JUPYTER_DATA_DIR": str(work / "userdata"),
+        "JUPYTER_PATH": str(work / "data"),
+        "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(work / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
+        **env,
+    }
+    args = [str(VENV_BIN / "jupyter"), app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work / 'root'}",
+            "--ServerApp.port_retries=0"]
+    if app == "lab":
+        args += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log = work / f"{app}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=work, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_port(port, timeout=timeout, proc=proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                req = urllib.request.Request(url + "api/status", headers={"Authorization": f"token {token}"})
+                with urllib.request.urlopen(req, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    except Exception:
+        stop_process(proc)
+        raise RuntimeError(f"jupyter {app} did not start:\n{log.read_text()[-3000:]}") from None
+    return JupyterProc(url, token, proc, log)
+
+
+def stop_jupyter(server: JupyterProc) -> None:
+    stop_process(server.proc, timeout=30)

@@ -1,0 +1,217 @@
+"""Pure tests: GPU discovery, bounded options, the mounted bundle, backend builders (no cluster started)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from distributed.security import Security
+
+from casa_hub_ext.bundle import MountedBundle
+from casa_hub_ext.errors import CredentialError, OptionError
+from casa_hub_ext.factory import gateway_options, gpu_groups, htcondor_job_directives, htcondor_kwargs
+from casa_hub_ext.gpu import discover
+from casa_hub_ext.options import CasaClusterSettings, ClusterOptions, OptionsSpec
+from tests.ext.conftest import declared_gpus
+
+
+# ------------------------------------------------------------------------------------------ gpu
+class FakeNVML:
+    def __init__(self, n):
+        self.n = n
+
+    def nvmlInit(self):
+        if self.n is None:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return self.n
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA A100"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}aaaa-0000"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"total": 40 * 2**30})()
+
+
+def test_nvml_first_and_restricted_by_cuda_visible_devices():
+    inv = discover({}, nvml=FakeNVML(4))
+    assert (inv.source, inv.count, inv.gpus[0].name, inv.gpus[1].id) == ("nvml", 4, "NVIDIA A100", "GPU-1aaaa-0000")
+    inv = discover({"CUDA_VISIBLE_DEVICES": "2,GPU-3aaaa"}, nvml=FakeNVML(4))
+    assert [(g.index, g.id) for g in inv.gpus] == [(0, "GPU-2aaaa-0000"), (1, "GPU-3aaaa-0000")]
+
+
+@pytest.mark.parametrize("env, source, ids", [
+    ({"CUDA_VISIBLE_DEVICES": "0,1", "CASA_GPU_COUNT": "8"}, "CUDA_VISIBLE_DEVICES", ["0", "1"]),
+    ({"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES", []),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES", []),
+    ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, "NVIDIA_VISIBLE_DEVICES", ["GPU-a", "GPU-b"]),
+    ({"NVIDIA_VISIBLE_DEVICES": "void"}, "NVIDIA_VISIBLE_DEVICES", []),
+    ({"NVIDIA_VISIBLE_DEVICES": "all", "CASA_GPU_COUNT": "2"}, "CASA_GPU_COUNT", ["0", "1"]),
+    ({"CASA_GPU_COUNT": "3"}, "CASA_GPU_COUNT", ["0", "1", "2"]),
+    ({}, "none", []),
+])
+def test_env_fallbacks_when_nvml_is_unusable(env, source, ids):
+    inv = discover(env, nvml=FakeNVML(None))
+    assert (inv.source, [g.id for g in inv.gpus]) == (source, ids)
+
+
+def test_bad_gpu_count_names_the_variable():
+    with pytest.raises(ValueError, match="CASA_GPU_COUNT='two'"):
+        discover({"CASA_GPU_COUNT": "two"}, nvml=FakeNVML(None))
+
+
+def test_gpu_groups_are_disjoint():
+    assert gpu_groups(declared_gpus(5), 2) == ["0,1", "2,3"]
+    assert gpu_groups(declared_gpus(2), 1) == ["0", "1"]
+    assert gpu_groups(declared_gpus(2), 0) == []
+
+
+# ------------------------------------------------------------------------------------------ options
+def test_defaults_and_spec(settings):
+    spec = OptionsSpec(settings, declared_gpus(2))
+    assert spec.validate({}) == ClusterOptions("local", 2, 1, 2 * 2**30, 0)
+    assert spec.spec()["gpus_per_worker_max"] == {"local": 1, "htcondor": 1, "gateway": 1}
+    assert {f["name"] for f in spec.spec()["fields"]} == {"backend", "workers", "cores", "memory", "gpus_per_worker"}
+    assert spec.validate({"memory": "4 GiB", "workers": "3"}).memory == 4 * 2**30
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"backend": "kubernetes"}, "backend='kubernetes': expected one of"),
+    ({"workers": 5}, "workers=5 is outside the allowed range 0..4"),
+    ({"workers": -1}, "workers=-1 is outside"),
+    ({"workers": True}, "expected a whole number"),
+    ({"cores": 99}, "cores=99 is outside the allowed range 1..8"),
+    ({"memory": "1 TiB"}, "memory=1.00 TiB is outside"),
+    ({"memory": "lots"}, "expected a size"),
+    ({"gpus_per_worker": 2}, "gpus_per_worker=2 is outside the allowed range 0..1"),
+    ({"gpus": 1}, "unknown cluster option"),
+    ({"workers": 3, "gpus_per_worker": 1}, "3 worker(s) x 1 GPU(s) need 3 GPUs; this server has 2"),
+])
+def test_refusals_name_the_option(settings, request_, message):
+    with pytest.raises(OptionError) as e:
+        OptionsSpec(settings, declared_gpus(2)).validate(request_)
+    assert message in str(e.value)
+    assert e.value.status_code == 422
+
+
+def test_local_gpus_bounded_by_this_server(settings):
+    settings.max_gpus_per_worker = 4
+    spec = OptionsSpec(settings, declared_gpus(1))
+    assert spec.gpu_limits == {"local": 1, "htcondor": 4, "gateway": 4}
+    with pytest.raises(OptionError, match="more than the 1 GPU"):
+        spec.validate({"gpus_per_worker": 2})
+    assert spec.validate({"backend": "htcondor", "gpus_per_worker": 4, "workers": 4}).gpus_per_worker == 4
+
+
+def test_settings_defaults_from_env(monkeypatch):
+    monkeypatch.setenv("CASA_DASK_BACKENDS", "local,gateway")
+    monkeypatch.setenv("CASA_GPU_MAX_PER_WORKER", "2")
+    s = CasaClusterSettings()
+    assert (s.backends, s.max_gpus_per_worker) == (["local", "gateway"], 2)
+    monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER")
+    assert OptionsSpec(CasaClusterSettings(), declared_gpus(3)).gpu_limits == {"local": 3, "gateway": 0}
+    with pytest.raises(Exception, match=r"CasaClusterSettings.backends=\['slurm'\]"):
+        CasaClusterSettings(backends=["slurm"])
+
+
+# ------------------------------------------------------------------------------------------ bundle
+def test_manifest_and_status(mounted, bundle_dir):
+    assert mounted.user == "alice"
+    status = mounted.status()
+    names = {c["name"] for c in status["credentials"]}
+    assert {"xcache", "htcondor", "servicex", "dask-worker", "dask-ca"} <= names
+    assert all(c["present"] for c in status["credentials"])
+    assert 6 * 3600 - 60 < status["seconds_left"] <= 6 * 3600
+    assert mounted.condor_token_dir == bundle_dir / "condor-tokens"
+
+
+def test_security_from_files(mounted, bundle_dir):
+    sec = mounted.security()
+    assert isinstance(sec, Security) and sec.require_encryption
+    assert sec.tls_ca_file == str(bundle_dir / "dask/ca.pem")
+    assert sec.tls_worker_key == str(bundle_dir / "dask/worker.key")
+
+
+def test_from_env(bundle_dir):
+    assert MountedBundle.from_env({"CASA_CREDENTIALS_DIR": str(bundle_dir)}).user == "alice"
+    with pytest.raises(CredentialError, match="CASA_CREDENTIALS_DIR is not set"):
+        MountedBundle.from_env({})
+
+
+def test_missing_credential_is_named(bundle_dir):
+    (bundle_dir / "dask/worker.crt").unlink()
+    with pytest.raises(CredentialError) as e:
+        MountedBundle.from_directory(bundle_dir).security()
+    assert e.value.credential == "dask-worker"
+    assert "Dask worker certificate (dask-worker) is missing" in str(e.value)
+    (bundle_dir / "condor-tokens/casa").unlink()
+    with pytest.raises(CredentialError, match=r"HTCondor IDTOKEN \(htcondor\) is missing"):
+        MountedBundle.from_directory(bundle_dir).require("htcondor")
+
+
+def test_expired_credential_is_named(expired_bundle_dir):
+    bundle = MountedBundle.from_directory(expired_bundle_dir)
+    with pytest.raises(CredentialError) as e:
+        bundle.security()
+    assert e.value.credential == "dask-scheduler" and "expired" in str(e.value)
+    assert all(c["expired"] for c in bundle.status()["credentials"] if c["expires_at"])
+
+
+def test_no_manifest(tmp_path):
+    with pytest.raises(CredentialError, match="casa.json does not exist"):
+        MountedBundle.from_directory(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ backend builders
+def test_htcondor_job(mounted, bundle_dir, settings):
+    opts = ClusterOptions("htcondor", 2, 2, 4 * 2**30, 1)
+    assert htcondor_job_directives(opts, mounted, settings) == {
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT_OR_EVICT",
+        "transfer_input_files": ",".join(str(bundle_dir / "dask" / f) for f in ("ca.pem", "worker.crt", "worker.key")),
+        "encrypt_input_files": "ca.pem,worker.crt,worker.key",
+        "accounting_group": "group_casa.alice",
+        "accounting_group_user": "alice",
+        "request_gpus": "1",
+    }
+    kw = htcondor_kwargs(opts, mounted, settings)
+    assert kw["worker_extra_args"] == ["--resources", "GPU=1"]
+    assert (kw["cores"], kw["memory"], kw["protocol"], kw["python"]) == (2, 4 * 2**30, "tls://", sys.executable)
+    assert kw["job_cls"].casa_env == {"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle_dir / "condor-tokens")}
+
+
+def test_htcondor_job_script(mounted, settings):
+    """The real dask-jobqueue job script: relative TLS files (transferred), GPU request, resources."""
+    from dask_jobqueue import HTCondorCluster
+
+    kw = htcondor_kwargs(ClusterOptions("htcondor", 1, 1, 2**30, 1), mounted, settings)
+    kw["scheduler_options"] = {"dashboard_address": None, "host": "127.0.0.1"}
+    with HTCondorCluster(**kw) as cluster:
+        script = cluster.job_script()
+    assert "request_gpus = 1" in script and "accounting_group = group_casa.alice" in script
+    assert "--tls-ca-file ca.pem" in script and "--tls-key worker.key" in script
+    assert "--resources GPU=1" in script
+    assert str(mounted.directory / "dask/worker.key") not in script.split("transfer_input_files")[0]
+
+
+def test_htcondor_refused_without_token(bundle_dir, settings):
+    os.unlink(bundle_dir / "condor-tokens/casa")
+    with pytest.raises(CredentialError, match="HTCondor IDTOKEN"):
+        htcondor_kwargs(ClusterOptions("htcondor"), MountedBundle.from_directory(bundle_dir), settings)
+
+
+def test_gateway_options():
+    assert gateway_options(ClusterOptions("gateway", 2, 2, 3 * 2**30, 1)) == {
+        "worker_cores": 2, "worker_memory": 3.0, "worker_gpus": 1}
+    assert "worker_gpus" not in gateway_options(ClusterOptions("gateway"))

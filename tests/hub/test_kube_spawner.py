@@ -1,0 +1,244 @@
+"""CasaSpawner (KubeSpawner) in a real hub, logged in through the real OIDC flow, against the Kubernetes
+emulator (tests/hub/kube_emulator.py) over HTTP with KubeSpawner's own watch reflectors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+
+from casa_hub.credentials.bundle import CredentialBundle
+from casa_hub.objects import secret_key
+from tests.hub import hub as H
+from tests.hub.kube import start_kube, stop_kube
+from tests.hub.oidc import start_provider, stop_provider
+from tests.support import free_port, need
+
+PROFILES = [
+    {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
+    {"display_name": "GPU", "slug": "gpu", "casa_allowed_groups": ["gpu-users"],
+     "kubespawner_override": {"node_selector": {"nvidia.com/gpu.present": "true"},
+                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                               "effect": "NoSchedule"}]},
+     "profile_options": {"gpus": {"display_name": "GPUs", "choices": {
+         "one": {"display_name": "1 GPU", "default": True,
+                 "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}}},
+         "two": {"display_name": "2 GPUs", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "2"}}},
+         "mig": {"display_name": "MIG 1g.10gb",
+                 "kubespawner_override": {"extra_resource_limits": {"nvidia.com/mig-1g.10gb": "1"}}},
+         "lots": {"display_name": "16 GPUs (over the limit)",
+                  "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "16"}}},
+     }}}},
+]
+
+KUBE_CONFIG = """
+c.JupyterHub.spawner_class = "casa"
+c.KubeSpawner.namespace = "default"
+c.KubeSpawner.port = {pod_port}
+c.KubeSpawner.fs_gid = 100
+c.KubeSpawner.start_timeout = 30
+c.KubeSpawner.k8s_api_request_retry_timeout = 8
+c.KubeSpawner.image = "registry.example.org/casa/notebook:test"
+c.KubeSpawner.profile_list = {profiles!r}
+c.CasaSpawner.casa_max_gpus = 4
+c.CasaMinter.xcache_lifetime = 70
+c.CasaAuthenticator.credential_refresh_margin = 60
+c.CasaSpawner.casa_refresh_jitter = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
+    tmp = tmp_path_factory.mktemp("kube")
+    kube = start_kube(tmp)
+    provider = start_provider(tmp)
+    try:
+        hub = H.start_hub(tmp / "hub", provider, extra_config=KUBE_CONFIG.format(
+            pod_port=free_port(), profiles=PROFILES), env={"KUBECONFIG": str(kube.kubeconfig)})
+        try:
+            yield hub, kube
+        finally:
+            H.stop_hub(hub)
+    finally:
+        stop_provider(provider)
+        stop_kube(kube)
+
+
+def _user(hub, name):
+    with hub.api() as api:
+        return api.get(f"/users/{name}").json()
+
+
+def _spawn(hub, name, options: dict) -> httpx.Response:
+    with hub.api() as api:
+        return api.post(f"/users/{name}/server", json=options)
+
+
+def _wait(predicate, timeout=40, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def _ready(hub, name):
+    return _wait(lambda: (_user(hub, name)["servers"].get("") or {}).get("ready"), what=f"{name} ready")
+
+
+def _stop(hub, name):
+    with hub.api() as api:
+        api.delete(f"/users/{name}/server")
+    _wait(lambda: not _user(hub, name)["servers"], what=f"{name} stopped")
+
+
+def _pod(kube, name):
+    return next((p for p in kube.objects("pods") if p["metadata"]["name"] == f"jupyter-{name}"), None)
+
+
+def _secret(kube, name):
+    return next((s for s in kube.objects("secrets") if s["metadata"]["name"] == f"casa-{name}"), None)
+
+
+def _spawn_failure(hub, name, options: dict) -> str:
+    """The message a refused or failed spawn shows: the API's answer if it failed at once, else the
+    failure event of the progress stream."""
+    r = _spawn(hub, name, options)
+    if 400 <= r.status_code < 600:
+        return r.json().get("message", "")
+    return _progress_failure(hub, name)
+
+
+def _progress_failure(hub, name) -> str:
+    with hub.api() as api:
+        with api.stream("GET", f"/users/{name}/server/progress", timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event.get("failed"):
+                        return event.get("message", "")
+    return ""
+
+
+def test_gpu_profile_spawn_mounts_secret_owned_by_pod(site):
+    hub, kube = site
+    H.oauth_login(hub, "alice")
+    assert _spawn(hub, "alice", {"profile": "gpu", "gpus": "two"}).status_code in (201, 202)
+    _ready(hub, "alice")
+    pod, secret = _pod(kube, "alice"), _secret(kube, "alice")
+    bundle = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
+    # the Secret holds exactly the bundle and is owned by the pod (garbage-collected with it)
+    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
+        secret_key(p): f.content for p, f in bundle.files.items()}
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "jupyter-alice", pod["metadata"]["uid"])
+    # read-only mount, group-readable (fsGroup) files, env pointing at paths only
+    container = pod["spec"]["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"]
+    assert mount == {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
+    modes = {i["path"]: i["mode"] for i in volume["secret"]["items"]}
+    assert modes["xcache.token"] == 0o440 and modes["dask/client.key"] == 0o440 and modes["dask/ca.pem"] == 0o444
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["BEARER_TOKEN_FILE"] == "/etc/casa/xcache.token"
+    assert env["_CONDOR_SEC_TOKEN_DIRECTORY"] == "/etc/casa/condor-tokens"
+    token = bundle.files["xcache.token"].content.decode().strip()
+    assert all(token not in (v or "") for v in env.values())
+    # the GPU choice reached the pod
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    _stop(hub, "alice")
+    assert _secret(kube, "alice") is None and _pod(kube, "alice") is None
+
+
+def test_respawn_does_not_duplicate_volumes_and_takes_over_stale_secret(site):
+    hub, kube = site
+    H.oauth_login(hub, "alice")
+    # a leftover Secret of an earlier server: create answers 409, the spawner takes it over
+    kube.create("secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "casa-alice"},
+                            "data": {"stale.key": base64.b64encode(b"old").decode()}})
+    for _ in range(2):
+        assert _spawn(hub, "alice", {"profile": "cpu"}).status_code in (201, 202)
+        _ready(hub, "alice")
+        pod, secret = _pod(kube, "alice"), _secret(kube, "alice")
+        assert [v["name"] for v in pod["spec"]["volumes"]].count("casa-credentials") == 1
+        assert "stale.key" not in (secret["data"] or {})
+        assert "nvidia.com/gpu" not in (pod["spec"]["containers"][0]["resources"].get("limits") or {})
+        _stop(hub, "alice")
+
+
+def test_gpu_profile_refused_outside_its_groups(site):
+    hub, kube = site
+    H.oauth_login(hub, "bob")  # atlas only: the GPU profile is for gpu-users
+    message = _spawn_failure(hub, "bob", {"profile": "gpu"})
+    assert "'gpu' is not available to your account" in message
+    assert _pod(kube, "bob") is None and _secret(kube, "bob") is None
+
+
+def test_gpu_count_over_the_facility_limit_is_refused(site):
+    hub, kube = site
+    H.oauth_login(hub, "alice")
+    assert "the facility allows at most 4" in _spawn_failure(hub, "alice", {"profile": "gpu", "gpus": "lots"})
+    assert _pod(kube, "alice") is None
+
+
+def test_tampered_gpu_choice_is_refused(site):
+    hub, kube = site
+    H.oauth_login(hub, "alice")
+    message = _spawn_failure(hub, "alice", {"profile": "gpu", "gpus": "eight", "gpus--unlisted-choice": "8"})
+    assert "Invalid server options" in message and "unlisted_choice" in message
+    assert _pod(kube, "alice") is None
+
+
+def test_kubernetes_500s_on_secret_create_are_retried(site):
+    hub, kube = site
+    H.oauth_login(hub, "admin")
+    kube.fault("POST", "secrets", 500, count=2)
+    assert _spawn(hub, "admin", {"profile": "cpu"}).status_code in (201, 202)
+    _ready(hub, "admin")
+    assert _secret(kube, "admin") is not None
+    assert "answered 500 while writing Secret casa-admin; retrying" in hub.log()
+    _stop(hub, "admin")
+
+
+def test_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_nothing(site):
+    hub, kube = site
+    H.oauth_login(hub, "admin")
+    kube.fault("POST", "secrets", 503, count=1000)
+    try:
+        message = _spawn_failure(hub, "admin", {"profile": "cpu"})
+    finally:
+        kube.clear_faults()
+    assert "Kubernetes is not answering" in message
+    _wait(lambda: _pod(kube, "admin") is None, what="pod removed after the failed spawn")
+    assert _secret(kube, "admin") is None
+
+
+def test_user_outside_allowed_groups_cannot_spawn(site):
+    hub, kube = site
+    client = H.oauth_login(hub, "eve")
+    assert client.last_callback.status_code == 403
+    assert _pod(kube, "eve") is None
+
+
+def test_refreshed_credentials_are_patched_into_the_secret(site):
+    hub, kube = site
+    H.oauth_login(hub, "bob")
+    assert _spawn(hub, "bob", {"profile": "cpu"}).status_code in (201, 202)
+    _ready(hub, "bob")
+    first = _secret(kube, "bob")
+    token_key = secret_key("xcache.token")
+    changed = _wait(lambda: (lambda s: s if s and s["data"][token_key] != first["data"][token_key] else None)(
+        _secret(kube, "bob")), timeout=40, what="Secret refreshed")
+    assert changed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
+    assert changed["metadata"]["uid"] == first["metadata"]["uid"]  # patched in place, not recreated
+    persisted = CredentialBundle.from_dict(_user(hub, "bob")["auth_state"]["casa"])
+    assert base64.b64decode(changed["data"][token_key]) == persisted.files["xcache.token"].content
+    _stop(hub, "bob")
