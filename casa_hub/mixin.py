@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import random
 
-from traitlets import Any, Float, HasTraits, List
+from traitlets import Any, Float, HasTraits, List, default
 
 from .credentials.bundle import CredentialBundle
 
@@ -17,6 +17,12 @@ class CasaCredentialsMixin(HasTraits):
 
     casa_bundle = Any(None, allow_none=True, help="The CredentialBundle for this server (set by the authenticator).")
     casa_groups = List(help="The user's groups at login (set by the authenticator).")
+
+    @default("casa_groups")
+    def _casa_groups_default(self):
+        # before a spawn (e.g. rendering the options form) the hub's own groups are the ones managed from
+        # the OIDC groups claim
+        return sorted(g.name for g in getattr(self.user, "groups", []) or [])
 
     casa_refresh_jitter = Float(
         0.1, min=0, max=0.5,

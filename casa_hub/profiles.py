@@ -64,6 +64,14 @@ def check_gpu_limits(extra_resource_limits: dict, max_gpus: int) -> dict[str, in
     return limits
 
 
+def offers_gpus(profile: dict) -> bool:
+    """Whether a profile (or one of its option choices) asks for GPU resources."""
+    overrides = [profile.get("kubespawner_override", {})]
+    for option in profile.get("profile_options", {}).values():
+        overrides += [c.get("kubespawner_override", {}) for c in option.get("choices", {}).values()]
+    return any(GPU_RESOURCE.match(name) for o in overrides for name in o.get("extra_resource_limits", {}))
+
+
 def free_gpus(nodes: list[dict], pods: list[dict], resource: str = "nvidia.com/gpu") -> int:
     """GPUs the cluster can still give out: allocatable on schedulable nodes minus what running or pending
     pods request (the scheduler's own arithmetic, coarsely)."""

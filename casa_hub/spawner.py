@@ -8,6 +8,7 @@ Refreshed credentials replace the Secret's data; kubelet updates the mounted fil
 from __future__ import annotations
 
 import asyncio
+import copy
 from functools import partial
 
 from jupyterhub.utils import AnyTimeoutError, exponential_backoff, maybe_future
@@ -20,7 +21,8 @@ from traitlets import Bool, Integer, Unicode, default
 from . import objects
 from .credentials.bundle import CredentialBundle
 from .mixin import CasaCredentialsMixin
-from .profiles import ProfileRefused, check_gpu_limits, check_profile_choice, visible_profiles
+from .profiles import (ProfileRefused, check_gpu_limits, check_profile_choice, free_gpus, offers_gpus,
+                       visible_profiles)
 
 
 def _refusal(status: int, message: str) -> web.HTTPError:
@@ -220,6 +222,35 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             self._casa_events = self._casa_events[:1]
 
     # ------------------------------------------------------------------ profiles
+    @default("options_form")
+    def _casa_options_form_default(self):
+        # always rendered per request: the profiles depend on the user's groups and on free GPUs
+        return self._casa_options_form if self.profile_list else ""
+
+    async def _casa_options_form(self, spawner):
+        profile_list = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(spawner))
+        free = await self._casa_free_gpus()
+        if free is not None:
+            profile_list = copy.deepcopy(profile_list)
+            for profile in profile_list:
+                if offers_gpus(profile):
+                    profile["description"] = (profile.get("description", "") + f" ({free} GPUs free now)").strip()
+        return self._render_options_form(profile_list)
+
+    async def _casa_free_gpus(self) -> int | None:
+        """Free GPUs in the cluster, or None where the hub may not list nodes (RBAC) or the API is slow."""
+        try:
+            nodes = await asyncio.wait_for(self.api.list_node(), self.k8s_api_request_timeout)
+            pods = await asyncio.wait_for(self.api.list_pod_for_all_namespaces(), self.k8s_api_request_timeout)
+        except (ApiException, asyncio.TimeoutError, OSError) as e:
+            self.log.debug("No live GPU availability: %s", e)
+            return None
+        client = self.api.api_client
+        return free_gpus([client.sanitize_for_serialization(n) for n in nodes.items],
+                         [client.sanitize_for_serialization(p) for p in pods.items])
+
     def _get_initialized_profile_list(self, profile_list):
         return super()._get_initialized_profile_list(visible_profiles(profile_list, self.casa_groups))
 

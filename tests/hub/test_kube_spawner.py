@@ -242,3 +242,18 @@ def test_refreshed_credentials_are_patched_into_the_secret(site):
     persisted = CredentialBundle.from_dict(_user(hub, "bob")["auth_state"]["casa"])
     assert base64.b64decode(changed["data"][token_key]) == persisted.files["xcache.token"].content
     _stop(hub, "bob")
+
+
+def test_spawn_form_shows_only_allowed_profiles_with_live_gpu_count(site):
+    hub, kube = site
+    httpx.post(kube.url + "/api/v1/nodes", timeout=10, json={
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"},
+        "status": {"allocatable": {"nvidia.com/gpu": "4", "cpu": "32"}}}).raise_for_status()
+    alice = H.oauth_login(hub, "alice")
+    form = H.follow(alice, alice.get(hub.url + "/hub/spawn"))
+    assert form.status_code == 200
+    text = H.page_message(form.text)
+    assert "GPU" in text and "(4 GPUs free now)" in text
+    bob = H.oauth_login(hub, "bob")
+    bob_form = H.page_message(H.follow(bob, bob.get(hub.url + "/hub/spawn")).text)
+    assert "CPU" in bob_form and "GPUs free now" not in bob_form and "MIG" not in bob_form
