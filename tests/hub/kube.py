@@ -38,6 +38,9 @@ class Kube:
         httpx.post(self.url + "/casa-test/faults", timeout=10, json={
             "method": method, "plural": plural, "status": status, "count": count}).raise_for_status()
 
+    def kubelet_delay(self, seconds: float) -> None:
+        httpx.post(self.url + "/casa-test/faults", json={"kubelet_delay": seconds}, timeout=10).raise_for_status()
+
     def clear_faults(self) -> None:
         httpx.post(self.url + "/casa-test/faults", json={"clear": True}, timeout=10).raise_for_status()
 

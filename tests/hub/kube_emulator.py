@@ -7,7 +7,7 @@ No kube-apiserver can run here (see TESTBED.md). What kmock lacks and this adds:
 - the core resources are declared, so list/watch of an empty collection is not a 404;
 - faults: ``POST /casa-test/faults`` with ``{"method": "POST", "plural": "secrets", "status": 500, "count": 2}``
   makes the next matching requests fail with that status (a 409 for creates, 5xx, ...); ``{"clear": true}``
-  removes them all;
+  removes them all; ``{"kubelet_delay": 2}`` keeps new pods Pending that long;
 - a kubelet: each new pod becomes Running with podIP 127.0.0.1 and a tiny HTTP server on its port answers
   for the single-user server.
 
@@ -30,6 +30,7 @@ from aiohttp import web
 from kmock._internal import enums, parsing
 
 _versions = itertools.count(1)
+KUBELET = {"delay": 0.0}  # seconds a new pod stays Pending (slow image pulls, busy nodes)
 _original_guess = parsing.guess_k8s
 
 
@@ -48,6 +49,8 @@ class Emulator(kmock.KubernetesEmulator):
             fault = json.loads(request.body or b"{}")
             if fault.get("clear"):
                 self.faults.clear()
+            elif "kubelet_delay" in fault:
+                KUBELET["delay"] = float(fault["kubelet_delay"])
             else:
                 self.faults.append(fault)
             return web.json_response({"faults": len(self.faults)})
@@ -108,6 +111,7 @@ async def kubelet(url: str) -> None:
                 pod, meta = event["object"], event["object"]["metadata"]
                 key = (meta.get("namespace"), meta["name"])
                 if event["type"] == "ADDED" and pod.get("status", {}).get("phase") == "Pending":
+                    await asyncio.sleep(KUBELET["delay"])
                     port = pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8888)
                     try:
                         servers[key] = await _single_user_stand_in(port, meta["name"])

@@ -257,3 +257,4 @@ def test_spawn_form_shows_only_allowed_profiles_with_live_gpu_count(site):
     bob = H.oauth_login(hub, "bob")
     bob_form = H.page_message(H.follow(bob, bob.get(hub.url + "/hub/spawn")).text)
     assert "CPU" in bob_form and "GPUs free now" not in bob_form and "MIG" not in bob_form
+
