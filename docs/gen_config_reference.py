@@ -16,7 +16,7 @@ CLASSES = [
     ("casa_hub.minter", "CasaMinter"),
     ("casa_hub.spawner", "CasaSpawner"),
     ("casa_hub.local", "CasaLocalSpawner"),
-    ("casa_hub_ext.config", "CasaDaskConfig"),
+    ("casa_hub_ext.options", "CasaClusterSettings"),
 ]
 OUTPUT = Path(__file__).with_name("config-reference.md")
 
