@@ -258,3 +258,24 @@ def test_spawn_form_shows_only_allowed_profiles_with_live_gpu_count(site):
     bob_form = H.page_message(H.follow(bob, bob.get(hub.url + "/hub/spawn")).text)
     assert "CPU" in bob_form and "GPUs free now" not in bob_form and "MIG" not in bob_form
 
+
+
+def test_no_credential_in_hub_log_events_or_pod_env(site):
+    hub, kube = site
+    with hub.api() as api:
+        users = [u["name"] for u in api.get("/users").json()]
+    secrets_ = []
+    for name in users:
+        state = _user(hub, name).get("auth_state") or {}
+        if not state.get("casa"):
+            continue
+        bundle = CredentialBundle.from_dict(state["casa"])
+        secrets_ += [f.content.decode().strip() for p, f in bundle.files.items()
+                     if p.endswith((".token", ".key", ".macaroon")) or p.startswith("condor-tokens/")]
+        secrets_ += [state["access_token"], state["refresh_token"], state["id_token"]]
+    assert secrets_, "no credentials to look for"
+    haystacks = {"hub log": hub.log(), "events": json.dumps(kube.objects("events")),
+                 "pods": json.dumps(kube.objects("pods"))}
+    for where, text in haystacks.items():
+        for s in secrets_:
+            assert s[:40] not in text, f"a credential appears in the {where}"
