@@ -122,13 +122,6 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         self.casa_schedule_refresh(self.casa_bundle.expires_at)
         return result
 
-    async def stop(self, now=False):
-        self.casa_cancel_refresh()
-        try:
-            await super().stop(now=now)
-        finally:
-            await self.casa_remove_bundle()
-
     async def progress(self):
         yield {"progress": 30, "message": "Credentials minted and written to a private directory"}
         yield {"progress": 50, "message": "Starting the server..."}

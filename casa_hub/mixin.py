@@ -48,6 +48,14 @@ class CasaCredentialsMixin(HasTraits):
         self.log.info("Delivered fresh credentials to %s (earliest expiry %s)", self._log_name, bundle.expires_at)
         self.casa_schedule_refresh(bundle.expires_at)
 
+    async def stop(self, now=False):
+        """Stop the server, then remove its credentials (whatever happened while stopping)."""
+        self.casa_cancel_refresh()
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.casa_remove_bundle()
+
     # ------------------------------------------------------------------ refresh timer
     def _refresh_margin(self) -> float:
         return float(getattr(self.user.authenticator, "credential_refresh_margin", 1800))

@@ -188,22 +188,11 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             await objects_task
         except BaseException:
             objects_task.cancel()
-            await self._casa_cleanup()
+            await self.casa_remove_bundle()
             raise
         self.casa_schedule_refresh(self.casa_bundle.expires_at)
         return result
 
-    async def stop(self, now=False):
-        self.casa_cancel_refresh()
-        try:
-            await super().stop(now=now)
-        finally:
-            await self._casa_cleanup()
-
-    async def _casa_cleanup(self) -> None:
-        await self._casa_delete("secret", self.casa_secret_name)
-        if self.casa_dask_service_enabled:
-            await self._casa_delete("service", self.casa_service_name)
 
     async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
         owner, _ = await self._casa_owner_reference()
@@ -211,7 +200,10 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]))
 
     async def casa_remove_bundle(self) -> None:
+        """Delete the Secret and the Dask Service (404 is fine: the pod's deletion may have taken them)."""
         await self._casa_delete("secret", self.casa_secret_name)
+        if self.casa_dask_service_enabled:
+            await self._casa_delete("service", self.casa_service_name)
 
     async def progress(self):
         yield {"progress": 5, "message": "Minting credentials"}

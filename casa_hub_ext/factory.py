@@ -18,6 +18,7 @@ For dask-labextension, point its factory at :func:`CasaCluster`::
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from inspect import isawaitable
@@ -132,7 +133,8 @@ def htcondor_kwargs(options: ClusterOptions, bundle: MountedBundle, settings: Ca
         python=settings.htcondor_python, protocol="tls://", security=bundle.security(),
         scheduler_options={"dashboard_address": "127.0.0.1:0", **settings.htcondor_scheduler_options},
         job_extra_directives=htcondor_job_directives(options, bundle, settings),
-        worker_extra_args=extra, submit_command_extra=list(settings.htcondor_submit_command_extra),
+        worker_extra_args=extra + list(settings.htcondor_worker_extra_args),
+        log_directory=settings.htcondor_log_directory or None, submit_command_extra=list(settings.htcondor_submit_command_extra),
         job_cls=htcondor_job_class(str(bundle.condor_token_dir)),
     )
 
@@ -193,11 +195,17 @@ def make_cluster(options: ClusterOptions | Mapping | None = None, bundle: Mounte
 
 
 async def _started(cluster, workers: int | None):
-    await cluster
-    if workers:
-        result = cluster.scale(workers)
-        if isawaitable(result):
-            await result
+    try:
+        await cluster
+        if workers:
+            result = cluster.scale(workers)
+            if isawaitable(result):
+                await result
+    except BaseException:  # failed or cancelled (start timeout): leave no scheduler, process or job behind
+        closing = cluster.close()
+        if isawaitable(closing):
+            await asyncio.shield(asyncio.ensure_future(closing))
+        raise
     return cluster
 
 

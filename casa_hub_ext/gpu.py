@@ -105,9 +105,3 @@ def discover(environ: Mapping[str, str] | None = None, nvml=None) -> Inventory:
         return Inventory(tuple(GPU(i, str(i)) for i in range(n)), "CASA_GPU_COUNT")
     return Inventory((), "none")
 
-
-def max_gpus_per_worker(inventory: Inventory, configured: int | None) -> int:
-    """GPUs one worker may ask for: the facility's limit (profile/config) or, if unset, what is here."""
-    if configured is None:
-        return inventory.count
-    return max(0, configured)

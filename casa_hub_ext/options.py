@@ -96,6 +96,9 @@ class CasaClusterSettings(LoggingConfigurable):
     ).tag(config=True)
     htcondor_job_extra_directives = Dict(help="Extra submit-file lines for every worker job.").tag(config=True)
     htcondor_submit_command_extra = List(Unicode(), help="Extra ``condor_submit`` arguments.").tag(config=True)
+    htcondor_worker_extra_args = List(
+        Unicode(), help="Extra ``dask worker`` arguments, e.g. ``[\"--host\", \"0.0.0.0\"]``.").tag(config=True)
+    htcondor_log_directory = Unicode(help="Where worker jobs write stdout/stderr/log (default: none).").tag(config=True)
 
     # ---- dask-gateway
     gateway_address = Unicode(help="dask-gateway address. Default: ``$DASK_GATEWAY__ADDRESS``.").tag(config=True)

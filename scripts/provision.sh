@@ -51,6 +51,22 @@ if [[ ! -x node_modules/.bin/configurable-http-proxy ]]; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
+# the Casa JupyterLab extension (js/ -> casa_hub_ext/labextension), rebuilt when its sources change
+js_stamp=js/node_modules/.casa-build.sha256
+js_want=$(cat js/package.json js/package-lock.json js/tsconfig.json js/src/*.ts js/style/* | sha256sum | cut -d' ' -f1)
+if [[ ! -f casa_hub_ext/labextension/package.json || ! -f $js_stamp || $(cat "$js_stamp") != "$js_want" ]]; then
+  log "npm: building the JupyterLab extension (js/package-lock.json)"
+  staging=$(.venv/bin/python -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')
+  (cd js && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
+     && JUPYTERLAB_STAGING=$staging npm run --silent build >/dev/null)
+  echo "$js_want" > "$js_stamp"
+fi
+# the editable install does not copy shared-data: link the built extension where JupyterLab looks
+mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_config.d
+ln -sfn "$ROOT/casa_hub_ext/labextension" .venv/share/jupyter/labextensions/casa-hub-ext
+ln -sfn "$ROOT/jupyter-config/jupyter_server_config.d/casa_hub_ext.json" \
+  .venv/etc/jupyter/jupyter_server_config.d/casa_hub_ext.json
+
 if [[ -n ${CASA_PROVISION_MINIMAL:-} ]]; then
   log "ready (minimal: no HTCondor root; venv: $ROOT/.venv)"
   exit 0

@@ -104,3 +104,11 @@ def make_minter(key_dir: Path, **overrides) -> CasaMinter:
     for name, value in overrides.items():
         setattr(m, name, value)
     return CasaMinter(config=c)
+
+
+def write_bundle(bundle, directory: Path) -> Path:
+    """Lay a bundle out as the local spawner does (private directory, files with their modes)."""
+    from casa_hub.local import write_bundle_dir
+
+    write_bundle_dir(directory, bundle)
+    return directory

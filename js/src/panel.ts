@@ -19,6 +19,7 @@ export class ClusterPanel extends Widget {
   private error = el('div', { class: 'casa-error', 'data-testid': 'casa-error' });
   private list = el('div', { class: 'casa-clusters', 'data-testid': 'casa-clusters' });
   private gpuMax: Record<string, number> = {};
+  private timer = window.setInterval(() => void this.refresh().catch(() => undefined), 5000);
 
   constructor() {
     super();
@@ -32,6 +33,11 @@ export class ClusterPanel extends Widget {
       void this.create();
     });
     void this.load();
+  }
+
+  dispose(): void {
+    window.clearInterval(this.timer);
+    super.dispose();
   }
 
   async load(): Promise<void> {

@@ -11,20 +11,10 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.security import Security
 
-from casa_hub.credentials.bundle import CredentialBundle
-from tests.support import make_minter
+from tests.support import write_bundle
 
 TIMEOUT = 20
 
-
-def write_bundle(bundle: CredentialBundle, directory: Path) -> Path:
-    """Lay the bundle out as the spawner would (files with their modes)."""
-    for rel, f in bundle.files.items():
-        path = directory / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f.content)
-        path.chmod(f.mode)
-    return directory
 
 
 def security_from(directory: Path) -> Security:

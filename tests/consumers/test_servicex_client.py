@@ -14,8 +14,7 @@ from servicex.servicex_adapter import AuthorizationError
 from casa_hub.credentials import servicex as sx
 from casa_hub_ext.servicex import MissingServiceXCredentials, servicex_client
 from tests.consumers.sx_contract import ContractServer, User
-from tests.consumers.test_dask_tls_bundle import write_bundle
-from tests.support import make_minter
+from tests.support import make_minter, write_bundle
 
 HOUR = datetime.timedelta(hours=1)
 

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.gpu import GPU, Inventory
 from casa_hub_ext.options import CasaClusterSettings
+from tests.support import write_bundle
 
-
-def write_bundle(bundle: CredentialBundle, directory: Path) -> Path:
-    """Lay the bundle out as the spawner would (files with their modes)."""
-    for rel, f in bundle.files.items():
-        path = directory / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f.content)
-        path.chmod(f.mode)
-    return directory
 
 
 def declared_gpus(n: int) -> Inventory:

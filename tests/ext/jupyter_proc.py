@@ -48,7 +48,7 @@ def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeo
     }
     args = [str(VENV_BIN / "jupyter"), app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work / 'root'}",
-            "--ServerApp.port_retries=0"]
+            "--ServerApp.port_retries=0", "--allow-root"]
     if app == "lab":
         args += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = work / f"{app}.log"

@@ -108,3 +108,26 @@ def test_missing_key_refused(bundle_dir, local_settings, two_gpus):
     with pytest.raises(CredentialError, match="key of the Dask client certificate is missing"):
         make_cluster({"workers": 1}, MountedBundle.from_directory(bundle_dir), settings=local_settings,
                      inventory=two_gpus)
+
+
+async def test_dask_labextension_factory_config(bundle_dir, monkeypatch):
+    """dask-labextension's own make_cluster, pointed at CasaCluster by dask config."""
+    import dask
+    from dask_labextension.manager import make_cluster as labextension_make_cluster
+
+    monkeypatch.setenv("CASA_CREDENTIALS_DIR", str(bundle_dir))
+    monkeypatch.setenv("CASA_DASK_BACKENDS", "local")
+    monkeypatch.setenv("CASA_GPU_COUNT", "1")
+    monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    factory = {"module": "casa_hub_ext.factory", "class": "CasaCluster", "args": [],
+               "kwargs": {"workers": 1, "gpus-per-worker": 1}}
+    with dask.config.set({"labextension.factory": factory, "labextension.default": {"workers": None}}):
+        cluster, adaptive = await asyncio.wait_for(labextension_make_cluster({}), TIMEOUT)
+    try:
+        assert adaptive is None and cluster.scheduler_address.startswith("tls://")
+        async with Client(cluster, security=MountedBundle.from_env().security(), asynchronous=True) as client:
+            await client.wait_for_workers(1, timeout=TIMEOUT)
+            assert list((await client.run_on_scheduler(worker_resources)).values()) == [{"GPU": 1}]
+    finally:
+        await cluster.close()

@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 
 import pytest
-from distributed import Client
 
 from casa_hub_ext.errors import OptionError
 from casa_hub_ext.factory import make_cluster
@@ -20,11 +19,6 @@ TIMEOUT = 90
 
 def worker_resources(dask_scheduler):
     return {a: dict(ws.resources) for a, ws in dask_scheduler.workers.items()}
-
-
-def on_gpu():
-    import os
-    return os.environ.get("DASK_GATEWAY_WORKER_NAME", "worker")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ def gpu_task():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from casa_hub.credentials.bundle import CredentialBundle  # noqa: F401 - minted below
     from tests.ext.conftest import write_bundle
     from tests.support import make_minter
 

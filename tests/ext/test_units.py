@@ -215,3 +215,9 @@ def test_gateway_options():
     assert gateway_options(ClusterOptions("gateway", 2, 2, 3 * 2**30, 1)) == {
         "worker_cores": 2, "worker_memory": 3.0, "worker_gpus": 1}
     assert "worker_gpus" not in gateway_options(ClusterOptions("gateway"))
+
+
+async def test_htcondor_commands_run_with_the_users_token_dir(mounted, settings, bundle_dir):
+    job_cls = htcondor_kwargs(ClusterOptions("htcondor"), mounted, settings)["job_cls"]
+    out = await job_cls._call(["sh", "-c", "echo $_CONDOR_SEC_TOKEN_DIRECTORY"])
+    assert out.strip() == str(bundle_dir / "condor-tokens")

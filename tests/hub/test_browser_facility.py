@@ -5,7 +5,6 @@ docs/screenshots/ for the guides."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +94,19 @@ def test_physicist_signs_in_and_reaches_jupyterlab(facility, page):
     creds = state / "home" / "alice" / ".casa" / "credentials"
     assert (creds / "xcache.token").is_file()
     print(f"browser: sign-in click to JupyterLab ready in {ready:.1f} s")
+    # the credentials show in the status bar; launch a GPU Dask cluster from the launcher
+    page.wait_for_selector("[data-testid=casa-credential-status]")
+    page.locator(".jp-LauncherCard", has_text="New Dask cluster").click()
+    page.locator("[data-testid=casa-workers]").fill("2")
+    page.locator("[data-testid=casa-gpus_per_worker]").fill("1")
+    page.screenshot(path=str(SHOTS / "05-dask-cluster-form.png"))
+    page.locator("[data-testid=casa-create]").click()
+    card = page.locator("[data-testid=casa-cluster]")
+    card.wait_for(timeout=60_000)
+    assert card.locator("a", has_text="Dashboard").count() == 1
+    page.screenshot(path=str(SHOTS / "06-dask-cluster.png"))
+    card.locator("[data-testid=casa-shutdown]").click()
+    page.wait_for_function("!document.querySelector('[data-testid=casa-cluster]')", timeout=60_000)
 
 
 def test_outsider_sees_a_clear_refusal(facility, page):

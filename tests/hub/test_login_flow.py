@@ -3,11 +3,8 @@ CasaLocalSpawner + the demo OIDC provider, driven through the OAuth code flow wi
 
 from __future__ import annotations
 
-import json
-import os
 import stat
 import time
-from pathlib import Path
 
 import httpx
 import jwt
