@@ -60,7 +60,13 @@ c.CasaLocalSpawner.home_dir_template = "{state}/home/{{username}}"
 c.Spawner.cmd = [{singleuser!r}]
 c.Spawner.args = ["--ServerApp.allow_root=True"] if {as_root!r} else []
 c.Spawner.default_url = "/lab"
-c.Spawner.environment = {{"CASA_GPU_COUNT": "{gpus}"}}
+c.CasaLocalSpawner.profiles = [
+    {{"display_name": "CPU", "slug": "cpu", "description": "JupyterLab and local Dask workers, no GPU",
+     "environment": {{"CASA_GPU_COUNT": "0"}}}},
+    {{"display_name": "GPU", "slug": "gpu", "casa_allowed_groups": ["gpu-users"],
+     "description": "{gpus} GPU(s) declared to this machine's servers",
+     "environment": {{"CASA_GPU_COUNT": "{gpus}"}}}},
+]
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 {extra}
@@ -126,7 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--oidc-port", type=int, default=8001, help="port of the demo OIDC provider")
     parser.add_argument("--state", type=Path, default=Path(os.environ.get(
         "CASA_FACILITY_DIR", Path.home() / ".local" / "share" / "casa-hub-facility")))
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs to declare to the servers (CASA_GPU_COUNT)")
+    parser.add_argument("--gpus", type=int, default=2,
+                        help="GPUs the GPU profile declares to servers (CASA_GPU_COUNT; a demo has none real)")
     args = parser.parse_args(argv)
 
     bin_dir = Path(sys.executable).parent

@@ -10,10 +10,14 @@ import tempfile
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Unicode
+from html import escape
+
+from tornado import web
+from traitlets import Bool, List, Unicode, default
 
 from .credentials.bundle import CredentialBundle
 from .mixin import CasaCredentialsMixin
+from .profiles import ProfileRefused, check_profile_choice, visible_profiles
 
 
 def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None,
@@ -68,6 +72,43 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         "/tmp/casa-home/{username}", help="Home directory of each user when ``run_as_hub_user`` is set."
     ).tag(config=True)
 
+    profiles = List(
+        help="""Profiles offered on the spawn form, e.g. ``{"display_name": "GPU", "slug": "gpu",
+        "description": "...", "casa_allowed_groups": ["gpu-users"], "environment": {"CASA_GPU_COUNT": "1"}}``.
+        ``environment`` is added to the server's env; ``casa_allowed_groups`` restricts a profile to those
+        groups (like CasaSpawner's profiles). Empty: no form.""",
+    ).tag(config=True)
+
+    @default("options_form")
+    def _profiles_form_default(self):
+        return self._render_profiles_form if self.profiles else ""
+
+    def _render_profiles_form(self, spawner) -> str:
+        rows = []
+        for i, p in enumerate(visible_profiles(self.profiles, self.casa_groups)):
+            checked = " checked" if i == 0 else ""
+            rows.append(f'<label class="casa-profile"><input type="radio" name="profile" value="{escape(p["slug"])}"'
+                        f'{checked}> <strong>{escape(p["display_name"])}</strong> '
+                        f'{escape(p.get("description", ""))}</label><br>')
+        return "\n".join(rows)
+
+    def options_from_form(self, formdata):
+        return {"profile": (formdata.get("profile") or [""])[0]}
+
+    def _apply_profile(self) -> None:
+        slug = self.user_options.get("profile")
+        if not self.profiles or not slug:
+            return
+        visible = visible_profiles(self.profiles, self.casa_groups)
+        try:
+            check_profile_choice(self.profiles, visible, slug)
+        except ProfileRefused as e:
+            error = web.HTTPError(403, log_message=str(e).replace("%", "%%"))
+            error.jupyterhub_message = str(e)
+            raise error from None
+        profile = next(p for p in visible if p["slug"] == slug)
+        self.environment = {**self.environment, **profile.get("environment", {})}
+
     def _home(self) -> str:
         if self.run_as_hub_user:
             return self.home_dir_template.format(username=self.user.name)
@@ -117,6 +158,7 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
     async def start(self):
         if self.casa_bundle is None:
             raise RuntimeError("no Casa credentials for this server: log in again")
+        self._apply_profile()
         await self.casa_write_bundle(self.casa_bundle)
         result = await super().start()
         self.casa_schedule_refresh(self.casa_bundle.expires_at)

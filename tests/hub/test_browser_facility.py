@@ -80,13 +80,16 @@ def _sign_in(page, base: str, user: str, shot: str | None = None):
     page.get_by_role("button", name=user, exact=True).click()
 
 
-def test_physicist_signs_in_and_reaches_jupyterlab(facility, page):
+def test_physicist_signs_in_picks_gpu_profile_and_launches_a_cluster(facility, page):
     base, state = facility
     started = time.monotonic()
     _sign_in(page, base, "alice", shot="01")
-    if page.locator("form#spawn_form").count():  # a profile form, when the spawner offers one
-        page.screenshot(path=str(SHOTS / "02-spawn-form.png"))
-        page.locator("form#spawn_form input[type=submit], form#spawn_form button[type=submit]").first.click()
+    # the spawn form: alice (gpu-users) may pick the GPU profile
+    page.wait_for_selector("form#spawn_form")
+    assert page.locator("input[name=profile][value=gpu]").count() == 1
+    page.locator("input[name=profile][value=gpu]").check()
+    page.screenshot(path=str(SHOTS / "02-spawn-form.png"))
+    page.locator("form#spawn_form input[type=submit], form#spawn_form button[type=submit]").first.click()
     page.wait_for_url("**/user/alice/lab**", timeout=120_000)
     page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
     ready = time.monotonic() - started
@@ -116,3 +119,15 @@ def test_outsider_sees_a_clear_refusal(facility, page):
     body = page.inner_text("body")
     assert "403" in body and "not in a group allowed to use this facility" in body
     page.screenshot(path=str(SHOTS / "04-refused.png"))
+
+
+def test_profile_outside_the_users_groups_is_not_offered_and_refused(facility, page):
+    base, _ = facility
+    _sign_in(page, base, "bob")  # atlas only: no GPU profile
+    page.wait_for_selector("form#spawn_form")
+    assert page.locator("input[name=profile][value=gpu]").count() == 0
+    # a tampered form asking for it anyway
+    page.evaluate("""() => { const i = document.querySelector('input[name=profile]');
+                              i.value = 'gpu'; i.checked = true; }""")
+    page.locator("form#spawn_form input[type=submit], form#spawn_form button[type=submit]").first.click()
+    page.wait_for_selector("text=not available to your account", timeout=60_000)

@@ -50,15 +50,17 @@ def test_log_in_start_a_server_see_credentials_then_ctrl_c(facility):
     hub = H.Hub(base, state, proc, "", None)
     client = H.oauth_login(hub, "alice", httpx.Client(timeout=60, follow_redirects=False))
     assert client.last_callback.status_code == 302
-    # the spawn page starts the server for a user without an options form; follow it to JupyterLab
+    # the spawn form offers the profiles of alice's groups; pick GPU and follow the spawn to JupyterLab
     client.follow_redirects = True
+    form = client.get(f"{base}/hub/spawn")
+    assert 'value="gpu"' in form.text and 'value="cpu"' in form.text
+    client.post(f"{base}/hub/spawn", data={"profile": "gpu", "_xsrf": H.xsrf(client)})
     started = time.monotonic()
     lab = None
     while time.monotonic() - started < 90:
         lab = client.get(f"{base}/user/alice/lab")
         if lab.status_code == 200 and "JupyterLab" in lab.text:
             break
-        client.get(f"{base}/hub/spawn")
         time.sleep(1)
     assert lab is not None and lab.status_code == 200 and "JupyterLab" in lab.text, lab.status_code
     creds = state / "home" / "alice" / ".casa" / "credentials"
