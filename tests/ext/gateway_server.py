@@ -1,4 +1,5 @@
-"""A real dask-gateway-server (local backend, SimpleAuthenticator) with the facility's cluster options."""
+"""A real dask-gateway-server (local backend) with the facility's cluster options, authenticating users
+against a real JupyterHub (its JupyterHubAuthenticator), as a facility runs it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from casa_hub_ext.gateway import cluster_options
 c.DaskGateway.address = "127.0.0.1:{api_port}"
 c.Proxy.address = "127.0.0.1:{proxy_port}"
 c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
-c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+c.JupyterHubAuthenticator.jupyterhub_api_url = "{hub_api_url}"
+c.JupyterHubAuthenticator.jupyterhub_api_token = "{hub_api_token}"
 c.LocalBackend.cluster_start_timeout = 60
 c.LocalBackend.worker_start_timeout = 60
 c.ClusterConfig.scheduler_cmd = [{dask!r}, "scheduler"]
@@ -36,11 +39,12 @@ class GatewayServer:
     log: Path
 
 
-def start_gateway(work: Path, timeout: float = 30) -> GatewayServer:
+def start_gateway(work: Path, hub_api_url: str, hub_api_token: str, timeout: float = 30) -> GatewayServer:
     work.mkdir(parents=True, exist_ok=True)
     api_port, proxy_port = free_port(), free_port()
     config = work / "dask_gateway_config.py"
-    config.write_text(CONFIG.format(api_port=api_port, proxy_port=proxy_port, dask=str(VENV_BIN / "dask")))
+    config.write_text(CONFIG.format(api_port=api_port, proxy_port=proxy_port, dask=str(VENV_BIN / "dask"),
+                                    hub_api_url=hub_api_url, hub_api_token=hub_api_token))
     log = work / "gateway.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with open(log, "wb") as out:

@@ -1,9 +1,11 @@
-"""A real dask-gateway-server (local backend): the GPU option reaches the workers' resources."""
+"""A real dask-gateway-server (local backend) behind the real hub's authentication: the user's JupyterHub
+token opens the gateway, and the GPU option reaches the workers' resources."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import secrets
 
 import pytest
 
@@ -12,6 +14,8 @@ from casa_hub_ext.factory import make_cluster
 from casa_hub_ext.gpu import Inventory
 from casa_hub_ext.options import CasaClusterSettings
 from tests.ext.gateway_server import start_gateway, stop_gateway
+from tests.hub import hub as H
+from tests.hub.oidc import start_provider, stop_provider
 from tests.support import need
 
 TIMEOUT = 90
@@ -21,19 +25,54 @@ def worker_resources(dask_scheduler):
     return {a: dict(ws.resources) for a, ws in dask_scheduler.workers.items()}
 
 
+GATEWAY_SERVICE = """
+c.JupyterHub.services.append({{"name": "dask-gateway", "api_token": "{token}"}})
+c.JupyterHub.load_roles.append({{"name": "dask-gateway", "scopes": ["read:users:name", "read:users:groups"],
+                                 "services": ["dask-gateway"]}})
+"""
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def hub(tmp_path_factory):
+    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
+    tmp = tmp_path_factory.mktemp("gateway-hub")
+    provider = start_provider(tmp)
+    token = secrets.token_hex(16)
+    try:
+        hub = H.start_hub(tmp / "hub", provider, extra_config=GATEWAY_SERVICE.format(token=token))
+        hub.gateway_token = token
+        try:
+            yield hub
+        finally:
+            H.stop_hub(hub)
+    finally:
+        stop_provider(provider)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, hub):
     need(importlib.util.find_spec("dask_gateway_server") is not None, "dask-gateway-server")
-    server = start_gateway(tmp_path_factory.mktemp("gateway"))
+    server = start_gateway(tmp_path_factory.mktemp("gateway"), hub.url + "/hub/api", hub.gateway_token)
     yield server
     stop_gateway(server)
 
 
+@pytest.fixture(scope="module")
+def alice_token(hub):
+    """What a user's server has: a JupyterHub API token of that user."""
+    H.oauth_login(hub, "alice")
+    with hub.api() as api:
+        r = api.post("/users/alice/tokens", json={"note": "gateway test", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+
 @pytest.fixture
-def gateway_settings(gateway, monkeypatch):
+def gateway_settings(gateway, alice_token, monkeypatch):
     monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", alice_token)
     return CasaClusterSettings(backends=["gateway"], max_gpus_per_worker=1, gateway_address=gateway.address,
-                               gateway_proxy_address=gateway.proxy_address, gateway_auth="basic")
+                               gateway_proxy_address=gateway.proxy_address, gateway_auth="jupyterhub")
 
 
 async def test_gpu_option_reaches_worker_resources(gateway_settings, mounted):
@@ -55,3 +94,14 @@ def test_over_limit_refused_before_contacting_gateway(gateway_settings, mounted)
     with pytest.raises(OptionError, match="gpus_per_worker=2"):
         make_cluster({"backend": "gateway", "gpus_per_worker": 2}, mounted, settings=gateway_settings,
                      inventory=Inventory((), "none"))
+
+
+
+async def test_token_of_no_user_is_refused(gateway, gateway_settings, monkeypatch):
+    from dask_gateway import Gateway
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "not-a-token")
+    async with Gateway(gateway.address, proxy_address=gateway.proxy_address, auth="jupyterhub",
+                       asynchronous=True) as gw:
+        with pytest.raises(Exception, match="Permission failure verifying user.s JupyterHub API token|401|403"):
+            await gw.list_clusters()

@@ -22,7 +22,7 @@ CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
 
 # the hub tests run the facility's own configuration, plus an API token for the test and their extras
 TEST_CONFIG = """
-c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers",
+c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers", "tokens",
                                                           "read:users", "list:users"],
                              "services": ["casa-test"]}}]
 c.JupyterHub.services = [{{"name": "casa-test", "api_token": "{api_token}"}}]
