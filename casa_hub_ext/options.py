@@ -89,7 +89,13 @@ class CasaClusterSettings(LoggingConfigurable):
         ``accounting_group_user = <user>``.""",
     ).tag(config=True)
     htcondor_disk = Unicode("1 GiB", help="Scratch disk requested per worker job.").tag(config=True)
-    htcondor_python = Unicode(sys.executable, help="Python on the execute nodes.").tag(config=True)
+    htcondor_python = Unicode(
+        help="Python on the execute nodes (default: this server's own interpreter, for shared software areas)."
+    ).tag(config=True)
+
+    @default("htcondor_python")
+    def _default_htcondor_python(self):
+        return sys.executable
     htcondor_scheduler_options = Dict(
         help="""``scheduler_options`` for the scheduler in this server, e.g. the address execute nodes reach it
         at: ``{"host": "0.0.0.0", "contact_address": "tls://jupyter-alice.casa:8786"}``.""",

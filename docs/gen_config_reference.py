@@ -34,7 +34,10 @@ def _own_traits(cls) -> dict:
     return dict(sorted(own.items()))
 
 
-def _default(trait) -> str:
+def _default(cls, name, trait) -> str:
+    if any(name in getattr(k, "_trait_default_generators", {}) for k in cls.__mro__
+           if k.__module__.split(".")[0] in ("casa_hub", "casa_hub_ext")):
+        return "computed at start-up (see help)"
     try:
         value = trait.default_value_repr()
     except Exception:  # dynamic defaults (@default) have no static repr
@@ -56,7 +59,7 @@ def render() -> str:
         for trait_name, trait in _own_traits(cls).items():
             help_text = inspect.cleandoc(trait.help or "(no help)")
             out += [f"### `{name}.{trait_name}`", "",
-                    f"*{type(trait).__name__}*, default `{_default(trait)}`", "", help_text, ""]
+                    f"*{type(trait).__name__}*, default `{_default(cls, trait_name, trait)}`", "", help_text, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
