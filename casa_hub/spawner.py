@@ -206,12 +206,31 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             await self._casa_delete("service", self.casa_service_name)
 
     async def progress(self):
-        yield {"progress": 5, "message": "Minting credentials"}
-        async for event in super().progress():
-            yield event
-            for message in getattr(self, "_casa_events", [])[1:]:
-                yield {"message": message}
-            self._casa_events = self._casa_events[:1]
+        """KubeSpawner's progress (pod events) merged with Casa's own steps as they happen."""
+        expires = self.casa_bundle.expires_at if self.casa_bundle is not None else None
+        yield {"progress": 5, "message": "Credentials minted" + (
+            f" (valid until {expires:%H:%M} UTC)" if expires else "")}
+        sent = 1  # _casa_events[0] is the message above
+        upstream = super().progress().__aiter__()
+        pending = asyncio.ensure_future(upstream.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=0.5)
+                events = getattr(self, "_casa_events", [])
+                for message in events[sent:]:
+                    yield {"message": message}
+                sent = max(sent, len(events))
+                if pending in done:
+                    try:
+                        event = pending.result()
+                    except StopAsyncIteration:
+                        break
+                    yield event
+                    pending = asyncio.ensure_future(upstream.__anext__())
+        finally:
+            pending.cancel()
+        for message in getattr(self, "_casa_events", [])[sent:]:
+            yield {"message": message}
 
     # ------------------------------------------------------------------ profiles
     @default("options_form")

@@ -279,3 +279,32 @@ def test_no_credential_in_hub_log_events_or_pod_env(site):
     for where, text in haystacks.items():
         for s in secrets_:
             assert s[:40] not in text, f"a credential appears in the {where}"
+
+
+def test_progress_shows_casa_steps(site):
+    import threading
+
+    hub, kube = site
+    H.oauth_login(hub, "admin")
+    kube.kubelet_delay(6)  # the pod stays Pending: the spawn is in progress while we watch
+    try:
+        poster = threading.Thread(target=_spawn, args=(hub, "admin", {"profile": "cpu"}))
+        poster.start()
+        _wait(lambda: (_user(hub, "admin")["servers"].get("") or {}).get("pending") == "spawn", timeout=20,
+              what="spawn pending")
+        messages = []
+        with hub.api() as api:
+            with api.stream("GET", "/users/admin/server/progress", timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        event = json.loads(line[5:])
+                        messages.append(event.get("message", ""))
+                        if event.get("ready") or event.get("failed"):
+                            break
+        poster.join(60)
+    finally:
+        kube.kubelet_delay(0)
+    minted = [i for i, m in enumerate(messages) if m.startswith("Credentials minted (valid until")]
+    assert minted and "Credentials Secret ready" in messages, messages
+    assert minted[0] < messages.index("Credentials Secret ready") < len(messages) - 1  # before "ready"
+    _stop(hub, "admin")
