@@ -15,7 +15,6 @@ from casa_hub_ext.gpu import Inventory
 from casa_hub_ext.options import CasaClusterSettings
 from tests.ext.gateway_server import start_gateway, stop_gateway
 from tests.hub import hub as H
-from tests.hub.oidc import start_provider, stop_provider
 from tests.support import need
 
 TIMEOUT = 90
@@ -34,19 +33,10 @@ c.JupyterHub.load_roles.append({{"name": "dask-gateway", "scopes": ["read:users:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
-    tmp = tmp_path_factory.mktemp("gateway-hub")
-    provider = start_provider(tmp)
     token = secrets.token_hex(16)
-    try:
-        hub = H.start_hub(tmp / "hub", provider, extra_config=GATEWAY_SERVICE.format(token=token))
+    with H.running_hub(tmp_path_factory.mktemp("gateway-hub"), GATEWAY_SERVICE.format(token=token)) as hub:
         hub.gateway_token = token
-        try:
-            yield hub
-        finally:
-            H.stop_hub(hub)
-    finally:
-        stop_provider(provider)
+        yield hub
 
 
 @pytest.fixture(scope="module")

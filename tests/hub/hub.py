@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -117,3 +118,21 @@ def xsrf(client: httpx.Client) -> str:
 
 def page_message(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+@contextmanager
+def running_hub(tmp: Path, extra_config: str = "", env: dict | None = None):
+    """The demo OIDC provider and a hub using it, both stopped on exit (skip-or-fail if CHP is missing)."""
+    from tests.hub.oidc import start_provider, stop_provider
+    from tests.support import need
+
+    need(CHP.exists(), "configurable-http-proxy (npm ci)")
+    provider = start_provider(tmp)
+    try:
+        hub = start_hub(tmp / "hub", provider, extra_config=extra_config, env=env)
+        try:
+            yield hub
+        finally:
+            stop_hub(hub)
+    finally:
+        stop_provider(provider)

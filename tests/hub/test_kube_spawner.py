@@ -14,8 +14,7 @@ from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.objects import secret_key
 from tests.hub import hub as H
 from tests.hub.kube import start_kube, stop_kube
-from tests.hub.oidc import start_provider, stop_provider
-from tests.support import free_port, need
+from tests.support import free_port
 
 PROFILES = [
     {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
@@ -52,19 +51,13 @@ c.CasaSpawner.casa_refresh_jitter = 0
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
     tmp = tmp_path_factory.mktemp("kube")
     kube = start_kube(tmp)
-    provider = start_provider(tmp)
     try:
-        hub = H.start_hub(tmp / "hub", provider, extra_config=KUBE_CONFIG.format(
-            pod_port=free_port(), profiles=PROFILES), env={"KUBECONFIG": str(kube.kubeconfig)})
-        try:
+        config = KUBE_CONFIG.format(pod_port=free_port(), profiles=PROFILES)
+        with H.running_hub(tmp, config, env={"KUBECONFIG": str(kube.kubeconfig)}) as hub:
             yield hub, kube
-        finally:
-            H.stop_hub(hub)
     finally:
-        stop_provider(provider)
         stop_kube(kube)
 
 

@@ -12,8 +12,6 @@ import pytest
 
 from casa_hub.credentials.bundle import CredentialBundle
 from tests.hub import hub as H
-from tests.hub.oidc import start_provider, stop_provider
-from tests.support import need
 
 # credentials live 70 s and are refreshed 60 s before expiry: the server's timer fires ~10 s after start
 SHORT_LIVED = """
@@ -25,17 +23,8 @@ c.CasaLocalSpawner.casa_refresh_jitter = 0
 
 @pytest.fixture(scope="module")
 def facility(tmp_path_factory):
-    need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
-    tmp = tmp_path_factory.mktemp("facility")
-    provider = start_provider(tmp)
-    try:
-        hub = H.start_hub(tmp / "hub", provider, extra_config=SHORT_LIVED)
-        try:
-            yield hub
-        finally:
-            H.stop_hub(hub)
-    finally:
-        stop_provider(provider)
+    with H.running_hub(tmp_path_factory.mktemp("facility"), SHORT_LIVED) as hub:
+        yield hub
 
 
 def _auth_state(hub, name):
