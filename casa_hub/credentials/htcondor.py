@@ -37,7 +37,11 @@ def scramble_key_file(password: bytes) -> bytes:
     """Inverse of the de-scrambling: the bytes of a signing key file holding ``password`` (for tests/setup)."""
     if b"\0" in password:
         raise ValueError("an HTCondor signing key cannot contain NUL bytes")
-    return bytes(b ^ s for b, s in zip(password, cycle(_SCRAMBLE)))
+    scrambled = bytes(b ^ s for b, s in zip(password, cycle(_SCRAMBLE)))
+    if b"\0" in scrambled:  # HTCondor cuts the file at its first NUL: this key would be silently truncated
+        raise ValueError("this HTCondor signing key scrambles to a NUL byte (a byte equals DE AD BE EF at its "
+                         "position); choose another key")
+    return scrambled
 
 
 def idtoken_claims(*, trust_domain: str, user: str, now: datetime.datetime, lifetime: datetime.timedelta,

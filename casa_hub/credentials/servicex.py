@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import uuid
 
 import jwt
 
 TOKEN_TYPES = ("access", "refresh")
+# a JSON surrogate-pair escape (not preceded by an escaped backslash), rewritten as one YAML \U escape
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
 def servicex_token_claims(*, identity: str, token_type: str, now: datetime.datetime,
@@ -63,4 +66,8 @@ def servicex_yaml(*, endpoint: str, name: str, refresh_token: str = "") -> bytes
         "api_endpoints": [{"endpoint": endpoint, "name": name, "token": refresh_token}],
         "default-endpoint": name,
     }
-    return json.dumps(doc).encode() + b"\n"
+    text = json.dumps(doc)
+    if "\\ud" in text:  # JSON writes astral characters as surrogate pairs, which YAML would not re-join
+        text = _SURROGATE_PAIR.sub(lambda m: m[1] + "\\U%08x" % (
+            0x10000 + ((int(m[2], 16) - 0xD800) << 10) + int(m[3], 16) - 0xDC00), text)
+    return text.encode() + b"\n"

@@ -195,3 +195,17 @@ def test_any_user_name_yields_a_token_for_exactly_that_subject(user):
     payload = token.decode().strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["sub"] == f"{user}@d"
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(min_size=1, max_size=40), endpoint=st.text(min_size=1, max_size=40))
+def test_servicex_yaml_round_trips_any_text(name, endpoint):
+    import yaml
+
+    doc = yaml.safe_load(servicex.servicex_yaml(endpoint=endpoint, name=name, refresh_token="t"))
+    assert doc["default-endpoint"] == name and doc["api_endpoints"][0]["endpoint"] == endpoint
+
+
+def test_condor_key_that_would_scramble_to_nul_is_refused():
+    with pytest.raises(ValueError, match="NUL"):
+        htcondor.scramble_key_file(b"x\xad")  # 0xAD at position 1 meets the AD of DE AD BE EF
