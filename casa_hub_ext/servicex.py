@@ -33,13 +33,13 @@ def servicex_client(**kwargs):
 
     config = _path_from_env("CASA_SERVICEX_CONFIG")
     client = ServiceXClient(config_path=str(config), **kwargs)
-    if os.environ.get("CASA_SERVICEX_TOKEN_FILE"):
-        token_file = _path_from_env("CASA_SERVICEX_TOKEN_FILE")
+    # never BEARER_TOKEN_FILE (the storage token): access mode reads the Casa token file, refresh mode none
+    token_file = _path_from_env("CASA_SERVICEX_TOKEN_FILE") if os.environ.get("CASA_SERVICEX_TOKEN_FILE") else None
 
-        class CasaServiceXAdapter(ServiceXAdapter):
-            @staticmethod
-            def _get_bearer_token_file():
-                return token_file.read_text().strip()
+    class CasaServiceXAdapter(ServiceXAdapter):
+        @staticmethod
+        def _get_bearer_token_file():
+            return token_file.read_text().strip() if token_file else None
 
-        client.servicex = CasaServiceXAdapter(client.servicex.url)
+    client.servicex = CasaServiceXAdapter(client.servicex.url, refresh_token=client.servicex.refresh_token)
     return client

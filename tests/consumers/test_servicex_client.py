@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,15 @@ def test_helper_names_missing_configuration(monkeypatch):
     monkeypatch.delenv("CASA_SERVICEX_CONFIG", raising=False)
     with pytest.raises(MissingServiceXCredentials, match="CASA_SERVICEX_CONFIG"):
         servicex_client()
+
+
+async def test_refresh_mode_helper_ignores_the_storage_token(tmp_path, server, monkeypatch):
+    """In a pod BEARER_TOKEN_FILE is the XCache token: the helper must refresh, not send that."""
+    bundle = _minter(tmp_path, server, "refresh").mint("alice")
+    _register(server, bundle)
+    pod = write_bundle(bundle, tmp_path / "pod")
+    _pod_env(monkeypatch, bundle, pod)
+    assert os.environ["BEARER_TOKEN_FILE"].endswith("xcache.token")
+    info = await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))
+    assert info.app_version == "contract"
+    assert ("/token/refresh", 200) in server.requests
