@@ -3,13 +3,17 @@
 Built on oauthenticator's GenericOAuthenticator by overriding its documented steps only:
 ``get_token_info`` (verify every fresh id_token), ``token_to_user`` (id_token and userinfo must agree),
 ``build_auth_state_dict`` (mint), ``get_user_groups``, ``refresh_user``, ``pre_spawn_start``,
-``get_handlers``; plus a login handler that runs discovery before redirecting.
+``get_handlers``; plus a login handler that runs discovery before redirecting and binds the id_token to the
+login with a ``nonce`` (as oauthenticator's CILogon handler adds its own authorize parameters).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextvars
 import datetime
+import hashlib
 import unicodedata
 from functools import cached_property
 
@@ -17,7 +21,7 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Any, Integer, List, Unicode, default
+from traitlets import Any, Integer, List, TraitError, Unicode, default, validate
 
 from .credentials.bundle import CredentialBundle
 from .handlers import issuer_handlers
@@ -29,12 +33,30 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def login_nonce(state: str) -> str:
+    """The OIDC ``nonce`` of one login, derived from its OAuth ``state``: random per login and, through
+    oauthenticator's signed state cookie, bound to the browser that started it. An id_token replayed from
+    another login carries another nonce."""
+    digest = hashlib.sha256(b"casa-hub oidc nonce\0" + state.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# set by refresh_credentials for the duration of one refresh: get_token_info records provider outages in it,
+# because oauthenticator turns any failure of the refresh grant into "log in again"
+_refresh_outages: contextvars.ContextVar[list | None] = contextvars.ContextVar("casa_refresh_outages", default=None)
+
+
 class CasaLoginHandler(OAuthLoginHandler):
     """Discovers the provider (cached) before oauthenticator builds the authorize redirect."""
 
     async def get(self):
         await self.authenticator.discover()
         return super().get()
+
+    def authorize_redirect(self, *args, extra_params=None, **kwargs):
+        extra_params = dict(extra_params or {})
+        extra_params["nonce"] = login_nonce(extra_params["state"])
+        return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
 
 
 class ProviderUnavailable(web.HTTPError):
@@ -69,8 +91,18 @@ class CasaAuthenticator(GenericOAuthenticator):
 
     id_token_algorithms = List(
         Unicode(), ["RS256", "ES256"],
-        help="Signature algorithms accepted on id_tokens; only asymmetric ones are honoured.",
+        help="""Signature algorithms accepted on id_tokens. Asymmetric ones only (``RS*``, ``PS*``, ``ES*``,
+        ``EdDSA``): ``none`` and ``HS*`` would let anyone holding the client secret, or the provider's public
+        key, forge identities. Example: ``c.CasaAuthenticator.id_token_algorithms = ["RS256"]``""",
     ).tag(config=True)
+
+    @validate("id_token_algorithms")
+    def _check_id_token_algorithms(self, proposal):
+        bad = [a for a in proposal.value if a not in ASYMMETRIC_ALGORITHMS]
+        if bad or not proposal.value:
+            raise TraitError(f"CasaAuthenticator.id_token_algorithms={proposal.value!r}: expected a non-empty "
+                             f"list of asymmetric JWS algorithms from {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return proposal.value
 
     id_token_leeway = Integer(30, min=0, help="Clock skew tolerated on id_token exp/iat (seconds).").tag(config=True)
 
@@ -154,7 +186,10 @@ class CasaAuthenticator(GenericOAuthenticator):
             provider = parse_discovery(document, self.oidc_issuer)
         except OIDCError as e:
             self.log.error("OIDC discovery at %s refused: %s", url, e)
-            raise web.HTTPError(502, reason="Identity provider misconfigured") from None
+            error = web.HTTPError(502, reason="Identity provider misconfigured")
+            error.jupyterhub_message = ("The identity provider's configuration does not match this facility's. "
+                                        "Please tell the facility administrators.")
+            raise error from None
         self.authorize_url = provider.authorization_endpoint
         self.token_url = provider.token_endpoint
         self.userdata_url = provider.userinfo_endpoint
@@ -193,32 +228,37 @@ class CasaAuthenticator(GenericOAuthenticator):
     # ------------------------------------------------------------------ oauthenticator steps
     async def get_token_info(self, handler, params):
         """Every token response fresh from the provider: verify its id_token before anything trusts it."""
-        await self.discover()
+        login = params.get("grant_type") == "authorization_code"
         try:
+            await self.discover()
             token_info = await super().get_token_info(handler, params)
-        except HTTPClientError as e:
-            if e.code >= 500 or e.code == 599:
-                raise ProviderUnavailable(self.oidc_issuer) from None
-            raise
-        except OSError:
+        except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
+            if isinstance(e, HTTPClientError) and e.code < 500 and e.code != 599:
+                raise
+            outages = _refresh_outages.get()
+            if outages is not None:
+                outages.append(type(e).__name__)
             raise ProviderUnavailable(self.oidc_issuer) from None
         id_token = token_info.get("id_token")
         if id_token:
+            # the nonce we sent with this login's authorize request (the callback checked its state already)
+            nonce = login_nonce(handler.get_argument("state")) if login and handler is not None else None
             try:
                 claims = await verify_id_token(
                     id_token, self._jwks, issuer=self._provider.issuer, audience=self.client_id,
-                    algorithms=[a for a in self.id_token_algorithms if a in ASYMMETRIC_ALGORITHMS],
-                    leeway=self.id_token_leeway, now=self.clock().timestamp())
+                    algorithms=self.id_token_algorithms, leeway=self.id_token_leeway, nonce=nonce,
+                    now=self.clock().timestamp())
             except OIDCError as e:
                 self.log.warning("Refusing login: %s", e)
                 raise web.HTTPError(403, reason="Invalid identity token", log_message=str(e)) from None
             token_info["id_token_claims"] = claims
-        elif params.get("grant_type") == "authorization_code":
+        elif login:
             raise web.HTTPError(403, reason="The identity provider returned no id_token (is 'openid' in scope?)")
         return token_info
 
     async def token_to_user(self, token_info):
         """userinfo (fresh from the provider) merged over the verified id_token claims; ``sub`` must agree."""
+        await self.discover()  # a refresh may be the first request a restarted hub sends to the provider
         user_info = await super().token_to_user(token_info)
         claims = token_info.get("id_token_claims") or {}
         if claims and user_info.get("sub") != claims.get("sub"):
@@ -233,10 +273,16 @@ class CasaAuthenticator(GenericOAuthenticator):
             raise web.HTTPError(403, reason="Your identity provider sent no user name",
                                 log_message=f"no usable {self.username_claim!r} claim") from None
 
+    def normalize_username(self, username):
+        """JupyterHub's normalisation (lower case, ``username_map``), then Unicode NFC: canonically equivalent
+        spellings (``"do\u0308rte"`` and ``"dörte"``) are one user."""
+        return unicodedata.normalize("NFC", super().normalize_username(username))
+
     def validate_username(self, username):
         """Refuse names that are empty, over 255 characters, contain control/separator characters or '/', or
-        that Unicode compatibility normalisation would change: folding them (e.g. full-width letters) could
-        let one identity log in as another user."""
+        that Unicode compatibility normalisation (NFKC) would still change: folding those (full-width letters,
+        ligatures, superscripts) could let one identity log in as another user, so they are refused, not
+        folded."""
         if not username or len(username) > 255 or "/" in username:
             return False
         if any(unicodedata.category(c)[0] in ("C", "Z") for c in username):
@@ -304,17 +350,29 @@ class CasaAuthenticator(GenericOAuthenticator):
         bundle = CredentialBundle.from_dict(auth_state["casa"]) if auth_state.get("casa") else None
         if not kwargs.get("force") and not self._needs_refresh(bundle):
             return True
+        outages: list[str] = []
+        reset = _refresh_outages.set(outages)
         try:
             model = await super().refresh_user(user, handler, **kwargs)
         except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
             if isinstance(e, HTTPClientError) and 400 <= e.code < 500:
                 raise
+            outages.append(type(e).__name__)
+            model = False
+        finally:
+            _refresh_outages.reset(reset)
+        if model is False and outages:
             if not self._expired(bundle):
                 self.log.warning("OIDC provider unavailable while refreshing %s; keeping credentials valid "
                                  "until %s", user.name, bundle.expires_at)
                 return True
             self.log.warning("Credentials of %s expired while the OIDC provider was unavailable: "
                              "a new login is required", user.name)
+            return False
+        if isinstance(model, dict) and not await self.check_allowed(model["name"], model):
+            # JupyterHub checks groups at login only: a user the provider moved out of the allowed groups
+            # gets no new credentials
+            self.log.warning("%s is no longer in an allowed group: a new login is required", user.name)
             return False
         return model
 

@@ -1,7 +1,7 @@
 """A local OIDC provider with demo users, for the one-command facility and the tests.
 
 Wraps oidc-provider-mock 0.3.4 (the release Python 3.11 gets) and closes its gaps that matter to us:
-PKCE (S256) is enforced and advertised, and the token endpoint accepts ``client_secret_post`` on the refresh
+PKCE (S256) is enforced on every code flow and advertised, and the token endpoint accepts ``client_secret_post`` on the refresh
 grant as oauthenticator sends it. Run: ``python -m casa_hub.demo_oidc PORT USERS.json``.
 """
 
@@ -31,11 +31,28 @@ def make_app(users: list[dict]):
     import flask
     import oidc_provider_mock
     import oidc_provider_mock._app as mock
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
     from authlib.oauth2.rfc7636 import CodeChallenge
 
     challenges: dict[str, tuple[str | None, str | None]] = {}
 
     class PKCE(CodeChallenge):
+        """S256 PKCE on every code flow, confidential clients included (authlib alone requires it of public
+        clients only)."""
+
+        SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+        def validate_code_challenge(self, grant, redirect_uri):
+            data = grant.request.payload.data
+            if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
+                raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256")
+            return super().validate_code_challenge(grant, redirect_uri)
+
+        def validate_code_verifier(self, grant, result):
+            if not grant.request.form.get("code_verifier"):
+                raise InvalidRequestError("PKCE is required: missing 'code_verifier'")
+            return super().validate_code_verifier(grant, result)
+
         def get_authorization_code_challenge(self, authorization_code):
             return challenges.get(authorization_code.code, (None, None))[0]
 

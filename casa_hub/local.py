@@ -1,4 +1,9 @@
-"""CasaLocalSpawner: the Casa credential pipeline for single-user servers on the hub's own machine."""
+"""CasaLocalSpawner: the Casa credential pipeline for single-user servers on the hub's own machine.
+
+The bundle is written into a private directory (0700) of the user: each file is written to a temporary file
+beside its target (with the bundle's mode, owned by the user) and renamed over it, so a reader never sees a
+half-written credential and a refresh swaps files in place. The directory goes away when the server stops.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,12 @@ import asyncio
 import os
 import pwd
 import shutil
+import stat
 import tempfile
-from pathlib import Path
-
-from jupyterhub.spawner import LocalProcessSpawner
 from html import escape
+from pathlib import Path, PurePosixPath
 
-from tornado import web
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from traitlets import Bool, List, Unicode, default
 
 from .credentials.bundle import CredentialBundle
@@ -20,34 +24,88 @@ from .mixin import CasaCredentialsMixin
 from .profiles import ProfileRefused, check_profile_choice, visible_profiles
 
 
-def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None,
-                     gid: int | None = None) -> None:
-    """Write (or replace) the bundle in ``directory`` (0700): each file is written beside its target and
-    renamed over it, so a reader never sees a half-written credential. Files not in the bundle are removed."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    chown = (lambda p: os.chown(p, uid, gid if gid is not None else -1)) if uid is not None else (lambda p: None)
-    chown(directory)
-    for rel, f in bundle.files.items():
-        target = directory / rel
-        if target.parent != directory:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            chown(target.parent)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-")
+def _private_dir(path: Path, uid: int | None, gid: int | None) -> None:
+    """Create ``path`` if needed and make it a private (0700) directory of ``uid``.
+
+    Refuses a symlink or a non-directory there (the user could have planted one in their home to make the
+    hub, running as root, write or chmod elsewhere); mode and owner are set through an fd opened with
+    O_NOFOLLOW, never through the path.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if uid is not None:
+            os.fchown(fd, uid, gid if gid is not None else -1)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _check_relative(rel: str) -> PurePosixPath:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts):
+        raise ValueError(f"bundle path {rel!r} is not a plain relative path")
+    return p
+
+
+def _write_atomic(target: Path, content: bytes, mode: int, uid: int | None, gid: int | None) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-")  # O_EXCL: never follows a planted link
+    try:
         try:
-            os.write(fd, f.content)
-            os.fchmod(fd, f.mode)
+            os.fchmod(fd, mode)
             if uid is not None:
                 os.fchown(fd, uid, gid if gid is not None else -1)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
-    wanted = {directory / rel for rel in bundle.files}
-    for path in sorted(directory.rglob("*"), reverse=True):
-        if path.is_file() and path not in wanted:
+        os.replace(tmp, target)  # rename replaces a symlink itself, never its target
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None,
+                     gid: int | None = None) -> None:
+    """Write (or replace) the bundle in ``directory`` (0700, owned by ``uid``): every file is written beside
+    its target and renamed over it, with the bundle's mode. Files no longer in the bundle are removed."""
+    directory = Path(directory)
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_dir(directory, uid, gid)
+    wanted = set()
+    for rel, f in sorted(bundle.files.items()):
+        parts = _check_relative(rel).parts
+        parent = directory
+        for sub in parts[:-1]:
+            parent = parent / sub
+            _private_dir(parent, uid, gid)
+        target = parent / parts[-1]
+        _write_atomic(target, f.content, f.mode, uid, gid)
+        wanted.add(target)
+    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path not in wanted:
             path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+
+
+def remove_bundle_dir(directory: Path) -> None:
+    """Remove the bundle directory (missing is fine; rmtree does not follow symlinks)."""
+    directory = Path(directory)
+    if directory.is_symlink():
+        directory.unlink()
+        return
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
@@ -59,24 +117,29 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
 
     credentials_dir_template = Unicode(
         "{home}/.casa/credentials",
-        help="Where the bundle is written; ``{home}`` and ``{username}`` are expanded.",
+        help="""Where the bundle is written; ``{home}`` and ``{username}`` are expanded. The directory is
+        private (0700), owned by the user, and removed when the server stops. Default
+        ``{home}/.casa/credentials``; e.g. ``c.CasaLocalSpawner.credentials_dir_template =
+        "/run/casa/{username}"``.""",
     ).tag(config=True)
 
     run_as_hub_user = Bool(
         False,
         help="""Run servers as the hub's Unix user in ``home_dir_template`` instead of switching to a system
-        user of the same name (a single-machine demo facility; no isolation between users).""",
+        user of the same name (a single-machine demo facility; no isolation between users). Default False.""",
     ).tag(config=True)
 
     home_dir_template = Unicode(
-        "/tmp/casa-home/{username}", help="Home directory of each user when ``run_as_hub_user`` is set."
+        "/tmp/casa-home/{username}",
+        help="""Home directory of each user when ``run_as_hub_user`` is set; ``{username}`` is expanded.
+        Default ``/tmp/casa-home/{username}``.""",
     ).tag(config=True)
 
     profiles = List(
         help="""Profiles offered on the spawn form, e.g. ``{"display_name": "GPU", "slug": "gpu",
         "description": "...", "casa_allowed_groups": ["gpu-users"], "environment": {"CASA_GPU_COUNT": "1"}}``.
         ``environment`` is added to the server's env; ``casa_allowed_groups`` restricts a profile to those
-        groups (like CasaSpawner's profiles). Empty: no form.""",
+        groups (like CasaSpawner's profiles). Empty (default): no form.""",
     ).tag(config=True)
 
     @default("options_form")
@@ -103,7 +166,7 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         try:
             check_profile_choice(self.profiles, visible, slug)
         except ProfileRefused as e:
-            error = web.HTTPError(403, log_message=str(e).replace("%", "%%"))
+            error = SpawnException(str(e), reason="casa-profile", status_code=403)
             error.jupyterhub_message = str(e)
             raise error from None
         profile = next(p for p in visible if p["slug"] == slug)
@@ -153,17 +216,27 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         await asyncio.to_thread(write_bundle_dir, self.credentials_dir, bundle, uid, gid)
 
     async def casa_remove_bundle(self) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.credentials_dir, True)
+        await asyncio.to_thread(remove_bundle_dir, self.credentials_dir)
 
     async def start(self):
         if self.casa_bundle is None:
-            raise RuntimeError("no Casa credentials for this server: log in again")
+            message = "No credentials for this server: please log out and log in again."
+            error = SpawnException(message, reason="casa-credentials", status_code=403)
+            error.jupyterhub_message = message
+            raise error
         self._apply_profile()
+        self.casa_progress("Minting credentials", 10)
         await self.casa_write_bundle(self.casa_bundle)
-        result = await super().start()
+        self.casa_progress("Credentials written to a private directory", 30)
+        try:
+            result = await super().start()
+        except BaseException:
+            await self.casa_remove_bundle()
+            raise
         self.casa_schedule_refresh(self.casa_bundle.expires_at)
         return result
 
     async def progress(self):
-        yield {"progress": 30, "message": "Credentials minted and written to a private directory"}
+        async for event in self.casa_progress_events():
+            yield event
         yield {"progress": 50, "message": "Starting the server..."}

@@ -6,6 +6,7 @@ everything here is testable against a real provider and free of Tornado specific
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -61,6 +62,7 @@ class JWKSCache:
         self._fetched_at: float | None = None
         self._interval = min_refetch_interval
         self._clock = clock
+        self._lock = asyncio.Lock()  # concurrent logins with a new kid share one fetch
 
     async def refresh(self) -> None:
         document = await self._fetch()
@@ -75,17 +77,23 @@ class JWKSCache:
         self._keys = keys
         self._fetched_at = self._clock()
 
+    def _may_refetch(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at >= self._interval
+
     async def get(self, kid: str | None) -> jwt.PyJWK:
         if kid is None:
             # tokens without a kid are only acceptable when the provider publishes a single key
-            if self._fetched_at is None:
-                await self.refresh()
+            if len(self._keys) != 1 and self._may_refetch():
+                async with self._lock:
+                    if len(self._keys) != 1 and self._may_refetch():
+                        await self.refresh()
             if len(self._keys) == 1:
                 return next(iter(self._keys.values()))
             raise OIDCError("the id_token names no key id and the provider publishes several keys")
-        if kid not in self._keys:
-            if self._fetched_at is None or self._clock() - self._fetched_at >= self._interval:
-                await self.refresh()
+        if kid not in self._keys and self._may_refetch():
+            async with self._lock:
+                if kid not in self._keys and self._may_refetch():
+                    await self.refresh()
         try:
             return self._keys[kid]
         except KeyError:

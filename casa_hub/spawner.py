@@ -1,8 +1,14 @@
 """CasaSpawner: KubeSpawner that mounts the user's Casa credentials from a per-user Secret.
 
-The Secret is created once the pod has a UID, with an ownerReference to the pod (Kubernetes deletes it
-with the pod), like KubeSpawner's own internal-SSL Secret; the pod mounts it read-only and waits for it.
-Refreshed credentials replace the Secret's data; kubelet updates the mounted files in place.
+Like KubeSpawner's own internal-SSL Secret, the Secret is written once the pod has a UID (KubeSpawner's
+``after_pod_created_hook`` step, which also stops the pod if this fails) with an ownerReference to the pod, so
+Kubernetes deletes it with the pod; the pod mounts it read-only and kubelet waits for it. Refreshed
+credentials are patched into the Secret and kubelet updates the mounted files in place. On stop the Secret
+(and the optional Dask Service and route) are deleted, a 404 being fine.
+
+Every Kubernetes call goes through KubeSpawner's async client with a timeout (``k8s_api_request_timeout``)
+and bounded retries (``k8s_api_request_retry_timeout``) of timeouts, 429 and 5xx; a 409 is handled where it
+means something, other errors surface.
 """
 
 from __future__ import annotations
@@ -11,23 +17,26 @@ import asyncio
 import copy
 from functools import partial
 
+from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import AnyTimeoutError, exponential_backoff, maybe_future
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from kubespawner.clients import shared_client
 from kubespawner.objects import make_owner_reference
-from tornado import web
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Dict, Integer, Unicode, default, validate
 
 from . import objects
 from .credentials.bundle import CredentialBundle
 from .mixin import CasaCredentialsMixin
-from .profiles import (ProfileRefused, check_gpu_limits, check_profile_choice, free_gpus, offers_gpus,
-                       visible_profiles)
+from .profiles import (ProfileRefused, check_gpu_limits, check_user_options, describe_availability,
+                       free_resources, max_gpus_for, offers_gpus, visible_profiles)
+
+TRAEFIK = ("traefik.io", "v1alpha1", "ingressroutetcps")
 
 
-def _refusal(status: int, message: str) -> web.HTTPError:
-    """An error whose message JupyterHub shows as is: in the API answer, the spawn page and progress."""
-    error = web.HTTPError(status, log_message=message.replace("%", "%%"))
+def _user_error(message: str, *, reason: str, status: int, log_message: str | None = None) -> SpawnException:
+    """A spawn failure whose ``message`` JupyterHub shows as is (API answer, spawn page, progress stream)."""
+    error = SpawnException(message, reason=reason, status_code=status, log_message=log_message or message)
     error.jupyterhub_message = message
     return error
 
@@ -35,19 +44,24 @@ def _refusal(status: int, message: str) -> web.HTTPError:
 class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     """KubeSpawner with per-user Casa credentials, group-restricted profiles and bounded GPU requests."""
 
-    casa_mount_path = Unicode("/etc/casa", help="Where the credentials are mounted in the pod (read-only).").tag(
-        config=True)
+    casa_mount_path = Unicode(
+        "/etc/casa",
+        help="""Where the credentials are mounted in the pod (read-only); the env points there.
+        Default ``/etc/casa``; e.g. ``c.CasaSpawner.casa_mount_path = "/run/casa"``.""",
+    ).tag(config=True)
 
     casa_secret_name_template = Unicode(
         "casa-{user_server}",
-        help="""Name of the per-user credentials Secret; KubeSpawner's name templates apply (``{user_server}``
-        is the collision-free slug of the user and server names).""",
+        help="""Name of the per-user credentials Secret. KubeSpawner's name templates and slug rules apply
+        (``{user_server}`` is the collision-free slug of user and server name), so two users never share one.
+        Default ``casa-{user_server}``.""",
     ).tag(config=True)
 
     casa_file_group_readable = Bool(
-        help="""Make owner-only credential files group-readable (0440) in the pod. Needed when the pod runs
-        with an fsGroup and the notebook user reads files through that group (Z2JH's default). Defaults to
-        True when ``fs_gid`` is set.""",
+        help="""Make owner-only credential files group-readable (0440 instead of 0400) in the pod. Kubelet
+        makes Secret files ``root:<fsGroup>``, so a notebook user other than root reads them through the
+        fsGroup (Z2JH's default: uid 1000, fsGroup 100). Default: True when ``fs_gid`` is set; e.g.
+        ``c.CasaSpawner.casa_file_group_readable = False`` for pods running as root.""",
     ).tag(config=True)
 
     @default("casa_file_group_readable")
@@ -55,228 +69,314 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return self.fs_gid is not None
 
     casa_max_gpus = Integer(
-        8, min=0, help="Most GPUs (whole or MIG slices, summed) one server may request, whatever the form says."
+        8, min=0,
+        help="""Most GPUs (whole GPUs and MIG slices, summed) one server may request, whatever the form or the
+        API request says. Default 8; e.g. ``c.CasaSpawner.casa_max_gpus = 4``.""",
+    ).tag(config=True)
+
+    casa_max_gpus_by_group = Dict(
+        key_trait=Unicode(), value_trait=Integer(min=0),
+        help="""Per-group GPU caps replacing ``casa_max_gpus`` for members (the largest of a user's groups
+        wins). Default empty; e.g. ``c.CasaSpawner.casa_max_gpus_by_group = {"gpu-users": 2, "gpu-power": 8}``.""",
+    ).tag(config=True)
+
+    casa_gpu_availability = Bool(
+        True,
+        help="""Show the free GPUs (node allocatable minus pod requests) on GPU profiles of the spawn form. Needs
+        ``list`` on nodes and pods cluster-wide; without that right the form simply shows no count.""",
     ).tag(config=True)
 
     casa_dask_service_enabled = Bool(
-        False, help="Create a per-user Service for the Dask scheduler (for clients outside the pod)."
+        False,
+        help="""Create a per-user ClusterIP Service for the user's Dask scheduler (TLS with the user's
+        certificates), owned by the pod. Default False.""",
     ).tag(config=True)
 
     casa_dask_scheduler_port = Integer(8786, help="Port of the user's Dask scheduler in the pod.").tag(config=True)
 
-    casa_secret_wait_timeout = Integer(
-        60, min=1, help="How long to wait for the pod to get a UID before giving up on the Secret (seconds)."
+    casa_dask_service_name_template = Unicode(
+        "casa-dask-{user_server}", help="Name of the Dask scheduler Service (KubeSpawner name templates)."
     ).tag(config=True)
 
-    # ------------------------------------------------------------------ names
+    casa_dask_route_host_template = Unicode(
+        "",
+        help="""With the Dask Service enabled, also create a Traefik IngressRouteTCP passing TLS through by SNI
+        from this host to the scheduler (clients outside the cluster). Empty (default): no route. KubeSpawner
+        templates apply, e.g. ``"dask-{user_server}.hub.example.org"``.""",
+    ).tag(config=True)
+
+    casa_dask_route_entry_point = Unicode("dask", help="Traefik entry point of the Dask route.").tag(config=True)
+
+    # ------------------------------------------------------------------ names and labels
     @property
     def casa_secret_name(self) -> str:
         return self._expand_user_properties(self.casa_secret_name_template)
 
     @property
     def casa_service_name(self) -> str:
-        return self._expand_user_properties("casa-dask-{user_server}")
+        return self._expand_user_properties(self.casa_dask_service_name_template)
 
     def _casa_labels(self) -> dict:
-        return {**self._build_common_labels({}), "component": "casa-credentials"}
+        return self._build_common_labels({"component": "casa-credentials",
+                                          "app.kubernetes.io/component": "casa-credentials"})
 
     # ------------------------------------------------------------------ pod
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
-        if self.casa_bundle is None:
-            return pod
-        spec = pod.spec
-        spec.volumes = objects.upsert_volume(spec.volumes or [], objects.make_credentials_volume(
-            self.casa_secret_name, self.casa_bundle, self.casa_file_group_readable))
-        container = spec.containers[0]
-        container.volume_mounts = objects.upsert_volume(container.volume_mounts or [],
-                                                        objects.make_credentials_mount(self.casa_mount_path))
-        container.env = objects.upsert_env(container.env or [],
-                                           objects.make_credentials_env(self.casa_bundle, self.casa_mount_path))
+        if self.casa_bundle is not None:
+            objects.add_credentials_to_pod(pod, self.casa_secret_name, self.casa_bundle, self.casa_mount_path,
+                                           self.casa_file_group_readable)
         return pod
 
-    # ------------------------------------------------------------------ Kubernetes calls (timeouts, bounded retries)
-    async def _casa_call(self, coro_fn, what: str):
-        """One API call with a timeout: True on success, False to retry (timeouts, 5xx, 429); raises on
-        other errors so they surface with their message."""
+    @default("after_pod_created_hook")
+    def _casa_hook_default(self):
+        return self._casa_after_pod_created
+
+    @validate("after_pod_created_hook")
+    def _casa_chain_hook(self, proposal):
+        """Configured hooks run after Casa's (which must run: the pod waits for its Secret)."""
+        hook = proposal.value
+        if hook is None or hook == self._casa_after_pod_created or getattr(hook, "_casa_chained", False):
+            return self._casa_after_pod_created
+
+        async def chained(spawner, pod):
+            await self._casa_after_pod_created(spawner, pod)
+            await maybe_future(hook(spawner, pod))
+
+        chained._casa_chained = True
+        return chained
+
+    async def _casa_after_pod_created(self, spawner, pod: dict) -> None:
+        """Called by KubeSpawner once the pod has a UID (KubeSpawner stops the pod if this raises)."""
+        if self.casa_bundle is None:
+            return
+        owner = make_owner_reference(self.pod_name, pod["metadata"]["uid"])
+        await self._casa_put_secret(self.casa_bundle, owner)
+        self.casa_progress("Credentials secret ready", 40)
+        if self.casa_dask_service_enabled:
+            await self._casa_create_dask_objects(owner)
+
+    def _casa_pod_owner(self):
+        pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
+        if not self.pod_has_uid(pod):
+            return None
+        return make_owner_reference(self.pod_name, pod["metadata"]["uid"])
+
+    # ------------------------------------------------------------------ Kubernetes calls
+    async def _casa_attempt(self, call, what: str) -> bool:
+        """One API call with a timeout, for exponential_backoff: True done, False retry (timeout, 429, 5xx);
+        any other error surfaces."""
         try:
-            await asyncio.wait_for(coro_fn(), self.k8s_api_request_timeout)
+            await asyncio.wait_for(call(), self.k8s_api_request_timeout)
             return True
         except asyncio.TimeoutError:
-            self.log.warning("Timeout while %s; retrying", what)
+            self.log.warning("Kubernetes did not answer in %ss while %s; retrying", self.k8s_api_request_timeout,
+                             what)
             return False
         except ApiException as e:
-            if e.status >= 500 or e.status == 429:
+            if e.status == 429 or e.status >= 500:
                 self.log.warning("Kubernetes answered %s while %s; retrying", e.status, what)
                 return False
             raise
 
-    async def _casa_retry(self, coro_fn, what: str):
-        """Bounded retries (``k8s_api_request_retry_timeout``); the timeout's message is what the user sees."""
+    async def _casa_request(self, call, what: str) -> None:
+        """``call`` with bounded retries; once ``k8s_api_request_retry_timeout`` is spent, a clear error."""
         try:
-            await exponential_backoff(partial(self._casa_call, coro_fn, what),
-                                      f"Kubernetes is not answering ({what}); please try again shortly",
+            await exponential_backoff(partial(self._casa_attempt, call, what), f"Kubernetes kept failing while {what}",
                                       timeout=self.k8s_api_request_retry_timeout)
-        except AnyTimeoutError as e:
-            raise _refusal(503, str(e)) from None
+        except AnyTimeoutError:
+            raise _user_error(
+                "The cluster's Kubernetes is not answering (while preparing your credentials); "
+                "please try again in a few minutes.", reason="kubernetes", status=503,
+                log_message=f"Kubernetes kept failing for {self.k8s_api_request_retry_timeout}s while {what}",
+            ) from None
 
-    async def _casa_put_secret(self, secret) -> None:
-        name = secret.metadata.name
+    async def _casa_put_secret(self, bundle: CredentialBundle, owner) -> None:
+        """Create the Secret; if it exists (a leftover of an earlier pod), replace it whole."""
+        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
+                                                 [owner])
 
-        async def create_or_update():
+        async def create_or_replace():
             try:
                 await self.api.create_namespaced_secret(self.namespace, secret)
             except ApiException as e:
                 if e.status != 409:
                     raise
-                # it exists (a refresh, or a leftover of an earlier server): take it over, dropping stale keys
+                self.log.info("Secret %s exists; replacing it", secret.metadata.name)
+                await self.api.replace_namespaced_secret(secret.metadata.name, self.namespace, secret)
+
+        await self._casa_request(create_or_replace, f"writing Secret {secret.metadata.name}")
+
+    async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
+        """Refresh: patch the Secret's data in place (kubelet updates the mounted files); recreate it, owned by
+        the pod, if it has gone."""
+        name = self.casa_secret_name
+        await self._start_watching_pods()  # after a hub restart the shared pod reflector may not run yet
+        owner = self._casa_pod_owner()
+        secret = objects.make_credentials_secret(name, self.namespace, bundle, self._casa_labels(),
+                                                 [owner] if owner else [])
+
+        async def patch():
+            try:
                 current = await self.api.read_namespaced_secret(name, self.namespace)
-                patch = objects.secret_update_patch(secret, current.data or {})
-                await self.api.patch_namespaced_secret(name, self.namespace, patch)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                if owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
+                    self.log.info("No Secret %s yet; the starting server will get the fresh credentials", name)
+                    return
+                self.log.warning("Secret %s had gone; creating it again", name)
+                await self.api.create_namespaced_secret(self.namespace, secret)
+                return
+            body = objects.secret_update_patch(secret, current.data)
+            if owner is None:
+                body["metadata"].pop("ownerReferences")
+            await self.api.patch_namespaced_secret(name, self.namespace, body,
+                                                   _content_type="application/merge-patch+json")
 
-        await self._casa_retry(create_or_update, f"writing Secret {name}")
+        await self._casa_request(patch, f"refreshing Secret {name}")
 
-    async def _casa_delete(self, kind: str, name: str) -> None:
-        delete = getattr(self.api, f"delete_namespaced_{kind}")
+    async def _casa_create_dask_objects(self, owner) -> None:
+        service = objects.make_dask_scheduler_service(
+            self.casa_service_name, self.namespace, self._build_pod_labels({}), self.casa_dask_scheduler_port,
+            [owner], self._casa_labels())
 
+        async def create_service():
+            try:
+                await self.api.create_namespaced_service(self.namespace, service)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                # a leftover owned by an earlier pod (the garbage collector would take it): take it over,
+                # keeping what a Service update must keep
+                current = await self.api.read_namespaced_service(service.metadata.name, self.namespace)
+                service.metadata.resource_version = current.metadata.resource_version
+                service.spec.cluster_ip = current.spec.cluster_ip
+                await self.api.replace_namespaced_service(service.metadata.name, self.namespace, service)
+
+        await self._casa_request(create_service, f"creating Service {service.metadata.name}")
+        if not self.casa_dask_route_host_template:
+            return
+        route = objects.make_dask_route(
+            self.casa_service_name, self.namespace, self._expand_user_properties(self.casa_dask_route_host_template),
+            self.casa_service_name, self.casa_dask_scheduler_port, [owner], self._casa_labels(),
+            self.casa_dask_route_entry_point)
+        custom = shared_client("CustomObjectsApi")
+
+        async def create_route():
+            try:
+                await custom.create_namespaced_custom_object(*TRAEFIK[:2], self.namespace, TRAEFIK[2], route)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                await custom.patch_namespaced_custom_object(*TRAEFIK[:2], self.namespace, TRAEFIK[2],
+                                                            route["metadata"]["name"], route,
+                                                            _content_type="application/merge-patch+json")
+
+        await self._casa_request(create_route, f"creating route {route['metadata']['name']}")
+
+    async def _casa_delete(self, delete, what: str) -> None:
         async def gone():
             try:
-                await delete(name=name, namespace=self.namespace)
+                await delete()
             except ApiException as e:
                 if e.status != 404:
                     raise
 
-        await self._casa_retry(gone, f"deleting {kind} {name}")
+        await self._casa_request(gone, f"deleting {what}")
 
-    async def _casa_owner_reference(self):
-        ref_key = f"{self.namespace}/{self.pod_name}"
-        # KubeSpawner starts its (shared) pod reflector inside start(): wait for it, then for the uid
-        await exponential_backoff(
-            lambda: self.pod_reflector is not None and self.pod_has_uid(self.pod_reflector.pods.get(ref_key)),
-            f"pod {ref_key} has no uid", timeout=self.casa_secret_wait_timeout)
-        pod = self.pod_reflector.pods[ref_key]
-        return make_owner_reference(self.pod_name, pod["metadata"]["uid"]), pod
-
-    async def _casa_create_objects(self) -> None:
-        owner, pod = await self._casa_owner_reference()
-        await self._casa_put_secret(objects.make_credentials_secret(
-            self.casa_secret_name, self.namespace, self.casa_bundle, self._casa_labels(), [owner]))
-        self._casa_events.append("Credentials Secret ready")
+    async def casa_remove_bundle(self) -> None:
+        """Delete the Secret and the Dask Service/route (404 is fine: the pod's deletion may have taken them)."""
+        name = self.casa_secret_name
+        await self._casa_delete(partial(self.api.delete_namespaced_secret, name, self.namespace), f"Secret {name}")
         if self.casa_dask_service_enabled:
-            service = objects.make_dask_scheduler_service(
-                self.casa_service_name, self.namespace, self._build_pod_labels({}), self.casa_dask_scheduler_port,
-                [owner], self._casa_labels())
-
-            async def create_service():
-                try:
-                    await self.api.create_namespaced_service(self.namespace, service)
-                except ApiException as e:
-                    if e.status != 409:
-                        raise
-
-            await self._casa_retry(create_service, f"creating Service {self.casa_service_name}")
+            service = self.casa_service_name
+            await self._casa_delete(partial(self.api.delete_namespaced_service, service, self.namespace),
+                                    f"Service {service}")
+            if self.casa_dask_route_host_template:
+                custom = shared_client("CustomObjectsApi")
+                await self._casa_delete(partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2],
+                                                self.namespace, TRAEFIK[2], service), f"route {service}")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
         if self.casa_bundle is None:
-            raise web.HTTPError(403, reason="No credentials for this server: please log out and in again")
-        self._casa_events = ["Credentials minted"]
-        # the pod waits for its Secret volume; the Secret needs the pod's uid: create it alongside
-        objects_task = asyncio.ensure_future(self._casa_create_objects())
-        try:
-            result = await super().start()
-            await objects_task
-        except BaseException:
-            objects_task.cancel()
-            await self.casa_remove_bundle()
-            raise
-        self.casa_schedule_refresh(self.casa_bundle.expires_at)
+            raise _user_error("No credentials for this server: please log out and log in again.",
+                              reason="casa-credentials", status=403)
+        self.casa_reset_progress()
+        expires = self.casa_bundle.expires_at
+        self.casa_progress("Minting credentials", 5)
+        if expires is not None:
+            self.casa_progress(f"Credentials minted (valid until {expires:%H:%M} UTC)", 10)
+        result = await super().start()
+        self.casa_schedule_refresh(expires)
         return result
 
-
-    async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
-        owner, _ = await self._casa_owner_reference()
-        await self._casa_put_secret(objects.make_credentials_secret(
-            self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]))
-
-    async def casa_remove_bundle(self) -> None:
-        """Delete the Secret and the Dask Service (404 is fine: the pod's deletion may have taken them)."""
-        await self._casa_delete("secret", self.casa_secret_name)
-        if self.casa_dask_service_enabled:
-            await self._casa_delete("service", self.casa_service_name)
-
     async def progress(self):
-        """KubeSpawner's progress (pod events) merged with Casa's own steps as they happen."""
-        expires = self.casa_bundle.expires_at if self.casa_bundle is not None else None
-        yield {"progress": 5, "message": "Credentials minted" + (
-            f" (valid until {expires:%H:%M} UTC)" if expires else "")}
-        sent = 1  # _casa_events[0] is the message above
-        upstream = super().progress().__aiter__()
-        pending = asyncio.ensure_future(upstream.__anext__())
-        try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=0.5)
-                events = getattr(self, "_casa_events", [])
-                for message in events[sent:]:
-                    yield {"message": message}
-                sent = max(sent, len(events))
-                if pending in done:
-                    try:
-                        event = pending.result()
-                    except StopAsyncIteration:
-                        break
-                    yield event
-                    pending = asyncio.ensure_future(upstream.__anext__())
-        finally:
-            pending.cancel()
-        for message in getattr(self, "_casa_events", [])[sent:]:
-            yield {"message": message}
+        """KubeSpawner's progress (pod events) with Casa's steps interleaved as they happen."""
+        async for event in self.casa_merge_progress(super().progress()):
+            yield event
 
     # ------------------------------------------------------------------ profiles
     @default("options_form")
     def _casa_options_form_default(self):
-        # always rendered per request: the profiles depend on the user's groups and on free GPUs
+        # rendered per request: the profiles depend on the user's groups and on free GPUs
         return self._casa_options_form if self.profile_list else ""
 
-    async def _casa_options_form(self, spawner):
-        profile_list = self._sorted_dict_values(self.profile_list)
-        if callable(profile_list):
-            profile_list = await maybe_future(profile_list(spawner))
-        free = await self._casa_free_gpus()
-        if free is not None:
-            profile_list = copy.deepcopy(profile_list)
-            for profile in profile_list:
-                if offers_gpus(profile):
-                    profile["description"] = (profile.get("description", "") + f" ({free} GPUs free now)").strip()
-        return self._render_options_form(profile_list)
-
-    async def _casa_free_gpus(self) -> int | None:
-        """Free GPUs in the cluster, or None where the hub may not list nodes (RBAC) or the API is slow."""
-        try:
-            nodes = await asyncio.wait_for(self.api.list_node(), self.k8s_api_request_timeout)
-            pods = await asyncio.wait_for(self.api.list_pod_for_all_namespaces(), self.k8s_api_request_timeout)
-        except (ApiException, asyncio.TimeoutError, OSError) as e:
-            self.log.debug("No live GPU availability: %s", e)
-            return None
-        client = self.api.api_client
-        return free_gpus([client.sanitize_for_serialization(n) for n in nodes.items],
-                         [client.sanitize_for_serialization(p) for p in pods.items])
-
-    def _get_initialized_profile_list(self, profile_list):
-        return super()._get_initialized_profile_list(visible_profiles(profile_list, self.casa_groups))
-
-    async def load_user_options(self):
+    async def _casa_profile_list(self) -> list[dict]:
         profile_list = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(self))
+        return profile_list or []
+
+    async def _casa_options_form(self, spawner):
+        profile_list = await self._casa_profile_list()
+        visible = visible_profiles(profile_list, self.casa_groups)
+        if self.casa_gpu_availability and any(offers_gpus(p) for p in visible):
+            note = describe_availability(await self.casa_free_gpus() or {})
+            if note:
+                visible = copy.deepcopy(visible)
+                for profile in visible:
+                    if offers_gpus(profile):
+                        profile["description"] = f"{profile.get('description', '')} ({note})".strip()
+        return self._render_options_form(visible)
+
+    async def casa_free_gpus(self) -> dict[str, int] | None:
+        """Free GPU resources in the cluster, or None where the hub may not list nodes and pods (RBAC) or the
+        API is slow: the form then shows no count."""
+        try:
+            nodes = await asyncio.wait_for(self.api.list_node(), self.k8s_api_request_timeout)
+            pods = await asyncio.wait_for(
+                self.api.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"),
+                self.k8s_api_request_timeout)
+        except (ApiException, asyncio.TimeoutError, OSError) as e:
+            self.log.info("No live GPU availability for the spawn form: %s", getattr(e, "reason", None) or e)
+            return None
+        serialize = self.api.api_client.sanitize_for_serialization
+        return free_resources([serialize(n) for n in nodes.items], [serialize(p) for p in pods.items])
+
+    def casa_max_gpus_for_user(self) -> int:
+        return max_gpus_for(self.casa_groups, self.casa_max_gpus, self.casa_max_gpus_by_group)
+
+    async def load_user_options(self):
+        """Refuse what this user may not have (a tampered form or API request), then let KubeSpawner apply the
+        profile with only the user's profiles in view, then bound the GPUs the result asks for."""
+        profile_list = await self._casa_profile_list()
         try:
             if profile_list:
-                initialized = super()._get_initialized_profile_list(profile_list)
-                check_profile_choice(initialized, self._get_initialized_profile_list(profile_list),
-                                     self.user_options.get("profile"))
-            await super().load_user_options()
-            check_gpu_limits(self.extra_resource_limits, self.casa_max_gpus)
+                everything = KubeSpawner._get_initialized_profile_list(self, profile_list)
+                visible = KubeSpawner._get_initialized_profile_list(self, visible_profiles(profile_list,
+                                                                                          self.casa_groups))
+                check_user_options(everything, visible, self.user_options or {})
+            try:
+                await super().load_user_options()
+            except (ValueError, KeyError) as e:  # KubeSpawner's own refusals of unknown options
+                raise ProfileRefused(f"Invalid server options: {e}") from None
+            check_gpu_limits(self.extra_resource_limits, self.casa_max_gpus_for_user())
         except ProfileRefused as e:
-            raise _refusal(403, str(e)) from None
-        except ValueError as e:  # KubeSpawner's refusals of unknown options
-            raise _refusal(400, f"Invalid server options: {e}") from None
+            self.log.warning("Refused server options of %s: %s", self._log_name, e)
+            raise _user_error(str(e), reason="casa-profile", status=403) from None
+
+    def _get_initialized_profile_list(self, profile_list):
+        # KubeSpawner's form rendering and option loading see only the user's profiles
+        return super()._get_initialized_profile_list(visible_profiles(profile_list, self.casa_groups))

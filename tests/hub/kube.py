@@ -1,23 +1,351 @@
-"""Start/stop the Kubernetes emulator subprocess and read what the spawner wrote into it."""
+"""A Kubernetes API for the spawner tests: kmock 0.8's KubernetesEmulator over real HTTP, made usable by
+kubernetes_asyncio / KubeSpawner, with a toy kubelet and garbage collector.
+
+No kube-apiserver can run here (see TESTBED.md). What kmock 0.8 lacks and this adds:
+
+- ``?watch=True`` (a Python bool urlencoded by kubernetes_asyncio) is recognised as a watch;
+- server-side metadata on create (namespace, uid, resourceVersion, creationTimestamp) and a new
+  resourceVersion on every change; pods start ``Pending``;
+- ``PUT`` on a named object replaces it (kmock only knows PATCH), keeping uid and creationTimestamp;
+- the core resources (and Traefik's IngressRouteTCP) are declared, so list/watch of an empty collection works;
+- a garbage collector: deleting an object deletes the objects whose ownerReferences point at its uid;
+- a kubelet: a new pod becomes Running (podIP 127.0.0.1) once every Secret it mounts exists, like a real
+  kubelet that cannot mount a missing Secret; optionally after a delay, and optionally with a tiny HTTP
+  server on the pod's port standing in for the single-user server;
+- faults through kmock's own rule DSL on a separate root, ``kube.faults``, consulted before anything else
+  and without touching the stored objects (kmock's emulator stores an object before user reactions run)::
+
+      kube.faults[kmock.action.CREATE, kmock.resource("v1", "secrets")] << kmock.Response(status=500)
+      kube.fail(kmock.action.CREATE, "secrets", status=500, times=2)   # the same, twice, then gone
+
+Two ways to run it: in a thread of the test process (:class:`KubeThread`, used by the spawner tests, which
+drive CasaSpawner on pytest's loop against this server over HTTP), or as a subprocess:
+``python -m tests.hub.kube PORT`` (for a hub running in its own process).
+"""
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
+import datetime
+import itertools
+import json
 import sys
-from dataclasses import dataclass
+import threading
+import uuid
 from pathlib import Path
 
-import httpx
+import aiohttp
+import attrs
+import kmock
+from aiohttp import web
+from kmock._internal import enums, parsing
 
-from tests.support import REPO, free_port, stop_process, wait_for_port
+# ------------------------------------------------------------------ compat shim
+_original_guess = parsing.guess_k8s
+
+
+def _guess_k8s(k8s, method, query):
+    if str(query.get("watch", "")).lower() == "true":
+        query = dict(query, watch="true")
+    return _original_guess(k8s, method, query)
+
+
+parsing.guess_k8s = _guess_k8s  # kmock looks it up at call time; harmless for every other kmock user
+
+CORE = (("pods", "Pod", True), ("secrets", "Secret", True), ("events", "Event", True),
+        ("services", "Service", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("serviceaccounts", "ServiceAccount", True), ("nodes", "Node", False), ("namespaces", "Namespace", False))
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
+
+
+@attrs.define(kw_only=True)
+class CasaKubeEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with server-side metadata, PUT, garbage collection and a fault root."""
+
+    faults: kmock.RawHandler = attrs.field(factory=kmock.RawHandler)
+    _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1))
+
+    def declare(self) -> None:
+        for plural, kind, namespaced in CORE:
+            self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS)
+        self.resources["traefik.io/v1alpha1/ingressroutetcps"] = kmock.ResourceInfo(
+            kind="IngressRouteTCP", namespaced=True, verbs=VERBS)
+
+    def fail(self, action, plural: str, status: int, times: int = 1, group_version: str = "v1"):
+        """The next ``times`` requests ``action`` on ``plural`` are answered ``status`` (kmock rule DSL)."""
+        answers = iter([kmock.Response(status=status, payload=_status(status, "injected fault"))] * times)
+        return self.faults[action, kmock.resource(group_version, plural)] << (lambda: next(answers, NotImplemented))
+
+    def clear_faults(self) -> None:
+        self.faults._payloads.clear()
+
+    async def _handle(self, request):
+        if self.faults._payloads:
+            self.faults._requests.append(request)  # kmock's filters select among the root's requests
+            try:
+                return await self.faults._handle(request)
+            except NotImplementedError:  # no fault rule for this request
+                pass
+        if request.resource is not None and isinstance(request.data, dict):
+            if request.action == enums.action.CREATE:
+                meta = request.data.setdefault("metadata", {})
+                if request.namespace:
+                    meta.setdefault("namespace", request.namespace)
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _now())
+                meta["resourceVersion"] = str(next(self._versions))
+                if request.resource.plural == "pods":
+                    request.data.setdefault("status", {"phase": "Pending"})
+            elif request.action == enums.action.UPDATE:
+                request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+        if request.resource is not None and request.name and str(request.method).upper().endswith("PUT"):
+            return await self._replace(request)
+        response = await super()._handle(request)
+        if request.action == enums.action.DELETE and request.name and response.status < 300:
+            await self._collect_garbage()
+        return response
+
+    async def _replace(self, request):
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            obj = self._objects[key] if key in self._objects else None
+            if obj is None or obj.deleted:
+                return web.json_response(_status(404, "not found"), status=404)
+            old_meta = obj.raw.get("metadata", {})
+            body = json.loads(json.dumps(request.data))
+            meta = body.setdefault("metadata", {})
+            meta.update(uid=old_meta.get("uid"), creationTimestamp=old_meta.get("creationTimestamp"),
+                        namespace=request.namespace, name=request.name,
+                        resourceVersion=str(next(self._versions)))
+            obj.patch({k: None for k in obj.raw})  # a replacement, not a merge
+            obj.patch(body)
+            raw = obj.raw
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+        return web.json_response(raw)
+
+    async def _collect_garbage(self) -> None:
+        """Delete objects owned by objects that no longer exist (repeated for chains of owners)."""
+        while True:
+            async with self._lock:
+                alive = {o.raw.get("metadata", {}).get("uid") for o in self._objects.values() if not o.deleted}
+                orphans = [(key, o) for key, o in self._objects.items() if not o.deleted and any(
+                    ref.get("uid") not in alive for ref in o.raw.get("metadata", {}).get("ownerReferences") or [])]
+                for (resource, _, _), o in orphans:
+                    raw = o.raw
+                    o.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+            if not orphans:
+                return
+
+    # ------------------------------------------------------------------ reading the state (tests)
+    def stored(self, plural: str, namespace: str | None = "default") -> list[dict]:
+        return [json.loads(json.dumps(o.raw)) for (r, ns, _), o in list(self._objects.items())
+                if r.plural == plural and (namespace is None or ns == namespace) and not o.deleted]
+
+    def get(self, plural: str, name: str, namespace: str | None = "default") -> dict | None:
+        return next((o for o in self.stored(plural, namespace) if o["metadata"]["name"] == name), None)
+
+
+class Kubelet:
+    """Marks pods Running once all their Secret volumes exist (after ``delay`` seconds); optionally serves a
+    stand-in single-user server on each pod's port."""
+
+    def __init__(self, url: str, serve_pods: bool = False):
+        self.url = url.rstrip("/")
+        self.serve_pods = serve_pods
+        self.delay = 0.0
+        self._pending: dict[tuple, dict] = {}
+        self._secrets: set[tuple] = set()
+        self._servers: dict[tuple, web.AppRunner] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession()
+        self._tasks = [asyncio.ensure_future(self._watch("pods")), asyncio.ensure_future(self._watch("secrets"))]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self._servers.values():
+            await runner.cleanup()
+        await self._http.close()
+
+    async def _watch(self, plural: str) -> None:
+        async with self._http.get(f"{self.url}/api/v1/{plural}?watch=true",
+                                  timeout=aiohttp.ClientTimeout(total=None)) as watch:
+            async for line in watch.content:
+                if line.strip():
+                    await self._event(plural, json.loads(line))
+
+    async def _event(self, plural: str, event: dict) -> None:
+        obj, kind = event["object"], event["type"]
+        key = (obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        if plural == "secrets":
+            (self._secrets.discard if kind == "DELETED" else self._secrets.add)(key)
+        elif kind == "DELETED":
+            self._pending.pop(key, None)
+            if key in self._servers:
+                await self._servers.pop(key).cleanup()
+        elif (obj.get("status") or {}).get("phase", "Pending") == "Pending":
+            self._pending[key] = obj
+        for key, pod in list(self._pending.items()):
+            needs = {(key[0], v["secret"]["secretName"]) for v in pod["spec"].get("volumes") or [] if v.get("secret")}
+            if needs <= self._secrets:
+                del self._pending[key]
+                asyncio.ensure_future(self._run(key, pod))
+
+    async def _run(self, key: tuple, pod: dict) -> None:
+        await asyncio.sleep(self.delay)
+        if self.serve_pods:
+            port = (pod["spec"]["containers"][0].get("ports") or [{}])[0].get("containerPort", 8888)
+            try:
+                self._servers[key] = await _stand_in(port, key[1])
+            except OSError as e:
+                print(f"kubelet: cannot serve pod {key} on {port}: {e}", flush=True)
+        statuses = [{"name": c["name"], "image": c.get("image", ""), "imageID": f"{c.get('image', '')}@sha256:{0:064}",
+                     "ready": True, "started": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
+                    for c in pod["spec"]["containers"]]
+        await self._http.patch(f"{self.url}/api/v1/namespaces/{key[0]}/pods/{key[1]}/status", json={"status": {
+            "phase": "Running", "podIP": "127.0.0.1", "startTime": _now(), "containerStatuses": statuses}})
+
+
+async def _stand_in(port: int, name: str) -> web.AppRunner:
+    async def answer(request):
+        return web.json_response({"pod": name, "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
-clusters: [{{name: emu, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+clusters: [{{name: emu, cluster: {{server: "{url}"}}}}]
 users: [{{name: emu, user: {{token: test}}}}]
 contexts: [{{name: emu, context: {{cluster: emu, user: emu, namespace: default}}}}]
 current-context: emu
 """
+
+
+class KubeThread:
+    """The emulator and kubelet on their own event loop in a thread of the test process, on a real port."""
+
+    def __init__(self, serve_pods: bool = False):
+        self.serve_pods = serve_pods
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kube-emulator", daemon=True)
+
+    def __enter__(self) -> "KubeThread":
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.call(self._stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+    def call(self, coro, timeout: float = 30):
+        """Run ``coro`` on the emulator's loop and wait (bounded) for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        self.k8s = CasaKubeEmulator()
+        await self.k8s.__aenter__()
+        self.k8s.declare()
+        self._server = kmock.Server(self.k8s, host="127.0.0.1")
+        await self._server.__aenter__()
+        self.url = str(self._server.url).rstrip("/")
+        self.kubelet = Kubelet(self.url, self.serve_pods)
+        await self.kubelet.start()
+
+    async def _stop(self) -> None:
+        await self.kubelet.stop()
+        await self._server.__aexit__(None, None, None)
+        await self.k8s.__aexit__(None, None, None)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(KUBECONFIG.format(url=self.url))
+        return path
+
+    # conveniences for tests (the state is read on the emulator's loop)
+    def stored(self, plural: str, namespace: str | None = "default") -> list[dict]:
+        return self.call(_sync(self.k8s.stored, plural, namespace))
+
+    def get(self, plural: str, name: str, namespace: str | None = "default") -> dict | None:
+        return self.call(_sync(self.k8s.get, plural, name, namespace))
+
+    def fail(self, action, plural: str, status: int, times: int = 1, group_version: str = "v1"):
+        return self.call(_sync(self.k8s.fail, action, plural, status, times, group_version))
+
+    def clear_faults(self) -> None:
+        self.call(_sync(self.k8s.clear_faults))
+
+
+async def _sync(fn, *args):
+    return fn(*args)
+
+
+@attrs.define(kw_only=True)
+class ControlledEmulator(CasaKubeEmulator):
+    """For a hub in another process: ``POST /casa-test/faults`` with ``{"method": "POST", "plural": "secrets",
+    "status": 500, "count": 2}`` adds a kmock fault rule, ``{"clear": true}`` removes them all and
+    ``{"kubelet_delay": 2}`` keeps new pods Pending that long."""
+
+    kubelet: "Kubelet | None" = None
+
+    async def _handle(self, request):
+        if request.url.path != "/casa-test/faults":
+            return await super()._handle(request)
+        body = json.loads(request.body or b"{}")
+        if body.get("clear"):
+            self.clear_faults()
+        elif "kubelet_delay" in body:
+            self.kubelet.delay = float(body["kubelet_delay"])
+        else:
+            answers = iter([kmock.Response(status=body["status"], payload=_status(body["status"], "injected fault"))]
+                           * int(body.get("count", 1)))
+            self.faults[kmock.method(body["method"].upper()), kmock.resource("v1", body["plural"])] << (
+                lambda: next(answers, NotImplemented))
+        return web.json_response({"faults": len(self.faults._payloads)})
+
+
+async def _main(port: int) -> None:
+    async with ControlledEmulator() as k8s, kmock.Server(k8s, host="127.0.0.1", port=port) as server:
+        k8s.declare()
+        kubelet = k8s.kubelet = Kubelet(str(server.url), serve_pods=True)
+        await kubelet.start()
+        print(f"kube emulator on {server.url}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await kubelet.stop()
+
+
+
+# ------------------------------------------------------------------ the emulator as a subprocess
+# (tests/hub/test_kube_spawner.py: a hub in its own process; faults over HTTP, see ControlledEmulator)
+from dataclasses import dataclass  # noqa: E402
+import subprocess  # noqa: E402
+
+import httpx  # noqa: E402
+
+from tests.support import REPO, free_port, stop_process, wait_for_port  # noqa: E402
 
 
 @dataclass
@@ -50,13 +378,17 @@ class Kube:
 
 def start_kube(tmp: Path) -> Kube:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.hub.kube_emulator", str(port)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.hub.kube", str(port)], cwd=REPO,
                             stdout=open(tmp / "kube.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port(port, proc=proc, timeout=30)
     kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG.format(port=port))
+    kubeconfig.write_text(KUBECONFIG.format(url=f"http://127.0.0.1:{port}"))
     return Kube(f"http://127.0.0.1:{port}", proc, kubeconfig)
 
 
 def stop_kube(kube: Kube) -> None:
     stop_process(kube.proc)
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(int(sys.argv[1])))

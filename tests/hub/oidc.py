@@ -44,7 +44,7 @@ def stop_provider(provider: Provider) -> None:
 
 
 def code_flow_tokens(provider: Provider, sub: str, client_id: str = "casa-test",
-                     redirect_uri: str = "http://127.0.0.1:1/callback") -> dict:
+                     redirect_uri: str = "http://127.0.0.1:1/callback", nonce: str | None = None) -> dict:
     """A genuine token response from the provider for ``sub`` (authorization code + PKCE, no browser)."""
     import base64
     import hashlib
@@ -57,7 +57,7 @@ def code_flow_tokens(provider: Provider, sub: str, client_id: str = "casa-test",
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     query = urlencode({"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
                        "scope": "openid profile email", "state": "s", "code_challenge": challenge,
-                       "code_challenge_method": "S256"})
+                       "code_challenge_method": "S256", **({"nonce": nonce} if nonce else {})})
     with httpx.Client(timeout=10) as http:
         r = http.post(f"{provider.url}/oauth2/authorize?{query}", data={"sub": sub})
         code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 
+import httpx
 import pytest
 from traitlets.config import Config
 
@@ -41,7 +42,7 @@ def _authenticator(tmp_path, provider) -> CasaAuthenticator:
     c = Config()
     c.CasaAuthenticator.oidc_issuer = provider.url
     c.CasaAuthenticator.client_id = "casa-test"
-    c.CasaAuthenticator.client_secret = "x"
+    c.CasaAuthenticator.client_secret = "casa-test-client-secret-5d1f0a9e"
     c.CasaAuthenticator.allowed_groups = {"cms"}
     c.CasaAuthenticator.credential_refresh_margin = 1800
     c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
@@ -102,8 +103,6 @@ async def test_provider_outage_keeps_valid_credentials(tmp_path, provider, caplo
 
 
 async def test_revoked_user_must_log_in_again(tmp_path, provider):
-    import httpx
-
     auth = _authenticator(tmp_path, provider)
     await auth.discover()
     user = await _logged_in(auth, provider)
@@ -154,3 +153,111 @@ async def test_minting_for_another_user_is_refused_by_the_server():
     bundle = CredentialBundle(user="mallory", issued_at=datetime.datetime.now(datetime.timezone.utc), files={})
     with pytest.raises(ValueError, match="refusing to deliver"):
         await Server().casa_apply_bundle(bundle)
+
+
+async def test_user_moved_out_of_allowed_groups_gets_no_new_credentials(tmp_path, provider, caplog):
+    auth = _authenticator(tmp_path, provider)
+    await auth.discover()
+    user = await _logged_in(auth, provider)
+    provider.set_user("alice", {"preferred_username": "alice", "groups": ["visitors"]})
+    _at(auth, _bundle(user).expires_at - datetime.timedelta(minutes=10))
+    with caplog.at_level(logging.WARNING):
+        assert await auth.refresh_user(user) is False
+    assert "no longer in an allowed group" in caplog.text
+    assert await auth.casa_refresh_credentials(user) is None
+
+
+async def test_no_token_or_secret_is_logged_during_login_refresh_and_outage(tmp_path, provider, caplog):
+    """Everything the authenticator, oauthenticator, JupyterHub and tornado log at DEBUG, scanned for every
+    token the provider issued, every credential minted and every secret the hub holds."""
+    keys_dir = tmp_path / "keys"
+    caplog.set_level(logging.DEBUG)
+    auth = _authenticator(tmp_path, provider)
+    await auth.discover()
+    tokens = code_flow_tokens(provider, "alice", client_id="casa-test")
+    model = await auth._token_to_auth_model(tokens)
+    user = HubUser(model["name"], model["auth_state"])
+    seen = [user._state]
+    _at(auth, _bundle(user).expires_at - datetime.timedelta(minutes=10))
+    seen.append((await auth.refresh_user(user))["auth_state"])          # refresh with the provider up
+    httpx.post(f"{provider.url}/users/alice/revoke-tokens", timeout=10).raise_for_status()
+    assert await auth.refresh_user(user) is False                       # refresh grant refused
+    stop_provider(provider)
+    assert await auth.refresh_user(user) is True                        # outage, credentials still valid
+
+    secrets = {auth.client_secret}
+    for state in seen:
+        secrets |= {state["access_token"], state["refresh_token"], state["id_token"]}
+        for path, f in CredentialBundle.from_dict(state["casa"]).files.items():
+            if not path.endswith((".pem", ".crt", ".json")):
+                secrets.add(f.content.decode(errors="ignore").strip())
+    secrets |= {p.read_bytes().decode(errors="ignore").strip() for p in keys_dir.iterdir()}
+    text = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    assert len(caplog.records) > 5
+    leaked = [s[:12] + "..." for s in secrets if s and s in text]
+    assert not leaked, f"secrets in the log: {leaked}"
+
+
+async def test_refresh_after_a_hub_restart_discovers_the_provider_first(tmp_path, provider):
+    """A restarted hub has not discovered the provider yet when a user's first request triggers a refresh."""
+    user = await _logged_in(await _discovered(_authenticator(tmp_path, provider)), provider)
+    restarted = _authenticator(tmp_path, provider)
+    assert restarted.userdata_url == ""
+    _at(restarted, _bundle(user).expires_at - datetime.timedelta(minutes=10))
+    model = await restarted.refresh_user(user)
+    assert isinstance(model, dict) and model["name"] == "alice"
+
+
+async def test_provider_down_when_a_restarted_hub_refreshes(tmp_path, provider):
+    user = await _logged_in(await _discovered(_authenticator(tmp_path, provider)), provider)
+    stop_provider(provider)
+    restarted = _authenticator(tmp_path, provider)
+    _at(restarted, _bundle(user).expires_at - datetime.timedelta(minutes=10))
+    assert await restarted.refresh_user(user) is True
+    _at(restarted, _bundle(user).expires_at + datetime.timedelta(seconds=1))
+    assert await restarted.refresh_user(user) is False
+
+
+async def _discovered(auth):
+    await auth.discover()
+    return auth
+
+
+async def test_minting_runs_off_the_event_loop_a_bounded_number_at_a_time(tmp_path, provider):
+    import asyncio
+    import threading
+    import time
+
+    auth = _authenticator(tmp_path, provider)
+    auth.mint_concurrency = 2
+    running, peak, lock = [0], [0], threading.Lock()
+    real_mint = auth.minter.mint
+
+    def slow_mint(*args, **kwargs):  # a mint that takes 0.2 s of a worker thread
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            return real_mint(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    auth.minter.mint = slow_mint
+    ticks = 0
+
+    async def heartbeat():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.ensure_future(heartbeat())
+    started = time.monotonic()
+    bundles = await asyncio.gather(*(auth.mint(f"user{i}") for i in range(6)))
+    elapsed = time.monotonic() - started
+    beat.cancel()
+    assert [b.user for b in bundles] == [f"user{i}" for i in range(6)]
+    assert peak[0] == 2 and elapsed >= 0.55  # 6 mints, 2 at a time, 0.2 s each
+    assert ticks >= 20  # the loop kept serving while the mints ran

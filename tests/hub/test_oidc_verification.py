@@ -150,6 +150,36 @@ async def test_nonce_mismatch_is_refused(genuine, keys, metadata):
         await _verify(genuine, keys, metadata, nonce="expected-nonce")
 
 
+async def test_nonce_sent_at_authorize_is_required_back(provider, keys, metadata):
+    token = code_flow_tokens(provider, "alice", client_id=CLIENT, nonce="n-123")["id_token"]
+    assert (await _verify(token, keys, metadata, nonce="n-123"))["nonce"] == "n-123"
+    with pytest.raises(OIDCError, match="nonce does not match"):
+        await _verify(token, keys, metadata, nonce="a-replayed-login")
+
+
+async def test_key_rotation_unknown_kid_triggers_one_refetch(genuine, metadata):
+    """The provider rotated to a new key: our cached JWKS lacks its kid, so the JWKS is fetched again, once."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        published = (await http.get(metadata.jwks_uri)).json()
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new_jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(new_key.public_key())), "kid": "k2", "use": "sig"}
+    calls = []
+
+    async def fetch():
+        calls.append(1)
+        return published if len(calls) == 1 else {"keys": [*published["keys"], new_jwk]}
+
+    keys = JWKSCache(fetch, min_refetch_interval=0)
+    await keys.refresh()
+    rotated = jwt.encode(_claims(genuine), new_key, algorithm="RS256", headers={"kid": "k2"})
+    assert (await _verify(rotated, keys, metadata))["sub"] == "alice" and len(calls) == 2
+    await _verify(rotated, keys, metadata)
+    assert len(calls) == 2  # a known kid is served from the cache
+    # the mock names no kid: fine while it publishes one key, ambiguous once it publishes two
+    with pytest.raises(OIDCError, match="names no key id"):
+        await _verify(genuine, keys, metadata)
+
+
 @pytest.mark.parametrize("mutation", range(0, 40))
 async def test_byte_mutations_are_refused(genuine, keys, metadata, mutation):
     raw = bytearray(genuine.encode())
@@ -164,3 +194,54 @@ async def test_byte_mutations_are_refused(genuine, keys, metadata, mutation):
         return
     # base64url padding bits: a flip in the last char's unused bits can decode to the same bytes
     assert claims == await _verify(genuine, keys, metadata)
+
+
+# ---------------------------------------------------------------- the demo provider itself (casa_hub.demo_oidc)
+def _authorize(provider, pkce: dict, redirect_uri="http://127.0.0.1:1/callback") -> dict:
+    """POST the provider's login form for alice; the parameters it redirects back with."""
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    params = {"response_type": "code", "client_id": CLIENT, "redirect_uri": redirect_uri, "scope": "openid",
+              "state": "s", **pkce}
+    r = httpx.post(f"{provider.url}/oauth2/authorize?{urlencode(params)}", data={"sub": "alice"}, timeout=10)
+    if r.status_code != 302:
+        return {"error": [f"HTTP {r.status_code}"]}
+    return parse_qs(urlsplit(r.headers["location"]).query)
+
+
+def _challenge(verifier: str) -> str:
+    import hashlib
+
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("pkce", [
+    {},                                                          # no PKCE at all
+    {"code_challenge": _challenge("v" * 50)},                    # method omitted: would mean "plain"
+    {"code_challenge": "v" * 50, "code_challenge_method": "plain"},
+])
+def test_demo_provider_refuses_authorize_without_s256_pkce(provider, pkce):
+    answer = _authorize(provider, pkce)
+    assert "code" not in answer and answer["error"] == ["invalid_request"]
+    assert "PKCE is required" in answer["error_description"][0]
+    assert provider.get_json("/.well-known/openid-configuration")["code_challenge_methods_supported"] == ["S256"]
+
+
+@pytest.mark.parametrize("verifier", [None, "not-the-right-verifier-" + "x" * 30])
+def test_demo_provider_refuses_a_code_without_its_verifier(provider, verifier):
+    code = _authorize(provider, {"code_challenge": _challenge("v" * 50), "code_challenge_method": "S256"})["code"][0]
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:1/callback",
+            "client_id": CLIENT, "client_secret": "x", **({"code_verifier": verifier} if verifier else {})}
+    r = httpx.post(f"{provider.url}/oauth2/token", data=data, timeout=10)
+    assert r.status_code == 400 and r.json()["error"] in ("invalid_request", "invalid_grant"), r.text
+
+
+def test_demo_provider_refreshes_with_client_secret_post_and_serves_groups(provider):
+    tokens = code_flow_tokens(provider, "alice", client_id=CLIENT)
+    r = httpx.post(f"{provider.url}/oauth2/token", timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": CLIENT,
+        "client_secret": "x"})
+    assert r.status_code == 200, r.text
+    info = httpx.get(f"{provider.url}/userinfo", timeout=10,
+                     headers={"Authorization": f"Bearer {r.json()['access_token']}"}).json()
+    assert info["groups"] == ["cms", "gpu-users"] and info["preferred_username"] == "alice"

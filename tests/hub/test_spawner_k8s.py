@@ -1,0 +1,450 @@
+"""CasaSpawner against the Kubernetes emulator (tests/hub/kube.py) over real HTTP, driven in-process like
+kubespawner's own tests, with KubeSpawner's watch reflectors and async client.
+
+Also an opt-in tier against a real cluster: ``CASA_TEST_KUBECONFIG=~/.kube/config pytest -m k8s_real``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import kmock
+import pytest
+from jupyterhub.objects import Hub, Server
+from jupyterhub.spawner import SpawnException
+from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.config import kube_config
+from kubespawner import KubeSpawner
+
+from casa_hub.credentials.bundle import BundleFile, CredentialBundle
+from casa_hub.objects import secret_key
+from casa_hub.profiles import gpu_profile
+from casa_hub.spawner import CasaSpawner
+from tests.hub.kube import KubeThread
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+EXP = NOW + datetime.timedelta(hours=2)
+
+
+def bundle(user="alice", token=b"token-1\n", extra=None, drop=()) -> CredentialBundle:
+    files = {"xcache.token": BundleFile(token, 0o400, EXP), "condor-tokens/casa": BundleFile(b"idtoken", 0o400, EXP),
+             "dask/ca.pem": BundleFile(b"CA", 0o444), "dask/client.key": BundleFile(b"KEY", 0o400),
+             "casa.json": BundleFile(b'{"user": "%s"}' % user.encode(), 0o444)}
+    files.update(extra or {})
+    for path in drop:
+        files.pop(path)
+    return CredentialBundle(user=user, issued_at=NOW, files=files, env={
+        "BEARER_TOKEN_FILE": "{mount}/xcache.token", "CASA_CREDENTIALS_DIR": "{mount}",
+        "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "{mount}/dask/ca.pem"})
+
+
+PROFILES = [
+    {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
+    gpu_profile("gpu", "GPU", gpus=[1, 2, 8], mig=["1g.5gb"], allowed_groups=["gpu-users", "gpu-power"],
+                choice_groups={"8": ["gpu-power"]}, description="NVIDIA A100"),
+]
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    with KubeThread() as kube, use_kubeconfig(kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")):
+        yield kube
+
+
+@contextlib.contextmanager
+def use_kubeconfig(path: Path):
+    """KubeSpawner loads the default kubeconfig (kubernetes_asyncio read $KUBECONFIG at import time); each
+    spawner's ``k8s_api_host`` then points at the emulator."""
+    old = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
+    try:
+        yield path
+    finally:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old
+
+
+@pytest.fixture(autouse=True)
+async def _reflectors(kube):
+    yield
+    kube.clear_faults()
+    kube.kubelet.delay = 0
+    await KubeSpawner._stop_all_reflectors()  # they live on the test's event loop
+
+
+def make_spawner(kube, name="alice", groups=("cms",), **traits) -> CasaSpawner:
+    user = SimpleNamespace(name=name, id=7, url=f"/user/{name}/", escaped_name=name, groups=[], spawners={},
+                           authenticator=SimpleNamespace(credential_refresh_margin=600))
+    defaults = dict(namespace="default", k8s_api_host=kube.url, image="registry.example.org/casa/notebook:test",
+                    fs_gid=100, start_timeout=20, k8s_api_request_timeout=3, k8s_api_request_retry_timeout=5,
+                    profile_list=PROFILES, casa_max_gpus=4, casa_max_gpus_by_group={"gpu-power": 8})
+    defaults.update(traits)
+    spawner = CasaSpawner(user=user, hub=Hub(), api_token="test-token", oauth_client_id=f"jupyterhub-user-{name}",
+                          log=logging.getLogger("test_spawner_k8s"), **defaults)
+    spawner.server = Server(ip="127.0.0.1", port=8888, base_url=f"/user/{name}/")  # where the pod answers
+    user.spawners[""] = spawner
+    spawner.casa_bundle = bundle(name)
+    spawner.casa_groups = list(groups)
+    return spawner
+
+
+async def start(spawner, **options):
+    spawner.user_options = options
+    return await asyncio.wait_for(spawner.start(), 30)
+
+
+def decoded(secret: dict) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+def expected_data(b: CredentialBundle) -> dict[str, bytes]:
+    return {secret_key(p): f.content for p, f in b.files.items()}
+
+
+# ------------------------------------------------------------------ start / stop
+async def test_gpu_profile_start_writes_a_secret_owned_by_the_pod_and_mounts_it(kube):
+    spawner = make_spawner(kube, groups=["cms", "gpu-users"])
+    events = []
+
+    async def watch_progress():
+        await asyncio.sleep(0.05)
+        async for event in spawner.progress():
+            events.append(event["message"])
+
+    watcher = asyncio.ensure_future(watch_progress())
+    kube.kubelet.delay = 0.5  # the pod stays Pending a moment: progress streams while the spawn runs
+    await start(spawner, profile="gpu", gpus="2")
+    await asyncio.wait_for(watcher, 10)
+    try:
+        pod, secret = kube.get("pods", "jupyter-alice"), kube.get("secrets", "casa-alice")
+        # the Secret holds exactly the bundle, is labelled, and is owned by the pod (deleted with it)
+        assert decoded(secret) == expected_data(spawner.casa_bundle)
+        assert secret["type"] == "Opaque"
+        assert secret["metadata"]["ownerReferences"] == [{
+            "apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": pod["metadata"]["uid"],
+            "blockOwnerDeletion": True, "controller": False}]
+        assert secret["metadata"]["labels"]["component"] == "casa-credentials"
+        assert secret["metadata"]["labels"]["hub.jupyter.org/username"] == "alice"
+        assert secret["metadata"]["annotations"] == {"casa-hub/expires-at": EXP.isoformat()}
+        # read-only mount, file modes (fsGroup: owner-only files group-readable), env = bundle.env_for(mount)
+        container = pod["spec"]["containers"][0]
+        assert [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"] == [
+            {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}]
+        assert [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"] == [{
+            "name": "casa-credentials", "secret": {"secretName": "casa-alice", "defaultMode": 0o400, "items": [
+                {"key": "casa.json", "path": "casa.json", "mode": 0o444},
+                {"key": "condor-tokens__casa", "path": "condor-tokens/casa", "mode": 0o440},
+                {"key": "dask__ca.pem", "path": "dask/ca.pem", "mode": 0o444},
+                {"key": "dask__client.key", "path": "dask/client.key", "mode": 0o440},
+                {"key": "xcache.token", "path": "xcache.token", "mode": 0o440}]}}]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env[k] for k in spawner.casa_bundle.env} == spawner.casa_bundle.env_for("/etc/casa")
+        assert "token-1" not in str(container["env"])  # paths only, never a credential
+        # the GPU choice reached the pod, with the GPU nodes' selector and toleration
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+        # Casa's steps, in order, before the pod was ready
+        assert events.index("Minting credentials") < events.index("Credentials secret ready"), events
+        assert any(m.startswith("Credentials minted (valid until") for m in events), events
+        assert spawner.get_state()["casa_expires_at"] == EXP.isoformat()
+    finally:
+        await spawner.stop()
+    assert kube.get("secrets", "casa-alice") is None and kube.get("pods", "jupyter-alice") is None
+    assert spawner._casa_refresh_task is None
+
+
+async def test_mig_slice_and_owner_only_files_without_fsgroup(kube):
+    spawner = make_spawner(kube, name="mig", groups=["gpu-users"], fs_gid=None)
+    await start(spawner, profile="gpu", gpus="mig-1g.5gb")
+    try:
+        pod = kube.get("pods", "jupyter-mig")
+        assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.5gb": "1"}
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
+        assert {i["path"]: i["mode"] for i in volume["secret"]["items"]}["xcache.token"] == 0o400
+    finally:
+        await spawner.stop()
+
+
+async def test_leftover_secret_is_replaced_and_respawns_do_not_duplicate_volumes(kube):
+    # a Secret of an earlier server: create answers 409 and the spawner replaces it whole
+    httpx.post(f"{kube.url}/api/v1/namespaces/default/secrets", timeout=10, json={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "casa-alice", "labels": {"stale": "yes"}},
+        "data": {"stale.key": base64.b64encode(b"old").decode()}}).raise_for_status()
+    spawner = make_spawner(kube)
+    for _ in range(2):
+        await start(spawner, profile="cpu")
+        try:
+            pod, secret = kube.get("pods", "jupyter-alice"), kube.get("secrets", "casa-alice")
+            assert decoded(secret) == expected_data(spawner.casa_bundle)  # no stale key
+            assert "stale" not in secret["metadata"]["labels"]
+            assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+            assert [v["name"] for v in pod["spec"]["volumes"]].count("casa-credentials") == 1
+            assert [m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]].count("casa-credentials") == 1
+            env_names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+            assert len(env_names) == len(set(env_names))
+            assert "nvidia.com/gpu" not in (pod["spec"]["containers"][0]["resources"].get("limits") or {})
+        finally:
+            await spawner.stop()
+
+
+async def test_refresh_patches_the_secret_in_place(kube):
+    spawner = make_spawner(kube)
+    await start(spawner, profile="cpu")
+    try:
+        before = kube.get("secrets", "casa-alice")
+        fresh = bundle(token=b"token-2\n", drop=["condor-tokens/casa"])
+        await spawner.casa_apply_bundle(fresh)
+        after = kube.get("secrets", "casa-alice")
+        assert decoded(after) == expected_data(fresh)  # new token, the dropped file's key removed
+        assert after["metadata"]["uid"] == before["metadata"]["uid"]  # patched, not recreated
+        assert after["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"]
+        assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+        assert spawner.casa_bundle is fresh
+        # a bundle minted for someone else never reaches this server
+        with pytest.raises(ValueError, match="refusing to deliver"):
+            await spawner.casa_apply_bundle(bundle(user="mallory", token=b"evil"))
+        assert decoded(kube.get("secrets", "casa-alice")) == expected_data(fresh)
+        # the Secret deleted behind our back: the refresh creates it again, owned by the pod
+        httpx.delete(f"{kube.url}/api/v1/namespaces/default/secrets/casa-alice", timeout=10).raise_for_status()
+        await spawner.casa_apply_bundle(before_bundle := bundle(token=b"token-3\n"))
+        again = kube.get("secrets", "casa-alice")
+        assert decoded(again) == expected_data(before_bundle)
+        assert again["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+    finally:
+        await spawner.stop()
+
+
+async def test_refresh_timer_calls_the_authenticator_and_is_restored_after_a_hub_restart(kube):
+    spawner = make_spawner(kube, casa_refresh_jitter=0)
+    calls = []
+
+    async def casa_refresh_credentials(user):
+        calls.append(user.name)
+        fresh = bundle(token=b"token-2\n")
+        await spawner.casa_apply_bundle(fresh)
+        return fresh
+
+    spawner.user.authenticator = SimpleNamespace(credential_refresh_margin=600,
+                                                 casa_refresh_credentials=casa_refresh_credentials)
+    spawner.casa_bundle = bundle(extra={"xcache.token": BundleFile(b"short", 0o400, NOW)})  # expires now
+    await start(spawner, profile="cpu")
+    try:
+        for _ in range(100):
+            if decoded(kube.get("secrets", "casa-alice"))["xcache.token"] == b"token-2\n":
+                break
+            await asyncio.sleep(0.1)
+        assert calls == ["alice"]
+        assert decoded(kube.get("secrets", "casa-alice"))["xcache.token"] == b"token-2\n"
+        # a restarted hub: a new spawner from the saved state re-arms the timer in poll()
+        state = spawner.get_state()
+        assert state["casa_expires_at"] == EXP.isoformat()
+        restored = make_spawner(kube)
+        restored.load_state(state)
+        assert restored._casa_refresh_task is None
+        assert await restored.poll() is None
+        assert restored._casa_refresh_task is not None and not restored._casa_refresh_task.done()
+        restored.casa_cancel_refresh()
+    finally:
+        await spawner.stop()
+
+
+# ------------------------------------------------------------------ Kubernetes failures
+async def test_500s_on_secret_create_are_retried(kube, caplog):
+    kube.fail(kmock.action.CREATE, "secrets", 500, times=2)
+    spawner = make_spawner(kube)
+    with caplog.at_level(logging.WARNING):
+        await start(spawner, profile="cpu")
+    try:
+        assert decoded(kube.get("secrets", "casa-alice")) == expected_data(spawner.casa_bundle)
+        assert caplog.text.count("Kubernetes answered 500 while writing Secret casa-alice; retrying") == 2
+    finally:
+        await spawner.stop()
+
+
+async def test_a_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_nothing(kube):
+    kube.fail(kmock.action.CREATE, "secrets", 503, times=1000)
+    spawner = make_spawner(kube, k8s_api_request_retry_timeout=2)
+    with pytest.raises(SpawnException) as e:
+        await start(spawner, profile="cpu")
+    assert e.value.status_code == 503
+    assert e.value.jupyterhub_message == ("The cluster's Kubernetes is not answering (while preparing your "
+                                          "credentials); please try again in a few minutes.")
+    assert "Kubernetes kept failing for 2s while writing Secret casa-alice" in e.value.log_message
+    assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
+
+
+async def test_other_api_errors_surface_at_once(kube, caplog):
+    kube.fail(kmock.action.CREATE, "secrets", 403, times=1000)
+    spawner = make_spawner(kube)
+    with pytest.raises(ApiException) as e:
+        await start(spawner, profile="cpu")
+    assert e.value.status == 403
+    assert "retrying" not in caplog.text
+    assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
+
+
+async def test_stop_tolerates_objects_already_gone(kube):
+    spawner = make_spawner(kube, casa_dask_service_enabled=True,
+                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    await start(spawner, profile="cpu")
+    for path in ("api/v1/namespaces/default/secrets/casa-alice", "api/v1/namespaces/default/services/casa-dask-alice",
+                 "apis/traefik.io/v1alpha1/namespaces/default/ingressroutetcps/casa-dask-alice"):
+        httpx.delete(f"{kube.url}/{path}", timeout=10).raise_for_status()
+    await spawner.stop()
+    assert kube.get("pods", "jupyter-alice") is None
+
+
+# ------------------------------------------------------------------ Dask Service and route
+async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
+    # a leftover Service of an earlier pod is taken over (else the garbage collector would remove it)
+    httpx.post(f"{kube.url}/api/v1/namespaces/default/services", timeout=10, json={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "casa-dask-alice", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "gone"}]},
+        "spec": {"clusterIP": "10.0.0.7", "ports": [{"port": 1}]}}).raise_for_status()
+    spawner = make_spawner(kube, casa_dask_service_enabled=True,
+                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    await start(spawner, profile="cpu")
+    try:
+        pod = kube.get("pods", "jupyter-alice")
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": pod["metadata"]["uid"],
+                  "blockOwnerDeletion": True, "controller": False}]
+        service = kube.get("services", "casa-dask-alice")
+        assert service["spec"]["ports"] == [{"name": "dask-scheduler", "port": 8786, "targetPort": 8786,
+                                             "protocol": "TCP"}]
+        assert service["spec"]["selector"]["hub.jupyter.org/username"] == "alice"
+        assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
+        assert service["metadata"]["ownerReferences"] == owner
+        assert service["spec"]["clusterIP"] == "10.0.0.7"  # kept: immutable on a real cluster
+        route = kube.get("ingressroutetcps", "casa-dask-alice")
+        assert route["spec"] == {"entryPoints": ["dask"], "tls": {"passthrough": True}, "routes": [{
+            "match": "HostSNI(`dask-alice.hub.example.org`)",
+            "services": [{"name": "casa-dask-alice", "port": 8786}]}]}
+        assert route["metadata"]["ownerReferences"] == owner
+    finally:
+        await spawner.stop()
+    assert kube.get("services", "casa-dask-alice") is None and kube.get("ingressroutetcps", "casa-dask-alice") is None
+
+
+async def test_no_dask_objects_by_default(kube):
+    spawner = make_spawner(kube)
+    await start(spawner, profile="cpu")
+    try:
+        assert kube.stored("services") == [] and kube.stored("ingressroutetcps") == []
+    finally:
+        await spawner.stop()
+
+
+# ------------------------------------------------------------------ profiles: refusals and the form
+@pytest.mark.parametrize("groups,options,message", [
+    (["cms"], {"profile": "gpu", "gpus": "1"},
+     "The profile 'gpu' is not available to your account; you may choose: cpu."),
+    (["gpu-users"], {"profile": "gpu", "gpus": "8"},
+     "8 GPUs is not available to your account; for GPUs you may choose: 1, 2, mig-1g.5gb."),
+    (["gpu-users"], {"profile": "gpu", "gpus": "eight"},
+     "'eight' is not a choice for GPUs in profile 'gpu'; choose one of: 1, 2, mig-1g.5gb."),
+    (["gpu-users"], {"profile": "gpu", "gpus--unlisted-choice": "16"},
+     "GPUs in profile 'gpu' takes no value of your own; choose one of: 1, 2, mig-1g.5gb."),
+    (["gpu-users"], {"profile": "../../etc"}, "There is no profile '../../etc'."),
+])
+async def test_a_tampered_form_is_refused_before_anything_is_created(kube, groups, options, message):
+    spawner = make_spawner(kube, groups=groups)
+    with pytest.raises(SpawnException) as e:
+        await start(spawner, **options)
+    assert (e.value.status_code, e.value.jupyterhub_message) == (403, message)
+    assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
+
+
+async def test_gpu_cap_follows_the_users_groups(kube):
+    spawner = make_spawner(kube, groups=["gpu-power"], casa_max_gpus=1)
+    await start(spawner, profile="gpu", gpus="8")  # gpu-power may have 8
+    try:
+        assert kube.get("pods", "jupyter-alice")["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"] == "8"
+    finally:
+        await spawner.stop()
+    capped = make_spawner(kube, groups=["gpu-users"], casa_max_gpus=1)
+    with pytest.raises(SpawnException) as e:
+        await start(capped, profile="gpu", gpus="2")
+    assert e.value.jupyterhub_message == "This server asks for 2 GPU(s); the facility allows at most 1 per server."
+
+
+async def test_spawn_form_shows_the_users_profiles_and_live_gpu_availability(kube):
+    httpx.post(f"{kube.url}/api/v1/nodes", timeout=10, json={
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"},
+        "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7", "cpu": "32"}}})
+    httpx.post(f"{kube.url}/api/v1/namespaces/other/pods", timeout=10, json={
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "busy"},
+        "spec": {"nodeName": "gpu-node-1", "containers": [{"name": "c", "resources": {
+            "requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}).raise_for_status()
+    try:
+        gpu_user = make_spawner(kube, groups=["gpu-users"])
+        form = await gpu_user.options_form(gpu_user)
+        assert "NVIDIA A100 (3 GPUs, 7 × MIG 1g.5gb free now)" in form
+        assert 'value="mig-1g.5gb"' in form and 'value="8"' not in form  # 8 GPUs: gpu-power only
+        cms_user = make_spawner(kube, groups=["cms"])
+        cms_form = await cms_user.options_form(cms_user)
+        assert "CPU" in cms_form and "NVIDIA A100" not in cms_form and "free now" not in cms_form
+        # no right to list nodes (RBAC): the form still renders, without a count
+        kube.fail(kmock.action.LIST, "nodes", 403, times=1)
+        assert "free now" not in await gpu_user.options_form(gpu_user)
+    finally:
+        httpx.delete(f"{kube.url}/api/v1/nodes/gpu-node-1", timeout=10)
+        httpx.delete(f"{kube.url}/api/v1/namespaces/other/pods/busy", timeout=10)
+
+
+async def test_names_are_collision_free_slugs(kube):
+    names = {make_spawner(kube, name=n).casa_secret_name for n in ("alice.b", "alice-b", "Alice-B", "al/ice")}
+    assert len(names) == 4
+    assert all(len(n) <= 63 and n == n.lower() and n.replace("-", "").isalnum() for n in names), names
+
+
+async def test_a_configured_after_pod_created_hook_runs_after_casas(kube):
+    seen = []
+
+    async def mine(spawner, pod):
+        seen.append((pod["metadata"]["name"], kube.get("secrets", "casa-alice") is not None))
+
+    spawner = make_spawner(kube, after_pod_created_hook=mine)
+    await start(spawner, profile="cpu")
+    await spawner.stop()
+    assert seen == [("jupyter-alice", True)]
+    unset = make_spawner(kube, after_pod_created_hook=None)  # Casa's own step cannot be configured away
+    assert unset.after_pod_created_hook == unset._casa_after_pod_created
+
+
+# ------------------------------------------------------------------ opt-in: a real cluster
+@pytest.mark.k8s_real
+async def test_real_cluster_secret_owned_mounted_and_removed():
+    kubeconfig = os.environ.get("CASA_TEST_KUBECONFIG")
+    if not kubeconfig:
+        pytest.skip("set CASA_TEST_KUBECONFIG to run against a real cluster")
+    namespace = os.environ.get("CASA_TEST_NAMESPACE", "default")
+    with use_kubeconfig(Path(kubeconfig).expanduser()):
+        spawner = make_spawner(SimpleNamespace(url=None), name="casa-test", namespace=namespace, k8s_api_host=None,
+                               image=os.environ.get("CASA_TEST_IMAGE", "quay.io/jupyter/base-notebook:latest"),
+                               start_timeout=300, k8s_api_request_retry_timeout=30)
+        await _real_cluster_round_trip(spawner, namespace)
+
+
+async def _real_cluster_round_trip(spawner, namespace):
+    try:
+        await asyncio.wait_for(spawner.start(), 330)
+        secret = await spawner.api.read_namespaced_secret(spawner.casa_secret_name, namespace)
+        pod = await spawner.api.read_namespaced_pod(spawner.pod_name, namespace)
+        assert secret.metadata.owner_references[0].uid == pod.metadata.uid
+        assert {k: base64.b64decode(v) for k, v in secret.data.items()} == expected_data(spawner.casa_bundle)
+    finally:
+        await spawner.stop(now=True)
+        await KubeSpawner._stop_all_reflectors()
+    with pytest.raises(ApiException) as e:
+        await spawner.api.read_namespaced_secret(spawner.casa_secret_name, namespace)
+    assert e.value.status == 404
