@@ -17,7 +17,6 @@ Run: .venv/bin/python benchmarks/bench_mint.py [--rounds N] [--baseline-rounds M
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import statistics
 import sys
@@ -27,47 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jwt  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from pymacaroons import Macaroon  # noqa: E402
-
+from benchmarks.coffea_baseline import coffea_casa_mint  # noqa: E402
 from tests.support import make_minter  # noqa: E402
-
-SHARED_SECRET = b"k" * 32
-
-
-def coffea_casa_mint(user: str) -> dict[str, bytes]:
-    """The baseline recipe, reproduced: RSA CA + 2 RSA certs per spawn, non-expiring JWTs, one macaroon."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    out: dict[str, bytes] = {}
-    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)]
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"coffea-casa CA {user}")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(keys[0].public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(keys[0], hashes.SHA256()))
-    out["ca.pem"] = ca.public_bytes(serialization.Encoding.PEM)
-    out["ca.key"] = keys[0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.BestAvailableEncryption(b"literal-password"))
-    for i, role in enumerate(("scheduler", "client"), start=1):
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role)]))
-                .issuer_name(ca_name).public_key(keys[i].public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
-                .sign(keys[0], hashes.SHA256()))
-        out[f"{role}.pem"] = cert.public_bytes(serialization.Encoding.PEM) + keys[i].private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    for name in ("xcache", "condor", "servicex"):
-        out[name] = jwt.encode({"sub": "shared-identity", "iss": "coffea-casa"}, SHARED_SECRET,
-                               algorithm="HS256").encode()
-    m = Macaroon(location="site", identifier=user, key=SHARED_SECRET)
-    m.add_first_party_caveat("activity:DOWNLOAD")
-    out["macaroon"] = m.serialize().encode()
-    return out
-
 
 def timed(fn) -> float:
     t0 = time.perf_counter()

@@ -115,6 +115,13 @@ class CasaAuthenticator(GenericOAuthenticator):
         the shortest credential lifetime (``CasaMinter.*_lifetime``).""",
     ).tag(config=True)
 
+    refresh_concurrency = Integer(
+        32, min=1,
+        help="""How many servers' credential refreshes (provider refresh grant, mint, Secret update) may run at
+        once. Servers started together come due together (a lecture, a hub restart): the rest wait their turn
+        instead of flooding the provider and the Kubernetes API. Default 32.""",
+    ).tag(config=True)
+
     mint_concurrency = Integer(
         4, min=1, help="How many mints may run at once in worker threads (keeps the event loop free)."
     ).tag(config=True)
@@ -167,6 +174,10 @@ class CasaAuthenticator(GenericOAuthenticator):
     @cached_property
     def _mint_slots(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(self.mint_concurrency)
+
+    @cached_property
+    def _refresh_slots(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(self.refresh_concurrency)
 
     @cached_property
     def _jwks(self) -> JWKSCache:
@@ -379,13 +390,14 @@ class CasaAuthenticator(GenericOAuthenticator):
     async def casa_refresh_credentials(self, user) -> CredentialBundle | None:
         """Called by a running server's refresh timer: refresh now, persist, then deliver to the servers
         (persisting first means a hub restart never loses credentials a server already has)."""
-        model = await self.refresh_credentials(user, force=True)
-        if not isinstance(model, dict):
-            return None
-        await user.save_auth_state(model["auth_state"])
-        bundle = CredentialBundle.from_dict(model["auth_state"]["casa"])
-        await self._deliver(user, bundle)
-        return bundle
+        async with self._refresh_slots:
+            model = await self.refresh_credentials(user, force=True)
+            if not isinstance(model, dict):
+                return None
+            await user.save_auth_state(model["auth_state"])
+            bundle = CredentialBundle.from_dict(model["auth_state"]["casa"])
+            await self._deliver(user, bundle)
+            return bundle
 
     async def _deliver(self, user, bundle: CredentialBundle) -> None:
         from .mixin import CasaCredentialsMixin

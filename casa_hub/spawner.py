@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+from collections import OrderedDict
 from functools import partial
 
 from jupyterhub.spawner import SpawnException
@@ -23,7 +25,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.objects import make_owner_reference
-from traitlets import Bool, Dict, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 
 from . import objects
 from .credentials.bundle import CredentialBundle
@@ -32,6 +34,10 @@ from .profiles import (ProfileRefused, check_gpu_limits, check_user_options, des
                        free_resources, max_gpus_for, offers_gpus, visible_profiles)
 
 TRAEFIK = ("traefik.io", "v1alpha1", "ingressroutetcps")
+
+
+def _free_resources_from_json(nodes: bytes, pods: bytes) -> dict[str, int]:
+    return free_resources(json.loads(nodes).get("items") or [], json.loads(pods).get("items") or [])
 
 
 def _user_error(message: str, *, reason: str, status: int, log_message: str | None = None) -> SpawnException:
@@ -85,6 +91,16 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         help="""Show the free GPUs (node allocatable minus pod requests) on GPU profiles of the spawn form. Needs
         ``list`` on nodes and pods cluster-wide; without that right the form simply shows no count.""",
     ).tag(config=True)
+
+    casa_gpu_availability_ttl = Float(
+        10, min=0,
+        help="""Seconds one listing of nodes and pods serves the free-GPU counts of every spawn form. Default 10;
+        0 lists on every form.""",
+    ).tag(config=True)
+
+    # shared by all servers of the hub: rendered forms (bounded LRU) and the last free-GPU listing
+    _casa_rendered_forms: OrderedDict = OrderedDict()
+    _casa_gpu_cache: tuple | None = None
 
     casa_dask_service_enabled = Bool(
         False,
@@ -341,19 +357,50 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                         profile["description"] = f"{profile.get('description', '')} ({note})".strip()
         return self._render_options_form(visible)
 
+    def _render_options_form(self, profile_list):
+        # KubeSpawner builds a new jinja Environment, so compiles its template, on every render (~7 ms on the
+        # hub's event loop); a login storm renders the same few forms hundreds of times
+        key = json.dumps([self.profile_form_template, self.additional_profile_form_template_paths, profile_list,
+                          self.user_options], sort_keys=True, default=str)
+        forms = CasaSpawner._casa_rendered_forms
+        html = forms.get(key)
+        if html is None:
+            html = forms[key] = super()._render_options_form(profile_list)
+            while len(forms) > 64:
+                forms.popitem(last=False)
+        else:
+            forms.move_to_end(key)
+        return html
+
     async def casa_free_gpus(self) -> dict[str, int] | None:
         """Free GPU resources in the cluster, or None where the hub may not list nodes and pods (RBAC) or the
-        API is slow: the form then shows no count."""
+        API is slow: the form then shows no count. One listing serves every form for
+        ``casa_gpu_availability_ttl`` seconds (a lecture opening the form at once lists the cluster once)."""
+        loop = asyncio.get_running_loop()
+        cached = CasaSpawner._casa_gpu_cache
+        if cached is not None and cached[0] is loop and loop.time() - cached[1] < self.casa_gpu_availability_ttl:
+            return await asyncio.shield(cached[2])
+        future = asyncio.ensure_future(self._casa_list_free_gpus())
+        CasaSpawner._casa_gpu_cache = (loop, loop.time(), future)
+        return await asyncio.shield(future)
+
+    async def _casa_list_free_gpus(self) -> dict[str, int] | None:
+        async def raw_list(call, **kwargs) -> dict:
+            # the API's JSON as is: building client models of every pod, then serialising them back, is slow
+            response = await asyncio.wait_for(call(_preload_content=False, **kwargs), self.k8s_api_request_timeout)
+            try:
+                return await asyncio.wait_for(response.read(), self.k8s_api_request_timeout)
+            finally:
+                response.release()
+
         try:
-            nodes = await asyncio.wait_for(self.api.list_node(), self.k8s_api_request_timeout)
-            pods = await asyncio.wait_for(
-                self.api.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"),
-                self.k8s_api_request_timeout)
+            nodes = await raw_list(self.api.list_node)
+            pods = await raw_list(self.api.list_pod_for_all_namespaces,
+                                  field_selector="status.phase!=Succeeded,status.phase!=Failed")
         except (ApiException, asyncio.TimeoutError, OSError) as e:
             self.log.info("No live GPU availability for the spawn form: %s", getattr(e, "reason", None) or e)
             return None
-        serialize = self.api.api_client.sanitize_for_serialization
-        return free_resources([serialize(n) for n in nodes.items], [serialize(p) for p in pods.items])
+        return await asyncio.to_thread(_free_resources_from_json, nodes, pods)
 
     def casa_max_gpus_for_user(self) -> int:
         return max_gpus_for(self.casa_groups, self.casa_max_gpus, self.casa_max_gpus_by_group)

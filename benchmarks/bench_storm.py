@@ -1,0 +1,105 @@
+"""Login storm: N people log in and start a server at the same moment, on a whole facility (demo OIDC
+provider, JupyterHub + configurable-http-proxy, CasaAuthenticator, the Kubernetes emulator), first with Casa,
+then with a Coffea-Casa-style hub (same authenticator; a pre_spawn_hook minting RSA credentials synchronously
+and calling the Kubernetes API with blocking requests), in the same run.
+
+Reported per mode: failures, storm duration and spawns/s, login and login-to-ready latency, the hub's event-loop
+lag during the storm (measured inside the hub by benchmarks/hub_probe.py), hub CPU and memory per user.
+Then the ratios baseline/Casa.
+
+Run: .venv/bin/python benchmarks/bench_storm.py [--users 200] [--modes casa coffea]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.facility_bench import facility, percentile, storm, summary, user_names  # noqa: E402
+
+
+def run_mode(mode: str, n: int, work: Path) -> dict:
+    with facility(work / mode, n + 1, mode) as site:
+        # one person first, so both modes start with warm imports, reflectors and proxy
+        [warm] = asyncio.run(storm(site.hub.url, ["physicist0000"]))
+        if warm.error:
+            raise RuntimeError(f"{mode}: warm-up spawn failed: {warm.error}\n{site.hub.log()[-3000:]}")
+        time.sleep(1)
+        rss_before, cpu_before = site.rss_kib(), site.cpu_seconds()
+        wall_start = time.time()
+        t0 = time.monotonic()
+        journeys = asyncio.run(storm(site.hub.url, user_names(n + 1)[1:]))
+        duration = time.monotonic() - t0
+        wall_end = time.time()
+        cpu = site.cpu_seconds() - cpu_before
+        time.sleep(1)
+        rss_after = site.rss_kib()
+        lag = site.lag(wall_start, wall_end)
+        ok = [j for j in journeys if j.error is None]
+        failures = [j for j in journeys if j.error is not None]
+        secrets = [s["metadata"]["name"] for s in site.secrets()]
+        return {
+            "mode": mode, "n": n, "ok": len(ok), "failures": failures, "duration": duration,
+            "spawns_per_s": len(ok) / duration if duration else 0.0,
+            "login_ms": [(j.logged_in - j.started) * 1000 for j in ok],
+            "ready_ms": [(j.ready - j.started) * 1000 for j in ok],
+            "lag_ms": lag, "cpu_ms_per_user": cpu * 1000 / n,
+            "rss_kib_per_user": (rss_after - rss_before) / n, "rss_after_mib": rss_after / 1024,
+            "secrets": len(secrets), "distinct_secrets": len(set(secrets)),
+        }
+
+
+def report(r: dict) -> None:
+    print(f"\n== {r['mode']}: {r['n']} people at once ==")
+    print(f"  failures                 {len(r['failures'])}")
+    for j in r["failures"][:5]:
+        print(f"    {j.name}: {j.error}")
+    print(f"  storm duration           {r['duration']:.1f} s   spawns/s {r['spawns_per_s']:.2f}")
+    print(f"  login latency (ms)       {summary(r['login_ms'])}")
+    print(f"  login-to-ready (ms)      {summary(r['ready_ms'])}")
+    print(f"  hub event-loop lag (ms)  {summary(r['lag_ms'])}")
+    print(f"  hub CPU per user         {r['cpu_ms_per_user']:.1f} ms")
+    print(f"  hub memory per user      {r['rss_kib_per_user']:.0f} KiB   (hub RSS after: {r['rss_after_mib']:.0f} MiB)")
+    print(f"  Secrets in the cluster   {r['secrets']} ({r['distinct_secrets']} distinct)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--modes", nargs="+", default=["casa", "coffea"], choices=["casa", "coffea"])
+    parser.add_argument("--keep", type=Path, help="keep the logs and state here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="casa-storm-") as tmp:
+        for mode in args.modes:
+            results[mode] = run_mode(mode, args.users, args.keep or Path(tmp))
+            report(results[mode])
+    casa = results.get("casa")
+    print("\nTargets (Casa): failures 0, event-loop lag p99 < 10 ms")
+    if casa:
+        p99 = percentile(casa["lag_ms"], 99)
+        print(f"  failures {len(casa['failures'])}: {'met' if not casa['failures'] else 'NOT met'}; "
+              f"lag p99 {p99:.1f} ms: {'met' if p99 < 10 else 'NOT met'}")
+    if casa and "coffea" in results:
+        base = results["coffea"]
+        print("\nRatios, Coffea-Casa-style baseline / Casa (same run):")
+        for label, key, pct in (("lag p50", "lag_ms", 50), ("lag p99", "lag_ms", 99),
+                                ("login p50", "login_ms", 50), ("login p99", "login_ms", 99),
+                                ("login-to-ready p50", "ready_ms", 50), ("login-to-ready p99", "ready_ms", 99)):
+            b, c = percentile(base[key], pct), percentile(casa[key], pct)
+            print(f"  {label:20s} {b:9.1f} / {c:9.1f} ms = {b / c if c else float('inf'):6.1f}x")
+        print(f"  {'storm duration':20s} {base['duration']:9.1f} / {casa['duration']:9.1f} s  = "
+              f"{base['duration'] / casa['duration']:6.1f}x")
+        print(f"  {'hub CPU per user':20s} {base['cpu_ms_per_user']:9.1f} / {casa['cpu_ms_per_user']:9.1f} ms = "
+              f"{base['cpu_ms_per_user'] / casa['cpu_ms_per_user']:6.1f}x")
+    return 0 if casa is None or not casa["failures"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

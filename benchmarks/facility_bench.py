@@ -1,0 +1,215 @@
+"""A whole facility for the scale benchmarks: the demo OIDC provider with N users, the Kubernetes emulator
+(its kubelet starts pods once their Secrets exist), JupyterHub + configurable-http-proxy with CasaAuthenticator
+and either CasaSpawner or the Coffea-Casa-style baseline, and an asyncio client that logs people in through
+the real OAuth flow, submits the spawn form and waits on the progress stream, as a browser does.
+
+The hub runs :mod:`benchmarks.hub_probe`, so the benchmarks read the hub's event-loop lag from inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import hub_probe  # noqa: E402
+from tests.hub import hub as H  # noqa: E402
+from tests.hub.kube import start_kube, stop_kube  # noqa: E402
+from tests.hub.oidc import start_provider, stop_provider  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+PROFILES = [
+    {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
+    {"display_name": "CPU, large", "slug": "cpu-large", "kubespawner_override": {"cpu_limit": 8}},
+]
+
+COMMON = """
+import sys
+sys.path.insert(0, {repo!r})
+from benchmarks import hub_probe
+hub_probe.start({lag_file!r})
+c.KubeSpawner.namespace = "default"
+c.KubeSpawner.port = {pod_port}
+c.KubeSpawner.fs_gid = 100
+c.KubeSpawner.image = "registry.example.org/casa/notebook:bench"
+c.KubeSpawner.profile_list = {profiles!r}
+c.KubeSpawner.start_timeout = 600
+c.KubeSpawner.http_timeout = 300
+c.Spawner.start_timeout = 600
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.cleanup_servers = False
+"""
+
+MODES = {
+    # Casa: credentials minted at login in worker threads; Secret written by the async spawner
+    "casa": 'c.JupyterHub.spawner_class = "casa"\n',
+    # Coffea-Casa: plain KubeSpawner whose pre_spawn_hook mints RSA and calls the API synchronously
+    "coffea": ('c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n'
+               "from benchmarks.coffea_baseline import coffea_pre_spawn_hook\n"
+               "c.KubeSpawner.pre_spawn_hook = coffea_pre_spawn_hook\n"),
+}
+
+
+def user_names(n: int) -> list[str]:
+    return [f"physicist{i:04d}" for i in range(n)]
+
+
+@dataclass
+class Facility:
+    work: Path
+    provider: object
+    kube: object
+    hub: H.Hub | None
+    lag_file: Path
+    pod_port: int
+    mode: str
+    extra: str = ""
+
+    def config(self, extra: str = "") -> str:
+        return COMMON.format(repo=str(REPO), lag_file=str(self.lag_file), pod_port=self.pod_port,
+                             profiles=PROFILES) + MODES[self.mode] + self.extra + extra
+
+    def start_hub(self, extra: str = "") -> H.Hub:
+        self.hub = H.start_hub(self.work / "hub", self.provider, extra_config=self.config(extra),
+                               env={"KUBECONFIG": str(self.kube.kubeconfig)}, timeout=600)
+        return self.hub
+
+    def stop_hub(self) -> None:
+        if self.hub is not None:
+            H.stop_hub(self.hub)
+            self.hub = None
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.hub.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+    def lag(self, since: float, until: float) -> list[float]:
+        return hub_probe.read(str(self.lag_file), since, until)
+
+    def secrets(self) -> list[dict]:
+        return self.kube.objects("secrets")
+
+
+@contextmanager
+def facility(work: Path, n_users: int, mode: str = "casa", extra: str = ""):
+    """Provider with ``n_users`` (group cms; see :func:`user_names`), emulator and hub; all stopped on exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    users = [{"sub": name, "preferred_username": name, "email": f"{name}@casa.test", "name": name,
+              "groups": ["cms"]} for name in user_names(n_users)]
+    provider = start_provider(work, users=users)
+    kube = None
+    site = None
+    try:
+        kube = start_kube(work)
+        site = Facility(work, provider, kube, None, work / "lag.txt", free_port(), mode, extra)
+        site.start_hub()
+        yield site
+    finally:
+        if site is not None:
+            site.stop_hub()
+        if kube is not None:
+            stop_kube(kube)
+        stop_provider(provider)
+
+
+@dataclass
+class Journey:
+    """One person's login and spawn, with the times (monotonic seconds) each step finished."""
+    name: str
+    started: float = 0.0
+    logged_in: float | None = None
+    spawn_requested: float | None = None
+    ready: float | None = None
+    error: str | None = None
+    events: list = field(default_factory=list)
+
+
+async def login_and_spawn(hub_url: str, name: str, profile: str = "cpu", timeout: float = 600) -> Journey:
+    """What a browser does: OAuth login (PKCE, provider's form), the spawn form, then the progress stream."""
+    journey = Journey(name, started=time.monotonic())
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as c:
+            r = await c.get(f"{hub_url}/hub/oauth_login")
+            _expect(r, 302, "oauth_login")
+            authorize = r.headers["location"]
+            _expect(await c.get(authorize), 200, "provider form")
+            r = await c.post(authorize, data={"sub": name})
+            _expect(r, 302, "provider consent")
+            r = await c.get(r.headers["location"])
+            _expect(r, 302, "hub callback")
+            journey.logged_in = time.monotonic()
+            r = await c.get(f"{hub_url}/hub/spawn")
+            _expect(r, 200, "spawn form")
+            r = await c.post(f"{hub_url}/hub/spawn", data={"profile": profile, "_xsrf": c.cookies.get("_xsrf", "")})
+            _expect(r, 302, "spawn submit")
+            journey.spawn_requested = time.monotonic()
+            async with c.stream("GET", f"{hub_url}/hub/api/users/{name}/server/progress",
+                                headers={"Accept": "text/event-stream"}) as stream:
+                _expect(stream, 200, "progress stream")
+                async for line in stream.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line[5:])
+                    journey.events.append(event.get("message", ""))
+                    if event.get("failed"):
+                        raise RuntimeError(f"spawn failed: {event.get('message')}")
+                    if event.get("ready"):
+                        journey.ready = time.monotonic()
+                        break
+            if journey.ready is None:
+                raise RuntimeError("progress stream ended without 'ready'")
+    except Exception as e:  # a failure of one person is a result, not the end of the benchmark
+        journey.error = f"{type(e).__name__}: {e}"[:300]
+    return journey
+
+
+def _expect(response, status: int, step: str) -> None:
+    if response.status_code != status:
+        raise RuntimeError(f"{step}: HTTP {response.status_code}")
+
+
+async def storm(hub_url: str, names: list[str], concurrency: int | None = None) -> list[Journey]:
+    """Everyone at once (or ``concurrency`` at a time)."""
+    slots = asyncio.Semaphore(concurrency or len(names))
+
+    async def one(name):
+        async with slots:
+            return await login_and_spawn(hub_url, name)
+
+    return await asyncio.gather(*(one(n) for n in names))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not samples:
+        return math.nan
+    s = sorted(samples)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+def summary(samples: list[float]) -> str:
+    if not samples:
+        return "n=0"
+    return (f"p50 {percentile(samples, 50):8.1f}  p99 {percentile(samples, 99):8.1f}  "
+            f"max {max(samples):8.1f}  n={len(samples)}")
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else math.nan
