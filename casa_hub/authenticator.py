@@ -20,7 +20,7 @@ from functools import cached_property
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any, Integer, List, TraitError, Unicode, default, validate
 
 from .credentials.bundle import CredentialBundle
@@ -114,6 +114,18 @@ class CasaAuthenticator(GenericOAuthenticator):
         help="""Re-mint credentials when the earliest one expires within this many seconds. Keep it well below
         the shortest credential lifetime (``CasaMinter.*_lifetime``).""",
     ).tag(config=True)
+
+    provider_max_connections = Integer(
+        64, min=1,
+        help="""Connections the hub opens to the identity provider at once (token, userinfo, discovery).
+        Tornado's shared client allows 10 and fails requests that wait longer than their timeout in its queue:
+        a lecture hall logging in at once needs more. Default 64.""",
+    ).tag(config=True)
+
+    @default("http_client")
+    def _casa_http_client(self):
+        # our own client (not tornado's process-wide one, which the hub's proxy calls share)
+        return AsyncHTTPClient(force_instance=True, max_clients=self.provider_max_connections)
 
     refresh_concurrency = Integer(
         32, min=1,
@@ -270,7 +282,16 @@ class CasaAuthenticator(GenericOAuthenticator):
     async def token_to_user(self, token_info):
         """userinfo (fresh from the provider) merged over the verified id_token claims; ``sub`` must agree."""
         await self.discover()  # a refresh may be the first request a restarted hub sends to the provider
-        user_info = await super().token_to_user(token_info)
+        try:
+            user_info = await super().token_to_user(token_info)
+        except (HTTPClientError, OSError, asyncio.TimeoutError) as e:
+            if isinstance(e, HTTPClientError) and e.code < 500 and e.code != 599:
+                raise
+            # userinfo unreachable or overloaded (599 includes "Timeout in request queue"): not a crash
+            outages = _refresh_outages.get()
+            if outages is not None:
+                outages.append(type(e).__name__)
+            raise ProviderUnavailable(self.oidc_issuer) from None
         claims = token_info.get("id_token_claims") or {}
         if claims and user_info.get("sub") != claims.get("sub"):
             raise web.HTTPError(403, reason="Identity mismatch", log_message="userinfo sub != id_token sub")

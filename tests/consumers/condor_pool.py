@@ -157,7 +157,7 @@ class Pool:
     work: Path
     port: int
     trust_domain: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None  # condor_master (after unshare/sh/chroot exec'd into it); None before start
     mnt_ns: str  # the namespace every pool process lives in (/proc/PID/ns/mnt link text)
     client_config: Path
     hub_key_file: Path  # the hub's copy of the pool key, for the minter
@@ -313,15 +313,28 @@ def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUS
     client_config = work / "client_config"
     client_config.write_text(CLIENT_CONFIG.format(work=work, port=port))
 
+    pool = Pool(CONDOR_ROOT, work, port, trust_domain, None, "", client_config, hub_key_file, pool_users)
+    _launch(pool, pool_key, timeout)
+    pool.startup_seconds = time.monotonic() - t0
+    return pool
+
+
+def _launch(pool: Pool, pool_key: bytes, timeout: float) -> None:
+    """Start condor_master in a fresh private namespace (the key from ``pool_key``) and wait, bounded, until
+    the schedd answers an authenticated command; on failure the pool's processes are gone (not its files)."""
+    import htcondor2
+
+    work = pool.work
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CONDOR_CONFIG": str(work / "condor_config"),
-           "R": str(CONDOR_ROOT), "W": str(work), "VENV": str(VENV), "PYPREFIX": str(PY_PREFIX)}
+           "R": str(pool.root), "W": str(work), "VENV": str(VENV), "PYPREFIX": str(PY_PREFIX)}
     proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT],
-                            env=env, stdin=subprocess.PIPE, stdout=open(work / "master.out", "wb"),
+                            env=env, stdin=subprocess.PIPE, stdout=open(work / "master.out", "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     proc.stdin.write(pool_key)
     proc.stdin.close()
     own_ns = os.readlink("/proc/self/ns/mnt")
-    pool = Pool(CONDOR_ROOT, work, port, trust_domain, proc, "", client_config, hub_key_file, pool_users)
+    pool.proc, pool.mnt_ns = proc, ""
+    port, trust_domain = pool.port, pool.trust_domain
     try:
         deadline = time.monotonic() + timeout
         while True:  # the namespace exists once unshare has run; the pid is condor_master after the execs
@@ -353,15 +366,21 @@ def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUS
             time.sleep(0.1)
     except Exception as e:
         log = pool.log("MasterLog")[-3000:]
-        stop_pool(pool)
+        stop_daemons(pool)
         raise RuntimeError(f"the HTCondor pool did not start: {e}\n{log}") from None
-    pool.startup_seconds = time.monotonic() - t0
-    return pool
 
 
 def stop_pool(pool: Pool, timeout: float = 20) -> None:
+    """Stop the pool's processes (:func:`stop_daemons`) and remove its work directory."""
+    stop_daemons(pool, timeout)
+    shutil.rmtree(pool.work, ignore_errors=True)
+
+
+def stop_daemons(pool: Pool, timeout: float = 20) -> None:
     """Fast shutdown (SIGQUIT) of the master, then SIGKILL whatever is left in the pool's namespace; the
-    namespace and its mounts vanish with its last process."""
+    namespace and its mounts (the key's tmpfs included) vanish with its last process. Files stay."""
+    if pool.proc is None:
+        return
     if pool.proc.poll() is None:
         try:
             os.kill(pool.proc.pid, signal.SIGQUIT)
@@ -383,4 +402,24 @@ def stop_pool(pool: Pool, timeout: float = 20) -> None:
     if pool.proc.poll() is None:
         pool.proc.kill()
     pool.proc.wait(5)
-    shutil.rmtree(pool.work, ignore_errors=True)
+
+
+def start_daemons(pool: Pool, *, pool_key: bytes | None = None, timeout: float = 60) -> float:
+    """Start a stopped pool again: same work dir (config, logs, spool with its job queue), same collector
+    port, and the pool key from the hub's copy unless ``pool_key`` is given. Returns the seconds until the
+    schedd answered."""
+    assert pool.proc is None or pool.proc.poll() is not None, "the pool is running"
+    assert not (pool.mnt_ns and pool.pids()), "processes of the previous pool namespace are still alive"
+    for stale in (pool.work / "log").glob(".*_address*"):  # the old daemons' ports: never probe those
+        stale.unlink()
+    t0 = time.monotonic()
+    _launch(pool, pool.hub_key_file.read_bytes() if pool_key is None else pool_key, timeout)
+    return time.monotonic() - t0
+
+
+def restart_pool(pool: Pool, *, timeout: float = 60) -> float:
+    """condor_master and all its children stopped, then started again (:func:`start_daemons`); seconds taken."""
+    t0 = time.monotonic()
+    stop_daemons(pool)
+    start_daemons(pool, timeout=timeout)
+    return time.monotonic() - t0

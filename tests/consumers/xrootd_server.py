@@ -106,12 +106,39 @@ class XrootdServer:
     name: str
     port: int
     http_port: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None  # None until start()
     log: Path
+    command: list[str] = field(default_factory=list)  # how it was started (for restart())
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def root_url(self) -> str:
         return f"roots://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def start(self, timeout: float = 20) -> None:
+        """(Re)start the server with its original command, configuration and ports; bounded wait until it
+        listens on both. A restarted xrootd appends to the same log."""
+        assert self.proc is None or self.proc.poll() is not None, f"xrootd {self.name} is still running"
+        self.proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port(self.port, proc=self.proc, timeout=timeout)
+            wait_for_port(self.http_port, proc=self.proc, timeout=timeout)
+        except Exception as e:
+            stop_process(self.proc)
+            tail = self.log_since(max(0, self.log_size() - 3000)) if self.log.exists() else "(no log)"
+            raise RuntimeError(f"xrootd {self.name} did not start: {e}\n{tail}") from None
+
+    def restart(self, timeout: float = 20) -> float:
+        """Stop (SIGTERM, as a service manager would) and start again on the same ports; the seconds it took."""
+        t0 = time.monotonic()
+        self.stop()
+        self.start(timeout)
+        return time.monotonic() - t0
 
     def log_size(self) -> int:
         return self.log.stat().st_size if self.log.exists() else 0
@@ -144,6 +171,7 @@ class Site:
     cache: XrootdServer
     client_dir: Path
     ssl: ssl.SSLContext = field(init=False)
+    issuer: IssuerServer | None = None  # the https server publishing the issuer documents
 
     def __post_init__(self):
         self.ssl = ssl.create_default_context(cadata=self.pki.ca_pem.decode())
@@ -250,19 +278,10 @@ def _start_xrootd(work: Path, name: str, template: str, env: dict[str, str], **f
     cfg.write_text(template.format(work=work, name=name, port=port, http_port=http_port, site=SITE_NAME, **fields))
     # our CA bundle replaces the system one for this process tree only
     script = 'mount --bind "$1" /etc/ssl/certs/ca-certificates.crt || exit 99; shift; exec "$@"'
-    proc = subprocess.Popen(
-        ["unshare", "-m", "sh", "-c", script, "sh", str(work / "ca-bundle.crt"),
-         "xrootd", "-R", "xrootd", "-c", str(cfg), "-l", str(work / "xrootd.log"), "-n", name],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    server = XrootdServer(name, port, http_port, proc, work / name / "xrootd.log")  # -n puts the log in <name>/
-    try:
-        wait_for_port(port, proc=proc, timeout=20)
-        wait_for_port(http_port, proc=proc, timeout=20)
-    except Exception as e:
-        stop_process(proc)
-        tail = server.log_since(max(0, server.log_size() - 3000)) if server.log.exists() else "(no log)"
-        raise RuntimeError(f"xrootd {name} did not start: {e}\n{tail}") from None
+    command = ["unshare", "-m", "sh", "-c", script, "sh", str(work / "ca-bundle.crt"),
+               "xrootd", "-R", "xrootd", "-c", str(cfg), "-l", str(work / "xrootd.log"), "-n", name]
+    server = XrootdServer(name, port, http_port, None, work / name / "xrootd.log", command, env)  # -n: log in <name>/
+    server.start()
     return server
 
 
@@ -291,10 +310,10 @@ def xrootd_site(tmp: Path):
         issuer.documents.update(issuer_documents(minter, issuer_url))
         _prepare_workdir(work, pki=pki, minter=minter, issuer_url=issuer_url)
         origin = _start_xrootd(work, "origin", ORIGIN_CFG, _server_env(work))
-        stack.callback(stop_process, origin.proc)
+        stack.callback(origin.stop)  # whichever process is current (the server may have been restarted)
         cache = _start_xrootd(work, "cache", CACHE_CFG, _server_env(work, BEARER_TOKEN_FILE=str(work / "cache.token")),
                               origin_port=origin.port)
-        stack.callback(stop_process, cache.proc)
+        stack.callback(cache.stop)
         client_dir = tmp / "client"
         client_dir.mkdir()
-        yield Site(minter, pki, work, issuer_url, origin, cache, client_dir)
+        yield Site(minter, pki, work, issuer_url, origin, cache, client_dir, issuer=issuer)
