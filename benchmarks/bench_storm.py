@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.facility_bench import facility, percentile, storm, summary, user_names  # noqa: E402
+from benchmarks.facility_bench import facility, percentile, stall_summary, storm, summary, user_names  # noqa: E402
 
 
-def run_mode(mode: str, n: int, work: Path) -> dict:
+def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
     with facility(work / mode, n + 1, mode) as site:
         # one person first, so both modes start with warm imports, reflectors and proxy
         [warm] = asyncio.run(storm(site.hub.url, ["physicist0000"]))
@@ -34,7 +34,7 @@ def run_mode(mode: str, n: int, work: Path) -> dict:
         rss_before, cpu_before = site.rss_kib(), site.cpu_seconds()
         wall_start = time.time()
         t0 = time.monotonic()
-        journeys = asyncio.run(storm(site.hub.url, user_names(n + 1)[1:]))
+        journeys = asyncio.run(storm(site.hub.url, user_names(n + 1)[1:], ramp=ramp))
         duration = time.monotonic() - t0
         wall_end = time.time()
         cpu = site.cpu_seconds() - cpu_before
@@ -45,7 +45,7 @@ def run_mode(mode: str, n: int, work: Path) -> dict:
         failures = [j for j in journeys if j.error is not None]
         secrets = [s["metadata"]["name"] for s in site.secrets()]
         return {
-            "mode": mode, "n": n, "ok": len(ok), "failures": failures, "duration": duration,
+            "mode": mode, "n": n, "ramp": ramp, "ok": len(ok), "failures": failures, "duration": duration,
             "spawns_per_s": len(ok) / duration if duration else 0.0,
             "login_ms": [(j.logged_in - j.started) * 1000 for j in ok],
             "ready_ms": [(j.ready - j.started) * 1000 for j in ok],
@@ -56,7 +56,8 @@ def run_mode(mode: str, n: int, work: Path) -> dict:
 
 
 def report(r: dict) -> None:
-    print(f"\n== {r['mode']}: {r['n']} people at once ==")
+    when = f"arriving over {r['ramp']:.0f} s" if r["ramp"] else "at once"
+    print(f"\n== {r['mode']}: {r['n']} people {when} ==")
     print(f"  failures                 {len(r['failures'])}")
     for j in r["failures"][:5]:
         print(f"    {j.name}: {j.error}")
@@ -64,6 +65,7 @@ def report(r: dict) -> None:
     print(f"  login latency (ms)       {summary(r['login_ms'])}")
     print(f"  login-to-ready (ms)      {summary(r['ready_ms'])}")
     print(f"  hub event-loop lag (ms)  {summary(r['lag_ms'])}")
+    print(f"                           {stall_summary(r['lag_ms'])}")
     print(f"  hub CPU per user         {r['cpu_ms_per_user']:.1f} ms")
     print(f"  hub memory per user      {r['rss_kib_per_user']:.0f} KiB   (hub RSS after: {r['rss_after_mib']:.0f} MiB)")
     print(f"  Secrets in the cluster   {r['secrets']} ({r['distinct_secrets']} distinct)")
@@ -73,12 +75,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--modes", nargs="+", default=["casa", "coffea"], choices=["casa", "coffea"])
+    parser.add_argument("--ramp", type=float, default=0.0,
+                        help="spread the arrivals evenly over this many seconds (default 0: all at once)")
     parser.add_argument("--keep", type=Path, help="keep the logs and state here (default: a temporary directory)")
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="casa-storm-") as tmp:
         for mode in args.modes:
-            results[mode] = run_mode(mode, args.users, args.keep or Path(tmp))
+            results[mode] = run_mode(mode, args.users, (args.keep or Path(tmp)) / f"ramp{args.ramp:g}", args.ramp)
             report(results[mode])
     casa = results.get("casa")
     print("\nTargets (Casa): failures 0, event-loop lag p99 < 10 ms")

@@ -185,15 +185,16 @@ def _expect(response, status: int, step: str) -> None:
         raise RuntimeError(f"{step}: HTTP {response.status_code}")
 
 
-async def storm(hub_url: str, names: list[str], concurrency: int | None = None) -> list[Journey]:
-    """Everyone at once (or ``concurrency`` at a time)."""
+async def storm(hub_url: str, names: list[str], concurrency: int | None = None, ramp: float = 0.0) -> list[Journey]:
+    """Everyone at once, or arriving evenly over ``ramp`` seconds, or ``concurrency`` at a time."""
     slots = asyncio.Semaphore(concurrency or len(names))
 
-    async def one(name):
+    async def one(i, name):
+        await asyncio.sleep(ramp * i / len(names))
         async with slots:
             return await login_and_spawn(hub_url, name)
 
-    return await asyncio.gather(*(one(n) for n in names))
+    return await asyncio.gather(*(one(i, n) for i, n in enumerate(names)))
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -209,6 +210,26 @@ def summary(samples: list[float]) -> str:
         return "n=0"
     return (f"p50 {percentile(samples, 50):8.1f}  p99 {percentile(samples, 99):8.1f}  "
             f"max {max(samples):8.1f}  n={len(samples)}")
+
+
+def stall_summary(lags: list[float], interval_ms: float = 5.0) -> str:
+    """How much of the wall time the loop spent stalled: samples are taken once per loop turn, so one long
+    stall is one sample among thousands of idle ones; weighting each by its length shows what a request
+    arriving at a random moment meets."""
+    if not lags:
+        return "n=0"
+    weights = [lag + interval_ms for lag in lags]
+    total = sum(weights)
+    ordered = sorted(zip(lags, weights))
+    acc, p99 = 0.0, ordered[-1][0]
+    for lag, w in ordered:
+        acc += w
+        if acc >= 0.99 * total:
+            p99 = lag
+            break
+    stalled = sum(lag for lag in lags if lag >= 10)
+    return f"time-weighted p99 {p99:7.1f} ms; stalls >= 10 ms: {sum(1 for x in lags if x >= 10)}, " \
+           f"{stalled / 1000:.1f} s of {total / 1000:.1f} s"
 
 
 def median(samples: list[float]) -> float:

@@ -124,8 +124,11 @@ class CasaAuthenticator(GenericOAuthenticator):
 
     @default("http_client")
     def _casa_http_client(self):
-        # our own client (not tornado's process-wide one, which the hub's proxy calls share)
-        return AsyncHTTPClient(force_instance=True, max_clients=self.provider_max_connections)
+        # our own client (not tornado's process-wide one, which the hub's proxy calls share); every request to
+        # the provider (token and userinfo too, not only discovery) is bounded by discovery_timeout: a provider
+        # that hangs is an outage, not a login or refresh waiting for tornado's 20 s default
+        timeouts = {"request_timeout": self.discovery_timeout, "connect_timeout": self.discovery_timeout}
+        return AsyncHTTPClient(force_instance=True, max_clients=self.provider_max_connections, defaults=timeouts)
 
     refresh_concurrency = Integer(
         32, min=1,

@@ -89,6 +89,21 @@ def make_app(users: list[dict]):
     return app
 
 
+def serialized(app):
+    """One request at a time through ``app``: oidc-provider-mock keeps its codes and tokens in plain
+    containers ("deque mutated during iteration" when a lecture hall logs in at once). Connections are still
+    accepted concurrently."""
+    import threading
+
+    lock = threading.Lock()
+
+    def locked(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+
+    return locked
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -99,7 +114,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", port, make_app(users), threaded=True)
+    server = make_server("127.0.0.1", port, serialized(make_app(users)), threaded=True)
     print(f"OIDC provider on http://127.0.0.1:{port}", flush=True)
     try:
         server.serve_forever()

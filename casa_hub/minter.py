@@ -35,6 +35,14 @@ def _dask_files(role: str) -> tuple[str, str]:
     return f"dask/{role}.crt", f"dask/{role}.key"
 
 
+def _dask_hostname(template: str, user: str) -> str:
+    """``template`` with ``{username}`` replaced by the user's DNS label, short enough that the DNS label holding
+    it (``dask-{username}``) stays within 63 characters."""
+    label = next((part for part in template.split(".") if "{username}" in part), "")
+    budget = 63 - len(label.replace("{username}", ""))
+    return template.format(username=dask_tls.dns_label(user, max_length=budget))
+
+
 def _read_secret_file(path: str, what: str) -> bytes:
     try:
         data = Path(path).read_bytes()
@@ -297,7 +305,7 @@ class CasaMinter(LoggingConfigurable):
     def _mint_dask(self, user, now, add, env):
         ca = self.user_ca(user)
         add(DASK_CA, ca.cert_pem, mode=0o444)
-        hostnames = [h.format(username=dask_tls.dns_label(user)) for h in self.dask_hostnames]
+        hostnames = [_dask_hostname(h, user) for h in self.dask_hostnames]
         lifetime = datetime.timedelta(seconds=self.dask_cert_lifetime)
         env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = "{mount}/" + DASK_CA
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"

@@ -7,6 +7,7 @@ everything here is testable against a real provider and free of Tornado specific
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -80,6 +81,16 @@ class JWKSCache:
     def _may_refetch(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at >= self._interval
 
+    async def refetch(self) -> bool:
+        """Fetch the keys again unless the last fetch is more recent than ``min_refetch_interval``; True if the
+        keys are fresh now."""
+        if not self._may_refetch():
+            return False
+        async with self._lock:
+            if self._may_refetch():
+                await self.refresh()
+        return True
+
     async def get(self, kid: str | None) -> jwt.PyJWK:
         if kid is None:
             # tokens without a kid are only acceptable when the provider publishes a single key
@@ -100,6 +111,29 @@ class JWKSCache:
             raise OIDCError("the id_token was signed with a key the provider does not publish") from None
 
 
+def _numeric_date(claims: Mapping, name: str) -> float:
+    """A NumericDate claim (RFC 7519 section 2: a JSON number); strings, booleans, NaN, infinities and numbers
+    too large for a float are refused (PyJWT does not look at time claims it is told not to verify)."""
+    value = claims[name]
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise ValueError
+        return float(value)
+    except (ValueError, OverflowError):
+        raise jwt.InvalidTokenError(f"the {name!r} claim is not a valid time") from None
+
+
+def _signed_by(token: str, key: jwt.PyJWK, alg: str) -> bool:
+    """Whether ``key`` verifies the signature of ``token`` (nothing else checked)."""
+    if key.key_type != _KEY_TYPES.get(alg[:2]):
+        return False
+    try:
+        jwt.PyJWS().decode_complete(token, key.key, algorithms=[alg])
+        return True
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return False
+
+
 async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience: str,
                           algorithms: Sequence[str] = ("RS256", "ES256"), leeway: float = 30.0,
                           nonce: str | None = None, now: float | None = None) -> dict:
@@ -113,6 +147,10 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
     if alg not in allowed:
         raise OIDCError(f"id_token algorithm {alg!r} is not accepted (allowed: {', '.join(allowed)})")
     key = await keys.get(kid or None)
+    if not kid and not _signed_by(token, key, alg) and await keys.refetch():
+        # no kid names the key: the provider may have replaced its only key (a restart, a rotation), which a
+        # cached JWKS with one key cannot tell; fetched again, at most as often as for unknown kids
+        key = await keys.get(None)
     if key.key_type != _KEY_TYPES.get(alg[:2]):  # an RSA key must not verify an ES token, and so on
         raise OIDCError(f"id_token algorithm {alg} does not match the provider's {key.key_type} key {kid!r}")
     options = {"require": ["iss", "aud", "exp", "iat", "sub"]}
@@ -122,10 +160,12 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
             claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
                                 options={**options, "verify_exp": False, "verify_iat": False,
                                          "verify_nbf": False})
-            if claims["exp"] + leeway < now:
+            if _numeric_date(claims, "exp") + leeway < now:
                 raise jwt.ExpiredSignatureError("Signature has expired")
-            if claims["iat"] - leeway > now:
+            if _numeric_date(claims, "iat") - leeway > now:
                 raise jwt.ImmatureSignatureError("The token is not yet valid (iat)")
+            if "nbf" in claims and _numeric_date(claims, "nbf") - leeway > now:
+                raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
         else:
             claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
                                 leeway=leeway, options=options)

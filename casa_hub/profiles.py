@@ -128,6 +128,8 @@ def check_user_options(profile_list: list[dict], visible: list[dict], user_optio
     """
     user_options = user_options or {}
     slug = user_options.get("profile")
+    if slug is not None and not isinstance(slug, str):  # the REST API passes any JSON
+        raise ProfileRefused(f"The profile must be given by its name (a string), not {str(slug)[:64]!r}.")
     check_profile_choice(profile_list, visible, slug)
     if not visible:
         return
@@ -138,6 +140,12 @@ def check_user_options(profile_list: list[dict], visible: list[dict], user_optio
         label = option.get("display_name") or name
         choice = user_options.get(name)
         unlisted = user_options.get(f"{name}--unlisted-choice")
+        if unlisted is not None and not isinstance(unlisted, str):
+            raise ProfileRefused(f"{label}: a value of your own must be a string, not {str(unlisted)[:64]!r}.")
+        regex = option.get("unlisted_choice", {}).get("validation_regex")
+        if unlisted and regex and not re.match(regex, unlisted):
+            # checked here too: KubeSpawner skips it when no profile is named (the default profile applies)
+            raise ProfileRefused(f"{unlisted[:64]!r} is not an accepted value for {label}.")
         if unlisted and not option.get("unlisted_choice", {}).get("enabled"):
             raise ProfileRefused(f"{label} in profile {profile['slug']!r} takes no value of your own; "
                                  f"choose one of: {', '.join(option.get('choices', {}))}.")

@@ -184,7 +184,7 @@ class MemoryField(Field):
     def validate(self, value):
         try:
             number = parse_bytes(value) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             raise OptionError(f"{self.name}={value!r}: expected a size like '4 GiB'") from None
         if not self.min <= number <= self.max:
             raise OptionError(f"{self.name}={format_bytes(number)} is outside the allowed range "

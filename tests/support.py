@@ -112,3 +112,14 @@ def write_bundle(bundle, directory: Path) -> Path:
 
     write_bundle_dir(directory, bundle)
     return directory
+
+
+def wait_until(predicate, timeout: float = 40, what: str = "condition", interval: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy (returned), or raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(what)

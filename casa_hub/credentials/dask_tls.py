@@ -15,6 +15,7 @@ import datetime
 import functools
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,6 +58,9 @@ def _serial(*parts: bytes) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def _name(common_name: str) -> x509.Name:
+    # X.509 allows 64 bytes (UTF-8) in a common name: cut there, never inside a character (a cut by characters
+    # let non-ASCII user names overflow it and fail the whole mint); names that fit are unchanged
+    common_name = common_name.encode()[:64].decode(errors="ignore")
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Casa Hub"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
@@ -82,14 +86,17 @@ def ca_certificate(ca_key: ec.EllipticCurvePrivateKey, user: str, generation: in
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def dns_label(name: str) -> str:
-    """A DNS label (RFC 1123) for any user name: kept as is when already safe, otherwise the safe
-    characters plus a short hash so different names never collide."""
+def dns_label(name: str, max_length: int = 63) -> str:
+    """A DNS label (RFC 1123, at most ``max_length`` characters) for any user name: kept as is when already
+    safe and free of ``--``, otherwise the safe characters, ``--`` and a short hash. A kept name never
+    contains ``--`` and a hashed one always does, so no user can take another's label by choosing it as
+    their name (``alice-smith-<hash>`` for ``alice.smith``), and different names never collide."""
     safe = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in name.lower()).strip("-")
-    if safe == name and 0 < len(name) <= 63:
+    if safe == name and 0 < len(name) <= max_length and "--" not in name:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{safe[:50].strip('-') or 'u'}-{digest}"
+    safe = re.sub("-+", "-", safe)
+    return f"{safe[:max(0, max_length - 10)].strip('-') or 'u'}--{digest}"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,6 +18,11 @@ No kube-apiserver can run here (see TESTBED.md). What kmock 0.8 lacks and this a
       kube.faults[kmock.action.CREATE, kmock.resource("v1", "secrets")] << kmock.Response(status=500)
       kube.fail(kmock.action.CREATE, "secrets", status=500, times=2)   # the same, twice, then gone
 
+- slow answers: ``kube.delay(kmock.action.CREATE, "secrets", seconds=3)`` applies the next such request at
+  once but answers it only after 3 s (a client with a shorter timeout gives up although the change was made,
+  as with an API server whose answer is lost); ``lost=True``: the request is not applied at all and answered
+  504 after the delay (it timed out before reaching storage);
+
 Two ways to run it: in a thread of the test process (:class:`KubeThread`, used by the spawner tests, which
 drive CasaSpawner on pytest's loop against this server over HTTP), or as a subprocess:
 ``python -m tests.hub.kube PORT`` (for a hub running in its own process).
@@ -71,7 +76,9 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with server-side metadata, PUT, garbage collection and a fault root."""
 
     faults: kmock.RawHandler = attrs.field(factory=kmock.RawHandler)
+    delays: list = attrs.field(factory=list)  # [match(request) -> bool, seconds, lost, times left]
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1))
+    _in_flight: dict = attrs.field(factory=dict)
 
     def declare(self) -> None:
         for plural, kind, namespaced in CORE:
@@ -84,10 +91,56 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
         answers = iter([kmock.Response(status=status, payload=_status(status, "injected fault"))] * times)
         return self.faults[action, kmock.resource(group_version, plural)] << (lambda: next(answers, NotImplemented))
 
+    def delay(self, action, plural: str, seconds: float, times: int = 1, lost: bool = False) -> None:
+        """The next ``times`` requests ``action`` on ``plural`` are answered after ``seconds`` (applied at once,
+        or with ``lost`` not applied at all and answered 504)."""
+        def match(request):
+            return request.action == action and request.resource is not None and request.resource.plural == plural
+
+        self.delays.append([match, float(seconds), lost, times])
+
     def clear_faults(self) -> None:
         self.faults._payloads.clear()
+        self.delays.clear()
+
+    def _take_delay(self, request):
+        for rule in self.delays:
+            if rule[3] > 0 and rule[0](request):
+                rule[3] -= 1
+                return rule[1], rule[2]
+        return None
 
     async def _handle(self, request):
+        self._in_flight[id(request)] = request
+        try:
+            return await self._handle_delayed(request)
+        finally:
+            del self._in_flight[id(request)]
+            self._forget_handled_requests()
+
+    def _forget_handled_requests(self, keep: int = 8) -> None:
+        """kmock matches each request by scanning every request it has ever seen, so a benchmark of thousands
+        of requests turns quadratic (100 ms per pod at 200 users). Nothing here reads that history: keep the
+        recent and the in-flight requests (a request must be in it while its rules are matched)."""
+        for handler in (self, self.faults):
+            history = handler._requests
+            if len(history) > 4 * keep:
+                history[:] = [r for r in history[:-keep] if id(r) in self._in_flight] + history[-keep:]
+
+    async def _handle_delayed(self, request):
+        delay = self._take_delay(request) if self.delays else None
+        if delay is not None:
+            seconds, lost = delay
+            if lost:
+                await asyncio.sleep(seconds)
+                return web.json_response(_status(504, "injected timeout"), status=504)
+            try:
+                return await self._handle_now(request)
+            finally:  # errors too (kmock raises a 409 as an exception) are answered late
+                await asyncio.sleep(seconds)
+        return await self._handle_now(request)
+
+    async def _handle_now(self, request):
         if self.faults._payloads:
             self.faults._requests.append(request)  # kmock's filters select among the root's requests
             try:
@@ -293,6 +346,9 @@ class KubeThread:
     def fail(self, action, plural: str, status: int, times: int = 1, group_version: str = "v1"):
         return self.call(_sync(self.k8s.fail, action, plural, status, times, group_version))
 
+    def delay(self, action, plural: str, seconds: float, times: int = 1, lost: bool = False) -> None:
+        self.call(_sync(self.k8s.delay, action, plural, seconds, times, lost))
+
     def clear_faults(self) -> None:
         self.call(_sync(self.k8s.clear_faults))
 
@@ -304,8 +360,9 @@ async def _sync(fn, *args):
 @attrs.define(kw_only=True)
 class ControlledEmulator(CasaKubeEmulator):
     """For a hub in another process: ``POST /casa-test/faults`` with ``{"method": "POST", "plural": "secrets",
-    "status": 500, "count": 2}`` adds a kmock fault rule, ``{"clear": true}`` removes them all and
-    ``{"kubelet_delay": 2}`` keeps new pods Pending that long."""
+    "status": 500, "count": 2}`` adds a kmock fault rule, ``{"method": "PATCH", "plural": "secrets", "delay": 3,
+    "lost": false, "count": 1}`` a slow answer (see :meth:`CasaKubeEmulator.delay`), ``{"clear": true}`` removes
+    them all and ``{"kubelet_delay": 2}`` keeps new pods Pending that long."""
 
     kubelet: "Kubelet | None" = None
 
@@ -317,6 +374,11 @@ class ControlledEmulator(CasaKubeEmulator):
             self.clear_faults()
         elif "kubelet_delay" in body:
             self.kubelet.delay = float(body["kubelet_delay"])
+        elif "delay" in body:
+            method, plural = body["method"].upper(), body["plural"]
+            self.delays.append([lambda r: r.method == method and r.resource is not None
+                                and r.resource.plural == plural, float(body["delay"]), bool(body.get("lost")),
+                                int(body.get("count", 1))])
         else:
             answers = iter([kmock.Response(status=body["status"], payload=_status(body["status"], "injected fault"))]
                            * int(body.get("count", 1)))
@@ -365,6 +427,12 @@ class Kube:
     def fault(self, method: str, plural: str, status: int, count: int = 1) -> None:
         httpx.post(self.url + "/casa-test/faults", timeout=10, json={
             "method": method, "plural": plural, "status": status, "count": count}).raise_for_status()
+
+    def delay(self, method: str, plural: str, seconds: float, count: int = 1, lost: bool = False) -> None:
+        """The next ``count`` ``method`` requests on ``plural`` are answered after ``seconds`` (applied at once;
+        with ``lost`` not applied and answered 504)."""
+        httpx.post(self.url + "/casa-test/faults", timeout=10, json={
+            "method": method, "plural": plural, "delay": seconds, "count": count, "lost": lost}).raise_for_status()
 
     def kubelet_delay(self, seconds: float) -> None:
         httpx.post(self.url + "/casa-test/faults", json={"kubelet_delay": seconds}, timeout=10).raise_for_status()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casa_hub.demo_oidc import DEMO_USERS
-from tests.support import free_port, stop_process, wait_for_port
+from tests.support import REPO, free_port, stop_process, wait_for_port
 
 
 @dataclass
@@ -29,12 +29,15 @@ class Provider:
         urllib.request.urlopen(req, timeout=10).close()
 
 
-def start_provider(tmp: Path, users=DEMO_USERS, port: int | None = None) -> Provider:
+def start_provider(tmp: Path, users=DEMO_USERS, port: int | None = None,
+                   module: str = "casa_hub.demo_oidc") -> Provider:
+    """The demo provider (or ``module``, run as ``python -m module PORT USERS.json``, e.g.
+    ``tests.hub.rotating_oidc``) on 127.0.0.1."""
     port = port or free_port()
     users_file = tmp / "oidc-users.json"
     users_file.write_text(json.dumps(users))
-    proc = subprocess.Popen([sys.executable, "-m", "casa_hub.demo_oidc", str(port), str(users_file)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "oidc.log", "wb"), start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", module, str(port), str(users_file)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "oidc.log", "ab"), start_new_session=True)
     wait_for_port(port, proc=proc, timeout=30)
     return Provider(f"http://127.0.0.1:{port}", port, proc)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.objects import secret_key
 from tests.hub import hub as H
 from tests.hub.kube import start_kube, stop_kube
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 PROFILES = [
     {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
@@ -71,24 +70,16 @@ def _spawn(hub, name, options: dict) -> httpx.Response:
         return api.post(f"/users/{name}/server", json=options)
 
 
-def _wait(predicate, timeout=40, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def _ready(hub, name):
-    return _wait(lambda: (_user(hub, name)["servers"].get("") or {}).get("ready"), what=f"{name} ready")
+    return wait_until(lambda: (_user(hub, name)["servers"].get("") or {}).get("ready"), what=f"{name} ready")
 
 
 def _stop(hub, name):
     with hub.api() as api:
         api.delete(f"/users/{name}/server")
-    _wait(lambda: not _user(hub, name)["servers"], what=f"{name} stopped")
+    wait_until(lambda: not _user(hub, name)["servers"], what=f"{name} stopped")
 
 
 def _pod(kube, name):
@@ -210,7 +201,7 @@ def test_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_nothing(si
     finally:
         kube.clear_faults()
     assert "Kubernetes is not answering" in message
-    _wait(lambda: _pod(kube, "admin") is None, what="pod removed after the failed spawn")
+    wait_until(lambda: _pod(kube, "admin") is None, what="pod removed after the failed spawn")
     assert _secret(kube, "admin") is None
 
 
@@ -228,7 +219,7 @@ def test_refreshed_credentials_are_patched_into_the_secret(site):
     _ready(hub, "bob")
     first = _secret(kube, "bob")
     token_key = secret_key("xcache.token")
-    changed = _wait(lambda: (lambda s: s if s and s["data"][token_key] != first["data"][token_key] else None)(
+    changed = wait_until(lambda: (lambda s: s if s and s["data"][token_key] != first["data"][token_key] else None)(
         _secret(kube, "bob")), timeout=40, what="Secret refreshed")
     assert changed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
     assert changed["metadata"]["uid"] == first["metadata"]["uid"]  # patched in place, not recreated
@@ -283,7 +274,7 @@ def test_progress_shows_casa_steps(site):
     try:
         poster = threading.Thread(target=_spawn, args=(hub, "admin", {"profile": "cpu"}))
         poster.start()
-        _wait(lambda: (_user(hub, "admin")["servers"].get("") or {}).get("pending") == "spawn", timeout=20,
+        wait_until(lambda: (_user(hub, "admin")["servers"].get("") or {}).get("pending") == "spawn", timeout=20,
               what="spawn pending")
         messages = []
         with hub.api() as api:

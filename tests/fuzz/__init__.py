@@ -1,0 +1,1 @@
+"""Property-based ("Bad input") tests: hostile user names, id_tokens, spawn forms and cluster options."""
