@@ -6,18 +6,24 @@ CILogon do); and test endpoints:
 
 - ``POST /casa-test/rotate-key``: sign with a new key from now on, still publishing the old ones (a rotation);
 - ``POST /casa-test/rogue-key``: sign with a key the JWKS never publishes (a forger holding the refresh token);
-- ``POST /casa-test/expire-access-tokens``: the access tokens expire, so the next refresh uses the refresh grant.
+- ``POST /casa-test/expire-access-tokens``: the access tokens expire, so the next refresh uses the refresh grant;
+- ``POST /casa-test/tamper`` with a :func:`tamper` spec: the id_tokens of the following logins are altered
+  (claims changed and re-signed with the real key, the header changed, bytes flipped, ...); ``{}`` stops it.
 
 Run: ``python -m tests.hub.rotating_oidc PORT USERS.json`` (see ``tests.hub.oidc.start_provider(module=...)``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import sys
 import time
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from casa_hub.demo_oidc import make_app, serialized
@@ -43,12 +49,48 @@ class SigningKeys:
                           "use": "sig", "alg": "RS256"} for kid, key in self.published]}
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def tamper(id_token: str, spec: dict, key: rsa.RSAPrivateKey, kid: str) -> str:
+    """``id_token`` altered as ``spec`` says, one of:
+    ``{"claims": {name: value or None to drop}}`` (re-signed with the real key: only the claims are wrong),
+    ``{"header": {...}}`` (re-signed), ``{"alg": "none"}``, ``{"alg": "HS256-public-key"}`` (HMAC keyed with the
+    provider's public key), ``{"flip": [segment, index]}`` (one character changed, not re-signed),
+    ``{"segments": n}`` (cut to n segments, or padded with empty ones)."""
+    header = jwt.get_unverified_header(id_token)
+    claims = jwt.decode(id_token, options={"verify_signature": False})
+    if "claims" in spec:
+        for name, value in spec["claims"].items():
+            claims.pop(name, None) if value is None else claims.__setitem__(name, value)
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+    if "header" in spec:
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid, **spec["header"]})
+    body = f"{_b64(json.dumps(header | {'alg': spec.get('alg', header['alg'])}).encode())}.{_b64(json.dumps(claims).encode())}"
+    if spec.get("alg") == "none":
+        return body + "."
+    if spec.get("alg") == "HS256-public-key":
+        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return f"{body}.{_b64(hmac.new(public, body.encode(), hashlib.sha256).digest())}"
+    parts = id_token.split(".")
+    if "flip" in spec:
+        segment, index = spec["flip"]
+        text = parts[segment]
+        index %= len(text)
+        parts[segment] = text[:index] + ("A" if text[index] != "A" else "B") + text[index + 1:]
+        return ".".join(parts)
+    n = spec["segments"]
+    return ".".join((parts + [""] * n)[:n])
+
+
 def make_rotating_app(users):
     import flask
     import oidc_provider_mock._app as mock
     from oidc_provider_mock._storage import storage
 
     keys = SigningKeys()
+    tampering: dict = {}
     # authlib signs code-flow id_tokens with these (the demo would use its one kid-less key)
     mock.OpenIDCode.resolve_client_private_key = lambda self, client: keys.private_jwk()
     mock.OpenIDCode.get_encode_header = lambda self, client: {"alg": "RS256", "kid": keys.kid}
@@ -69,7 +111,18 @@ def make_rotating_app(users):
                       "iat": now, "exp": now + 3600}
             body["id_token"] = jwt.encode(claims, keys.key, algorithm="RS256", headers={"kid": keys.kid})
             response.set_data(json.dumps(body))
+        elif (request.path == "/oauth2/token" and request.form.get("grant_type") == "authorization_code"
+              and response.status_code == 200 and tampering):
+            body = json.loads(response.get_data())
+            body["id_token"] = tamper(body["id_token"], tampering, keys.key, keys.kid)
+            response.set_data(json.dumps(body))
         return response
+
+    @app.post("/casa-test/tamper")
+    def set_tampering():
+        tampering.clear()
+        tampering.update(flask.request.get_json(force=True))
+        return {"tampering": tampering}
 
     @app.post("/casa-test/rotate-key")
     def rotate_key():
