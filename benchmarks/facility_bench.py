@@ -212,24 +212,28 @@ def summary(samples: list[float]) -> str:
             f"max {max(samples):8.1f}  n={len(samples)}")
 
 
-def stall_summary(lags: list[float], interval_ms: float = 5.0) -> str:
-    """How much of the wall time the loop spent stalled: samples are taken once per loop turn, so one long
-    stall is one sample among thousands of idle ones; weighting each by its length shows what a request
-    arriving at a random moment meets."""
+def stall_stats(lags: list[float], interval_ms: float = 5.0) -> dict:
+    """How the loop's stalls cover the wall time. The probe samples once per loop turn, so one long stall is
+    one sample among thousands of idle ones; weighting each sample by its length shows what a request arriving
+    at a random moment meets: ``weighted_p99`` (ms) is the stall that 99 % of the time stays under."""
     if not lags:
-        return "n=0"
+        return {"weighted_p99": math.nan, "stalled_s": 0.0, "total_s": 0.0, "stalls": 0}
     weights = [lag + interval_ms for lag in lags]
     total = sum(weights)
-    ordered = sorted(zip(lags, weights))
-    acc, p99 = 0.0, ordered[-1][0]
-    for lag, w in ordered:
+    acc, p99 = 0.0, max(lags)
+    for lag, w in sorted(zip(lags, weights)):
         acc += w
         if acc >= 0.99 * total:
             p99 = lag
             break
-    stalled = sum(lag for lag in lags if lag >= 10)
-    return f"time-weighted p99 {p99:7.1f} ms; stalls >= 10 ms: {sum(1 for x in lags if x >= 10)}, " \
-           f"{stalled / 1000:.1f} s of {total / 1000:.1f} s"
+    long = [lag for lag in lags if lag >= 10]
+    return {"weighted_p99": p99, "stalled_s": sum(long) / 1000, "total_s": total / 1000, "stalls": len(long)}
+
+
+def stall_summary(lags: list[float]) -> str:
+    s = stall_stats(lags)
+    return (f"time-weighted p99 {s['weighted_p99']:7.1f} ms; stalls >= 10 ms: {s['stalls']}, "
+            f"{s['stalled_s']:.1f} s of {s['total_s']:.1f} s")
 
 
 def median(samples: list[float]) -> float:
