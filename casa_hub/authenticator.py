@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import datetime
 import hashlib
@@ -252,12 +253,12 @@ class CasaAuthenticator(GenericOAuthenticator):
         return await self._get_json(provider.jwks_uri)
 
     # ------------------------------------------------------------------ oauthenticator steps
-    async def get_token_info(self, handler, params):
-        """Every token response fresh from the provider: verify its id_token before anything trusts it."""
-        login = params.get("grant_type") == "authorization_code"
+    @contextlib.asynccontextmanager
+    async def _provider_outages(self):
+        """A provider that does not answer, answers 5xx, or is queued too long (599, "Timeout in request
+        queue") is an outage: a clear 503, and recorded for a refresh in progress. 4xx answers pass through."""
         try:
-            await self.discover()
-            token_info = await super().get_token_info(handler, params)
+            yield
         except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
             if isinstance(e, HTTPClientError) and e.code < 500 and e.code != 599:
                 raise
@@ -265,6 +266,13 @@ class CasaAuthenticator(GenericOAuthenticator):
             if outages is not None:
                 outages.append(type(e).__name__)
             raise ProviderUnavailable(self.oidc_issuer) from None
+
+    async def get_token_info(self, handler, params):
+        """Every token response fresh from the provider: verify its id_token before anything trusts it."""
+        login = params.get("grant_type") == "authorization_code"
+        async with self._provider_outages():
+            await self.discover()
+            token_info = await super().get_token_info(handler, params)
         id_token = token_info.get("id_token")
         if id_token:
             # the nonce we sent with this login's authorize request (the callback checked its state already)
@@ -285,16 +293,8 @@ class CasaAuthenticator(GenericOAuthenticator):
     async def token_to_user(self, token_info):
         """userinfo (fresh from the provider) merged over the verified id_token claims; ``sub`` must agree."""
         await self.discover()  # a refresh may be the first request a restarted hub sends to the provider
-        try:
+        async with self._provider_outages():
             user_info = await super().token_to_user(token_info)
-        except (HTTPClientError, OSError, asyncio.TimeoutError) as e:
-            if isinstance(e, HTTPClientError) and e.code < 500 and e.code != 599:
-                raise
-            # userinfo unreachable or overloaded (599 includes "Timeout in request queue"): not a crash
-            outages = _refresh_outages.get()
-            if outages is not None:
-                outages.append(type(e).__name__)
-            raise ProviderUnavailable(self.oidc_issuer) from None
         claims = token_info.get("id_token_claims") or {}
         if claims and user_info.get("sub") != claims.get("sub"):
             raise web.HTTPError(403, reason="Identity mismatch", log_message="userinfo sub != id_token sub")
