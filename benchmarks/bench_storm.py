@@ -74,7 +74,9 @@ def report(r: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--modes", nargs="+", default=["casa", "coffea"], choices=["casa", "coffea"])
+    parser.add_argument("--modes", nargs="+", default=["casa", "coffea"], choices=["casa", "coffea", "kubespawner"],
+                        help="kubespawner: the same hub with plain KubeSpawner and no credential delivery, "
+                             "JupyterHub's own floor")
     parser.add_argument("--ramp", type=float, default=0.0,
                         help="spread the arrivals evenly over this many seconds (default 0: all at once)")
     parser.add_argument("--keep", type=Path, help="keep the logs and state here (default: a temporary directory)")
