@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import datetime
 import re
 import sys
@@ -30,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.coffea_baseline import coffea_casa_mint, _blocking_request  # noqa: E402
+from benchmarks.coffea_baseline import coffea_issue  # noqa: E402
 from benchmarks.facility_bench import facility, stall_summary, storm, summary, user_names  # noqa: E402
 
 LIFETIME = 6 * 3600  # CasaMinter's default lifetimes: the earliest expiry is 6 h after a mint
@@ -63,13 +62,9 @@ async def ping_api(url: str, token: str, stop: asyncio.Event, latencies: list[fl
 
 def baseline(kube_url: str, names: list[str], sample: int) -> float:
     """Seconds per server of the Coffea-Casa recipe: RSA minting + blocking Secret delete/create."""
-    base = f"{kube_url}/api/v1/namespaces/default/secrets"
     t0 = time.perf_counter()
     for name in names[:sample]:
-        files = coffea_casa_mint(name)
-        _blocking_request("DELETE", f"{base}/coffea-{name}")
-        _blocking_request("POST", base, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"coffea-{name}"},
-                                         "data": {k: base64.b64encode(v).decode() for k, v in files.items()}})
+        coffea_issue(kube_url, "default", name)
     return (time.perf_counter() - t0) / sample
 
 

@@ -74,13 +74,19 @@ def _blocking_request(method: str, url: str, body: dict | None = None) -> int:
         return e.code
 
 
-def coffea_pre_spawn_hook(spawner) -> None:
-    """Mint synchronously, then delete-and-create the user's Secret with blocking calls; mount it."""
-    name = f"coffea-{spawner.user.name}"
-    files = coffea_casa_mint(spawner.user.name)
-    base = f"{_api_server()}/api/v1/namespaces/{spawner.namespace}/secrets"
+def coffea_issue(api_server: str, namespace: str, user: str) -> str:
+    """The recipe for one server, all blocking: mint, then delete and re-create the user's Secret."""
+    name = f"coffea-{user}"
+    files = coffea_casa_mint(user)
+    base = f"{api_server}/api/v1/namespaces/{namespace}/secrets"
     _blocking_request("DELETE", f"{base}/{name}")
     _blocking_request("POST", base, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                                      "data": {k: base64.b64encode(v).decode() for k, v in files.items()}})
+    return name
+
+
+def coffea_pre_spawn_hook(spawner) -> None:
+    """:func:`coffea_issue` on the hub's event loop, as a pre_spawn_hook; mounts the Secret."""
+    name = coffea_issue(_api_server(), spawner.namespace, spawner.user.name)
     spawner.volumes = [{"name": "coffea-certs", "secret": {"secretName": name}}]
     spawner.volume_mounts = [{"name": "coffea-certs", "mountPath": "/etc/cmsaf-secrets"}]

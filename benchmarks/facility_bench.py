@@ -46,7 +46,6 @@ c.KubeSpawner.image = "registry.example.org/casa/notebook:bench"
 c.KubeSpawner.profile_list = {profiles!r}
 c.KubeSpawner.start_timeout = 600
 c.KubeSpawner.http_timeout = 300
-c.Spawner.start_timeout = 600
 c.JupyterHub.concurrent_spawn_limit = 0
 c.JupyterHub.cleanup_servers = False
 """

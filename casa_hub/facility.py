@@ -34,7 +34,8 @@ c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.command = [{chp!r}]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
-__import__("casa_hub.hubdb").hubdb.use_sqlite_wal()  # commits without an fsync each
+from casa_hub.hubdb import use_sqlite_wal
+use_sqlite_wal()  # commits without an fsync each (casa_hub/hubdb.py)
 c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
 c.JupyterHub.pid_file = "{state}/jupyterhub.pid"
 c.Authenticator.enable_auth_state = True
