@@ -56,19 +56,49 @@ def _serial(*parts: bytes) -> int:
     return int.from_bytes(hashlib.sha256(b"\0".join(parts)).digest()[:19], "big") | 1
 
 
-@functools.lru_cache(maxsize=1024)
-def _name(common_name: str) -> x509.Name:
-    # X.509 allows 64 bytes (UTF-8) in a common name: cut there, never inside a character (a cut by characters
-    # let non-ASCII user names overflow it and fail the whole mint); names that fit are unchanged
-    common_name = common_name.encode()[:64].decode(errors="ignore")
+# X.509 allows at most 64 bytes (UTF-8) in a common name (RFC 5280 ub-common-name)
+CN_MAX_BYTES = 64
+_CN_HASH_HEX = 16
+
+
+def common_name(prefix: str, user: str, suffix: str = "") -> str:
+    """The common name ``{prefix}{user}{suffix}`` for ``user``, at most 64 bytes (UTF-8) and never shared.
+
+    When the full text fits it is used as is. Otherwise it becomes the longest readable start of
+    ``{prefix}{user}`` (cut between characters), ``/``, the first 16 hex digits of sha256(user) and ``suffix``.
+    Hub user names never contain ``/``, so a shortened name (which always does) can never equal a name that
+    fits, and two shortened names differ by their hash; a name that fits is ``prefix + user + suffix`` and
+    tells its user apart by itself. (A ``user`` with ``/`` in it, which the hub refuses, is always shortened,
+    so this holds for any text.) ``prefix`` and ``suffix`` are the caller's fixed wording: no ``/`` in them.
+    """
+    if "/" in prefix or "/" in suffix:
+        raise ValueError("a common name's fixed wording must not contain '/'")
+    full = f"{prefix}{user}{suffix}"
+    if "/" not in user and len(full.encode()) <= CN_MAX_BYTES:
+        return full
+    tail = f"/{hashlib.sha256(user.encode()).hexdigest()[:_CN_HASH_HEX]}{suffix}"
+    budget = CN_MAX_BYTES - len(tail.encode())
+    head = f"{prefix}{user}"
+    kept = 0
+    for char in head:
+        budget -= len(char.encode())
+        if budget < 0:
+            break
+        kept += 1
+    if kept <= len(prefix):
+        raise ValueError(f"{prefix!r} and {suffix!r} leave no room for the user name in a common name")
+    return head[:kept] + tail
+
+
+def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Casa Hub"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def ca_certificate(ca_key: ec.EllipticCurvePrivateKey, user: str, generation: int = 0,
                    lifetime: datetime.timedelta = datetime.timedelta(days=3650)) -> bytes:
     """The user's self-signed CA certificate (PEM). Same inputs -> same bytes."""
-    name = _name(f"Casa Dask CA for {user} (generation {generation})"[:64])
+    name = _name(common_name("Casa Dask CA for ", user, f" (generation {generation})"))
     public = ca_key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public)
     cert = (
@@ -163,7 +193,7 @@ def issue_leaf(*, ca: UserCA, user: str, role: str, hostnames: Sequence[str], no
     not_after = min(now + lifetime, ca.not_after)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(f"{role}.{user}"[:64])).issuer_name(ca.subject)
+        .subject_name(_name(common_name(f"{role}.", user))).issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before).not_valid_after(not_after)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from casa_hub.credentials import dask_tls
 from casa_hub.credentials.bundle import BundleFile, CredentialBundle
 from tests.support import make_minter
+from tests.user_names import HOSTILE_PAIRS, pair_id
 
 NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.timezone.utc)
 SECRET = b"s" * 48
@@ -169,12 +174,12 @@ def test_manifest_lists_credentials_without_secrets(minter):
     assert token not in bundle.files["casa.json"].content
 
 
-def test_scopes_template_the_user_name(tmp_path):
-    m = make_minter(tmp_path, xcache_scopes=["storage.read:/store", "storage.create:/store/user/{username}"])
+def test_scopes_template_the_user_dir(tmp_path):
+    m = make_minter(tmp_path, xcache_scopes=["storage.read:/store", "storage.create:/store/user/{userdir}"])
     import jwt
 
     claims = jwt.decode(m.mint("carol").files["xcache.token"].content.strip(), options={"verify_signature": False})
-    assert claims["scope"] == "storage.read:/store storage.create:/store/user/carol"
+    assert claims["scope"] == "storage.read:/store storage.create:/store/user/carol~"
 
 
 def test_missing_key_file_is_a_clear_error(tmp_path):
@@ -214,3 +219,120 @@ def test_dns_label_is_safe_and_stable(name):
 def test_dns_labels_do_not_collide():
     assert dask_tls.dns_label("a.b") != dask_tls.dns_label("a-b")
     assert dask_tls.dns_label("a-b") == "a-b"
+
+
+# ---------------------------------------------------------------- subjects name their user (issue 10)
+
+CN_MAX_BYTES = 64  # X.509 ub-common-name, in UTF-8 bytes
+_CN_SHORTENED = re.compile(r"(?P<head>.*)/(?P<hash>[0-9a-f]{16})(?P<suffix>[^/]*)", re.DOTALL)
+
+
+def _cn(name: x509.Name) -> str:
+    (attr,) = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return attr.value
+
+
+def _subjects(user: str) -> dict[str, x509.Name]:
+    """The CA subject and every leaf subject the module issues for ``user``."""
+    ca = dask_tls.user_ca(SECRET, user)
+    subjects = {"ca": ca.subject}
+    for role in dask_tls.ROLES:
+        leaf = dask_tls.issue_leaf(ca=ca, user=user, role=role, hostnames=[], now=NOW,
+                                   lifetime=datetime.timedelta(hours=1))
+        subjects[role] = _cert(leaf.cert_pem).subject
+    return subjects
+
+
+def _assert_readable(cn: str, prefix: str, user: str, suffix: str) -> None:
+    """``cn`` is the full text, or a start of ``prefix + user`` (keeping some of the name) + ``/`` + hash."""
+    assert len(cn.encode()) <= CN_MAX_BYTES, cn
+    if cn == f"{prefix}{user}{suffix}":
+        return
+    m = _CN_SHORTENED.fullmatch(cn)
+    assert m, cn
+    assert m["hash"] == hashlib.sha256(user.encode()).hexdigest()[:16] and m["suffix"] == suffix
+    assert m["head"].startswith(prefix) and len(m["head"]) > len(prefix), cn
+    assert user.startswith(m["head"][len(prefix):]), cn
+
+
+def test_short_names_keep_their_subjects_and_their_exact_ca():
+    """Names that fit are unchanged, so users' existing CA certificates (and the CA files their clients
+    trust) are the very same bytes as before."""
+    subjects = _subjects("alice")
+    assert subjects["ca"].rfc4514_string() == "CN=Casa Dask CA for alice (generation 0),O=Casa Hub"
+    assert {r: subjects[r].rfc4514_string() for r in dask_tls.ROLES} == {
+        r: f"CN={r}.alice,O=Casa Hub" for r in dask_tls.ROLES}
+    assert _cn(dask_tls.user_ca(SECRET, "dörte", 3).subject) == "Casa Dask CA for dörte (generation 3)"
+    pinned = {"alice": "247f6c74ca1f58272093d43f4401a3905f78717eb69de20fee0319590a5061af",
+              "dörte": "f6ab73c3214544f35b208597bc4a96952c120af5aa0a30e4d136d318767b97cb",
+              "用户": "491d1ffde4a7f6c0ae3a0694edba27d02d175f4b162195a36feccf7a0fda20a4"}
+    for user, digest in pinned.items():
+        assert hashlib.sha256(dask_tls.user_ca(SECRET, user).cert_pem).hexdigest() == digest, user
+
+
+def test_names_that_differ_after_64_bytes_get_different_subjects():
+    """Failed before issue 10: both CNs were cut at 64 bytes to the same 'Casa Dask CA for xxx…' and
+    'worker.xxx…'."""
+    first, second = _subjects("x" * 70 + "1"), _subjects("x" * 70 + "2")
+    for kind in first:
+        assert first[kind] != second[kind], kind
+    assert _cn(first["ca"]) == ("Casa Dask CA for " + "x" * 15 + "/"
+                                + hashlib.sha256(("x" * 70 + "1").encode()).hexdigest()[:16] + " (generation 0)")
+    assert _cn(first["worker"]).startswith("worker." + "x" * 40 + "/")
+
+
+@pytest.mark.parametrize("pair", HOSTILE_PAIRS, ids=pair_id)
+def test_every_hostile_pair_gets_distinct_readable_subjects(pair):
+    first, second, _why = pair
+    subjects = {user: _subjects(user) for user in (first, second)}
+    for kind in ("ca", *dask_tls.ROLES):
+        assert subjects[first][kind] != subjects[second][kind], kind
+        assert _cn(subjects[first][kind]) != _cn(subjects[second][kind]), kind
+    for user, by_kind in subjects.items():
+        _assert_readable(_cn(by_kind["ca"]), "Casa Dask CA for ", user, " (generation 0)")
+        for role in dask_tls.ROLES:
+            _assert_readable(_cn(by_kind[role]), f"{role}.", user, "")
+
+
+def test_common_name_keeps_what_fits_and_cuts_between_characters():
+    assert dask_tls.common_name("worker.", "a" * 57) == "worker." + "a" * 57  # exactly 64 bytes
+    cut = dask_tls.common_name("worker.", "a" * 58)
+    assert cut == "worker." + "a" * 40 + "/" + hashlib.sha256(b"a" * 58).hexdigest()[:16]
+    assert len(cut.encode()) == 64
+    # two-, three- and four-byte characters: the cut never splits one and the result never exceeds 64 bytes
+    for char in ("é", "用", "😀"):
+        for n in range(1, 70):
+            cn = dask_tls.common_name("worker.", char * n)
+            assert len(cn.encode()) <= 64
+            _assert_readable(cn, "worker.", char * n, "")
+
+
+def test_a_name_with_a_slash_cannot_pose_as_a_shortened_one():
+    """The hub refuses '/' in names; were one to arrive anyway it is always shortened, so it cannot choose
+    the (public) shortened CN of another user as its name."""
+    victim = "v" * 80
+    squatter = dask_tls.common_name("worker.", victim).removeprefix("worker.")
+    assert len(f"worker.{squatter}".encode()) <= 64
+    assert dask_tls.common_name("worker.", squatter) != dask_tls.common_name("worker.", victim)
+    assert dask_tls.common_name("worker.", "a/b").startswith("worker.a/b/")
+
+
+@pytest.mark.parametrize("prefix,suffix", [("a/", ""), ("", "/x"), ("p" * 50, "")])
+def test_common_name_refuses_wording_that_breaks_it(prefix, suffix):
+    with pytest.raises(ValueError):
+        dask_tls.common_name(prefix, "u" * 80, suffix)
+
+
+@settings(max_examples=300, deadline=None)
+@given(users=st.lists(st.one_of(st.text(min_size=1, max_size=90),
+                                st.builds(lambda c, n, t: c * n + t, st.sampled_from(["x", "é", "用"]),
+                                          st.integers(20, 80), st.text(max_size=3))),
+                      min_size=2, max_size=4, unique=True))
+def test_distinct_users_never_share_a_common_name(users):
+    users = [u.replace("/", "") or "u" for u in users]  # hub names never contain '/'
+    assume(len(set(users)) == len(users))
+    for prefix, suffix in (("Casa Dask CA for ", " (generation 12)"), ("scheduler.", ""), ("client.", "")):
+        names = [dask_tls.common_name(prefix, u, suffix) for u in users]
+        assert len(set(names)) == len(names), names
+        for user, cn in zip(users, names):
+            _assert_readable(cn, prefix, user, suffix)
