@@ -2,9 +2,15 @@
 
 Built on oauthenticator's GenericOAuthenticator by overriding its documented steps only:
 ``get_token_info`` (verify every fresh id_token), ``token_to_user`` (id_token and userinfo must agree),
-``build_auth_state_dict`` (mint), ``get_user_groups``, ``refresh_user``, ``pre_spawn_start``,
-``get_handlers``; plus a login handler that runs discovery before redirecting and binds the id_token to the
-login with a ``nonce`` (as oauthenticator's CILogon handler adds its own authorize parameters).
+``build_auth_state_dict`` (the identity and groups to keep), ``get_user_groups``, ``run_post_auth_hook``
+(bind the hub user to the provider identity and mint, once JupyterHub has admitted the user),
+``refresh_user``, ``pre_spawn_start``, ``get_handlers``; plus a login handler that runs discovery before
+redirecting and binds the id_token to the login with a ``nonce`` (as oauthenticator's CILogon handler adds its
+own authorize parameters), and a callback handler that never logs the callback's query.
+
+Identity: every hub user is bound, at its first login, to the provider's stable identity (``iss`` + ``sub``,
+kept in ``auth_state["casa_identity"]``). A later login or refresh that names another identity for the same
+hub user, or another user name for the same identity, gets no credentials (see docs/admin-guide.md, "Identity").
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import hashlib
 import unicodedata
 from functools import cached_property
 
+from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthLoginHandler
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any, Integer, List, TraitError, Unicode, default, validate
@@ -60,6 +67,24 @@ class CasaLoginHandler(OAuthLoginHandler):
         return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
 
 
+class CasaCallbackHandler(OAuthCallbackHandler):
+    """oauthenticator's callback; a refused or failed login is logged without the callback's query, whose
+    ``code`` and ``state`` tornado's own warning would otherwise print."""
+
+    def log_exception(self, typ, value, tb):
+        summary = f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+        if isinstance(value, web.HTTPError):
+            if value.log_message:
+                self.log.warning("%d %s: %s", value.status_code, summary, value.get_message())
+        else:
+            self.log.error("Uncaught exception %s", summary, exc_info=(typ, value, tb))
+
+
+class CredentialsRefused(Exception):
+    """A refresh that must not mint: the user is no longer admitted, or the provider names another identity.
+    The message says why (no secrets) and is logged; retrying does not help, a new login decides."""
+
+
 class ProviderUnavailable(web.HTTPError):
     def __init__(self, issuer: str):
         super().__init__(503, log_message=f"OIDC provider {issuer} unreachable",
@@ -72,6 +97,7 @@ class CasaAuthenticator(GenericOAuthenticator):
     """Log in with the facility's OIDC provider and mint the user's Casa credentials."""
 
     login_handler = CasaLoginHandler
+    callback_handler = CasaCallbackHandler
 
     oidc_issuer = Unicode(
         "",
@@ -104,6 +130,13 @@ class CasaAuthenticator(GenericOAuthenticator):
             raise TraitError(f"CasaAuthenticator.id_token_algorithms={proposal.value!r}: expected a non-empty "
                              f"list of asymmetric JWS algorithms from {', '.join(ASYMMETRIC_ALGORITHMS)}")
         return proposal.value
+
+    id_token_trusted_audiences = List(
+        Unicode(),
+        help="""Audiences besides ``client_id`` that an id_token may also name (OIDC Core 3.1.3.7: an id_token
+        naming an audience the client does not trust is refused). Default empty: only this hub's
+        ``client_id``. Example: ``["https://cms-auth.web.cern.ch/"]``""",
+    ).tag(config=True)
 
     id_token_leeway = Integer(30, min=0, help="Clock skew tolerated on id_token exp/iat (seconds).").tag(config=True)
 
@@ -281,7 +314,7 @@ class CasaAuthenticator(GenericOAuthenticator):
                 claims = await verify_id_token(
                     id_token, self._jwks, issuer=self._provider.issuer, audience=self.client_id,
                     algorithms=self.id_token_algorithms, leeway=self.id_token_leeway, nonce=nonce,
-                    now=self.clock().timestamp())
+                    now=self.clock().timestamp(), trusted_audiences=self.id_token_trusted_audiences)
             except OIDCError as e:
                 self.log.warning("Refusing login: %s", e)
                 raise web.HTTPError(403, reason="Invalid identity token", log_message=str(e)) from None
@@ -340,18 +373,95 @@ class CasaAuthenticator(GenericOAuthenticator):
         return groups
 
     async def build_auth_state_dict(self, token_info, user_info):
-        """oauthenticator's auth_state plus the user's freshly minted credentials (``auth_state["casa"]``)."""
+        """oauthenticator's auth_state plus the provider identity (``casa_identity``) and groups; credentials
+        are minted only once the user is admitted (:meth:`run_post_auth_hook`, :meth:`refresh_credentials`)."""
         state = super().build_auth_state_dict(token_info, user_info)
         username = self.normalize_username(self.user_info_to_username(user_info))
-        # JupyterHub validates names only after authenticate(): refuse before minting anything
+        # JupyterHub validates names only after authenticate(): a clear message here instead of a bare 403
         if not self.validate_username(username):
             self.log.warning("Refusing login with an invalid user name %r", username[:80])
             raise web.HTTPError(403, reason="User name not allowed",
                                 log_message=f"invalid user name {username[:80]!r}")
-        bundle = await self.mint(username, email=user_info.get("email"))
-        state["casa"] = bundle.to_dict()
+        sub = user_info.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise web.HTTPError(403, reason="Your identity provider sent no subject",
+                                log_message="no 'sub' claim in the verified identity")
+        state["casa_identity"] = {"iss": (await self.discover()).issuer, "sub": sub}
         state["casa_groups"] = sorted(await self.get_user_groups(state))
         return state
+
+    def _verified_email(self, auth_state: dict) -> str | None:
+        """The e-mail, only where the provider says it verified it (``email_verified: true``)."""
+        claims = {**(auth_state.get("token_response", {}).get("id_token_claims") or {}),
+                  **(auth_state.get(self.user_auth_state_key) or {})}
+        email = claims.get("email")
+        return email if isinstance(email, str) and email and claims.get("email_verified") is True else None
+
+    async def run_post_auth_hook(self, handler, auth_model):
+        """JupyterHub runs this only for admitted users (valid name, not blocked, allowed): the admin's
+        ``post_auth_hook`` first, then Casa binds the hub user to the provider identity and mints."""
+        auth_model = await super().run_post_auth_hook(handler, auth_model)
+        name, state = auth_model["name"], auth_model.get("auth_state") or {}
+        identity = state.get("casa_identity")
+        if not identity:
+            raise web.HTTPError(403, reason="No verified identity", log_message=f"no identity for {name!r}")
+        previous = await self._stored_auth_state(handler, name)
+        bound = (previous or {}).get("casa_identity")
+        if bound and bound != identity:
+            self.log.warning("Refusing login as %r: the hub user is bound to another identity at %s",
+                             name[:80], bound.get("iss"))
+            error = web.HTTPError(403, reason="Account bound to another identity",
+                                  log_message=f"hub user {name[:80]!r} is bound to another provider identity")
+            error.jupyterhub_message = ("This account name belongs to another identity at the identity provider. "
+                                        "Please contact the facility administrators.")
+            raise error
+        try:
+            bundle = await self.mint(name, email=self._verified_email(state))
+        except ValueError as e:  # e.g. ServiceX needs a verified e-mail the provider did not give
+            self.log.warning("Refusing login as %r: %s", name[:80], e)
+            error = web.HTTPError(403, reason="Credentials cannot be issued", log_message=str(e))
+            error.jupyterhub_message = f"Your credentials cannot be issued: {e}"
+            raise error from None
+        state["casa"] = bundle.to_dict()
+        auth_model["auth_state"] = state
+        return auth_model
+
+    @staticmethod
+    async def _stored_auth_state(handler, name: str) -> dict | None:
+        """The auth_state JupyterHub keeps for hub user ``name`` (None: no such user yet)."""
+        user = handler.find_user(name) if handler is not None and hasattr(handler, "find_user") else None
+        return await user.get_auth_state() if user is not None else None
+
+    # ------------------------------------------------------------------ admission (login and refresh alike)
+    def _stored_auth_model(self, user, auth_state: dict) -> dict:
+        """The auth model JupyterHub's login checks see, rebuilt from what the last login or refresh stored."""
+        groups = list(auth_state.get("casa_groups", []))
+        admin = True if user.name in self.admin_users or set(groups) & set(self.admin_groups) else None
+        return {"name": user.name, "admin": admin, "groups": groups, "auth_state": auth_state}
+
+    async def admission_refusal(self, name: str, auth_model: dict) -> str | None:
+        """Why JupyterHub's login checks (name, ``blocked_users``, ``allowed_users``/``allowed_groups``/...)
+        would refuse ``name`` now; None when admitted. The same checks, in the same order, as
+        ``Authenticator.get_authenticated_user``, so admission on refresh is admission on login."""
+        if not self.validate_username(name):
+            return "its user name is not valid"
+        if not await maybe_future(self.check_blocked_users(name, auth_model)):
+            return "it is blocked (blocked_users)"
+        if not self.allow_all and not await maybe_future(self.check_allowed(name, auth_model)):
+            return "it is no longer allowed (allowed_users, allowed_groups)"
+        return None
+
+    @staticmethod
+    def identity_refusal(user, stored: dict, refreshed: dict) -> str | None:
+        """Why a refreshed auth model does not belong to ``user`` (None: it does). The provider must name the
+        identity the hub user is bound to, and this very user name (a rename at the provider is a new login)."""
+        bound = stored.get("casa_identity")
+        seen = refreshed["auth_state"].get("casa_identity")
+        if bound and seen != bound:
+            return "the provider now names another identity for this session"
+        if refreshed["name"] != user.name:
+            return "the provider now gives this identity another user name"
+        return None
 
     # ------------------------------------------------------------------ minting and refresh
     async def mint(self, username: str, email: str | None = None) -> CredentialBundle:
@@ -369,20 +479,28 @@ class CasaAuthenticator(GenericOAuthenticator):
 
     async def refresh_user(self, user, handler=None, **kwargs):
         """JupyterHub's refresh: :meth:`refresh_credentials`, then deliver to the user's running servers."""
-        model = await self.refresh_credentials(user, handler, **kwargs)
+        try:
+            model = await self.refresh_credentials(user, handler, **kwargs)
+        except CredentialsRefused:
+            return False
         if isinstance(model, dict) and model.get("auth_state", {}).get("casa"):
             await self._deliver(user, CredentialBundle.from_dict(model["auth_state"]["casa"]))
         return model
 
     async def refresh_credentials(self, user, handler=None, **kwargs):
-        """Keep OIDC tokens and Casa credentials fresh.
+        """Keep OIDC tokens and Casa credentials fresh, for admitted users bound to the same identity only.
 
-        Credentials still far from expiry: nothing to do. Near expiry: refresh with the provider (which
-        re-checks the user) and re-mint. Provider unreachable: keep the session while the credentials are
-        still valid, then require a new login.
+        Every call checks admission against the current configuration (blocked or no longer allowed: refused,
+        also after a hub restart). Credentials still far from expiry: nothing more to do. Near expiry: refresh
+        with the provider, check that it names the same identity and user name and still admits the user, then
+        re-mint. Provider unreachable: keep the session while the credentials are still valid, then require a
+        new login. Raises :class:`CredentialsRefused` when the user must get no fresh credentials.
         """
         auth_state = await user.get_auth_state() or {}
         bundle = CredentialBundle.from_dict(auth_state["casa"]) if auth_state.get("casa") else None
+        refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, auth_state))
+        if refusal:
+            self._refuse(user, refusal)
         if not kwargs.get("force") and not self._needs_refresh(bundle):
             return True
         outages: list[str] = []
@@ -394,6 +512,8 @@ class CasaAuthenticator(GenericOAuthenticator):
                 raise
             outages.append(type(e).__name__)
             model = False
+        except web.HTTPError as e:  # the provider answered, with an identity we must not trust
+            self._refuse(user, f"the provider's answer was refused ({e.log_message or e.reason})")
         finally:
             _refresh_outages.reset(reset)
         if model is False and outages:
@@ -404,16 +524,23 @@ class CasaAuthenticator(GenericOAuthenticator):
             self.log.warning("Credentials of %s expired while the OIDC provider was unavailable: "
                              "a new login is required", user.name)
             return False
-        if isinstance(model, dict) and not await self.check_allowed(model["name"], model):
-            # JupyterHub checks groups at login only: a user the provider moved out of the allowed groups
-            # gets no new credentials
-            self.log.warning("%s is no longer in an allowed group: a new login is required", user.name)
-            return False
+        if not isinstance(model, dict):
+            return model
+        refusal = self.identity_refusal(user, auth_state, model) or await self.admission_refusal(user.name, model)
+        if refusal:
+            self._refuse(user, refusal)
+        bundle = await self.mint(user.name, email=self._verified_email(model["auth_state"]))
+        model["auth_state"]["casa"] = bundle.to_dict()
         return model
+
+    def _refuse(self, user, reason: str):
+        self.log.warning("No fresh credentials for %s: %s; a new login is required", user.name, reason)
+        raise CredentialsRefused(f"{user.name}: {reason}")
 
     async def casa_refresh_credentials(self, user) -> CredentialBundle | None:
         """Called by a running server's refresh timer: refresh now, persist, then deliver to the servers
-        (persisting first means a hub restart never loses credentials a server already has)."""
+        (persisting first means a hub restart never loses credentials a server already has). Raises
+        :class:`CredentialsRefused` when the user must get no fresh credentials."""
         async with self._refresh_slots:
             model = await self.refresh_credentials(user, force=True)
             if not isinstance(model, dict):
@@ -434,10 +561,20 @@ class CasaAuthenticator(GenericOAuthenticator):
         from .mixin import CasaCredentialsMixin
 
         auth_state = await user.get_auth_state() or {}
+        refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, auth_state))
+        if refusal:
+            self.log.warning("Refusing to start a server for %s: %s", user.name, refusal)
+            raise web.HTTPError(403, reason="Not allowed to use this facility",
+                                log_message=f"{user.name}: {refusal}")
         if not auth_state.get("casa"):
             raise web.HTTPError(403, reason="No credentials: please log out and log in again")
         if isinstance(spawner, CasaCredentialsMixin):
-            spawner.casa_bundle = CredentialBundle.from_dict(auth_state["casa"])
+            try:
+                spawner.casa_bundle = CredentialBundle.from_dict(auth_state["casa"])
+            except TraitError as e:  # stored credentials of another user: never mounted
+                self.log.error("Refusing to start %s's server: %s", user.name, e)
+                raise web.HTTPError(403, reason="Credentials belong to another user: please log in again",
+                                    log_message=str(e)) from None
             spawner.casa_groups = list(auth_state.get("casa_groups", []))
 
     def get_handlers(self, app):

@@ -14,13 +14,13 @@ import sys
 
 # the kind of users a facility has: physicists in experiment groups, GPU users, an admin
 DEMO_USERS = [
-    {"sub": "alice", "preferred_username": "alice", "email": "alice@casa.test", "name": "Alice Physicist",
+    {"sub": "alice", "preferred_username": "alice", "email": "alice@casa.test", "email_verified": True, "name": "Alice Physicist",
      "groups": ["cms", "gpu-users"]},
-    {"sub": "bob", "preferred_username": "bob", "email": "bob@casa.test", "name": "Bob Analyst",
+    {"sub": "bob", "preferred_username": "bob", "email": "bob@casa.test", "email_verified": True, "name": "Bob Analyst",
      "groups": ["atlas"]},
-    {"sub": "admin", "preferred_username": "admin", "email": "admin@casa.test", "name": "Facility Admin",
+    {"sub": "admin", "preferred_username": "admin", "email": "admin@casa.test", "email_verified": True, "name": "Facility Admin",
      "groups": ["cms", "facility-admins", "gpu-users"]},
-    {"sub": "eve", "preferred_username": "eve", "email": "eve@casa.test", "name": "Eve Outsider",
+    {"sub": "eve", "preferred_username": "eve", "email": "eve@casa.test", "email_verified": True, "name": "Eve Outsider",
      "groups": ["visitors"]},
 ]
 

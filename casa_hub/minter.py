@@ -17,7 +17,7 @@ from pathlib import Path
 from traitlets import Bool, Enum, Integer, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from .credentials import dask_tls, htcondor, servicex, xcache
+from .credentials import dask_tls, htcondor, servicex, storage, xcache
 from .credentials.bundle import BundleFile, CredentialBundle
 from .credentials.issuer import IssuerKey, jwks_document, load_issuer_key, openid_configuration
 
@@ -93,8 +93,15 @@ class CasaMinter(LoggingConfigurable):
     xcache_enabled = Bool(True, help="Mint a WLCG bearer token for XCache/XRootD.").tag(config=True)
     xcache_scopes = List(
         Unicode(), ["storage.read:/store"],
-        help="""WLCG storage scopes of the XCache token; ``{username}`` is replaced by the user name.
-        Example: ``["storage.read:/store", "storage.create:/store/user/{username}"]``""",
+        help="""WLCG storage scopes of the XCache token (``storage.read|create|modify|stage:PATH``, or SciTokens'
+        ``read:PATH`` / ``write:PATH``). ``{userdir}`` in a path is replaced by the user's storage directory name:
+        a prefix-free escape of the user name ending in ``~`` (``alice`` -> ``alice~``; ``python -m
+        casa_hub.credentials.storage NAME`` prints it), so that XRootD < 5.7, which matches scope paths as plain
+        string prefixes, cannot let ``ali`` into ``alice``'s area. ``{username}`` is refused, as are paths that
+        are relative, end with ``/``, contain ``//``, ``.``, ``..`` or ``%``, use ``{userdir}`` inside a path
+        component, and scopes without ``{userdir}`` that cover the per-user areas (e.g. ``storage.create:/store/user``).
+        The first per-user path is put in the user's environment as ``CASA_STORAGE_AREA``.
+        Example: ``["storage.read:/store", "storage.create:/store/user/{userdir}"]``""",
     ).tag(config=True)
     xcache_audience = List(
         Unicode(), ["https://wlcg.cern.ch/jwt/v1/any"],
@@ -107,8 +114,22 @@ class CasaMinter(LoggingConfigurable):
         "", help="XRootD's ``macaroons.secretkey`` file (base64 of the raw key), shared with the cache."
     ).tag(config=True)
     macaroon_location = Unicode("", help="The cache's ``all.sitename``: the macaroon's location.").tag(config=True)
-    macaroon_path = Unicode("/store", help="Path prefix the macaroon grants read access to.").tag(config=True)
+    macaroon_path = Unicode(
+        "/store",
+        help="""Path prefix the macaroon grants read access to; ``{userdir}`` is replaced by the user's storage
+        directory name, as in ``xcache_scopes`` (``{username}`` is refused: XRootD matches macaroon paths as
+        plain string prefixes). Example: ``"/store/user/{userdir}"``""",
+    ).tag(config=True)
     macaroon_lifetime = _seconds("Lifetime of the macaroon, at most 24 h", 6 * 3600)
+
+    @validate("xcache_scopes", "macaroon_path")
+    def _check_storage_templates(self, proposal):
+        check = storage.check_scopes if proposal.trait.name == "xcache_scopes" else storage.check_path_template
+        try:
+            check(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"CasaMinter.{proposal.trait.name}: {e}") from None
+        return proposal.value
 
     @validate("macaroon_lifetime")
     def _check_macaroon_lifetime(self, proposal):
@@ -123,11 +144,22 @@ class CasaMinter(LoggingConfigurable):
     ).tag(config=True)
     condor_key_id = Unicode("POOL", help="Name of the signing key (its file name in passwords.d).").tag(config=True)
     condor_trust_domain = Unicode(
-        "", help="The pool's ``TRUST_DOMAIN`` (token ``iss``; the identity is ``<user>@<trust domain>``)."
+        "", help="""The pool's ``TRUST_DOMAIN`` (token ``iss``). The identity is ``<account>@<trust domain>``,
+        where ``<account>`` is the hub user name when it is a portable POSIX account name without ``--``, and
+        otherwise a readable prefix + ``--`` + 16 hex digits of its SHA-256 (``python -m
+        casa_hub.credentials.htcondor NAME`` prints it). The pool needs a local account of that name.""",
     ).tag(config=True)
     condor_scopes = List(Unicode(), list(htcondor.DEFAULT_SCOPES),
                          help="Authorization scopes of the IDTOKEN (empty list: unrestricted).").tag(config=True)
     condor_lifetime = _seconds("Lifetime of the IDTOKEN", 6 * 3600)
+
+    @validate("condor_trust_domain")
+    def _check_condor_trust_domain(self, proposal):
+        value = proposal.value
+        if "@" in value or any(c.isspace() for c in value):
+            raise TraitError(f"CasaMinter.condor_trust_domain={value!r}: a TRUST_DOMAIN cannot contain '@' or white "
+                             "space (HTCondor splits the identity <account>@<trust domain> at its first '@')")
+        return value
 
     # ---- ServiceX ----
     servicex_enabled = Bool(False, help="Mint a ServiceX token and client configuration.").tag(config=True)
@@ -137,16 +169,12 @@ class CasaMinter(LoggingConfigurable):
     servicex_secret_file = Unicode("", help="File with the ServiceX deployment's JWT_SECRET_KEY.").tag(config=True)
     servicex_identity = Enum(
         ["username", "email"], "username",
-        help="Identity ServiceX knows users by: the hub user name (older ServiceX, ``sub``) or e-mail.",
+        help="""Identity ServiceX knows users by: the hub user name (older ServiceX, ``sub``) or e-mail.
+        ``email`` uses only an e-mail the identity provider marked verified (``email_verified: true``); a user
+        without one gets no credentials: minting refuses with an error saying so.""",
     ).tag(config=True)
     servicex_identity_claim = Unicode("sub", help="flask-jwt-extended ``JWT_IDENTITY_CLAIM``.").tag(config=True)
-    servicex_token_mode = Enum(
-        ["access", "refresh"], "access",
-        help="""``access``: a short-lived access token in ``servicex.token``, refreshed by the hub.
-        ``refresh``: a refresh token in ``servicex.yaml`` whose jti the hub registers with ServiceX
-        (requires ``CasaAuthenticator.servicex_registrar``).""",
-    ).tag(config=True)
-    servicex_lifetime = _seconds("Lifetime of the ServiceX token", 6 * 3600)
+    servicex_lifetime = _seconds("Lifetime of the ServiceX access token in ``servicex.token``", 6 * 3600)
 
     # ---- Dask TLS ----
     dask_tls_enabled = Bool(True, help="Issue a per-user CA and Dask TLS certificates.").tag(config=True)
@@ -250,11 +278,12 @@ class CasaMinter(LoggingConfigurable):
             if kind:
                 manifest[kind] = {"file": path, "expires_at": expires_at.isoformat() if expires_at else None}
 
-        fmt = {"username": user}
+        area = None  # the user's own storage area (first per-user storage path)
         if self.xcache_enabled:
+            area = storage.storage_area(self.xcache_scopes, user)
             token, exp = xcache.mint_wlcg_token(
                 self.issuer_keys[0], issuer=self.issuer_url, subject=user,
-                scopes=[s.format(**fmt) for s in self.xcache_scopes], audience=
+                scopes=storage.render_scopes(self.xcache_scopes, user), audience=
                 self.xcache_audience[0] if len(self.xcache_audience) == 1 else self.xcache_audience,
                 now=now, lifetime=datetime.timedelta(seconds=self.xcache_lifetime))
             add(XCACHE_TOKEN, token, exp, kind="xcache")
@@ -262,16 +291,22 @@ class CasaMinter(LoggingConfigurable):
         if self.macaroon_enabled:
             mac, exp = xcache.mint_macaroon(
                 secret=self._macaroon_secret, location=self.macaroon_location, user=user,
-                path=self.macaroon_path.format(**fmt), now=now,
+                path=storage.render_path(self.macaroon_path, user), now=now,
                 lifetime=datetime.timedelta(seconds=self.macaroon_lifetime))
             add(XCACHE_MACAROON, mac, exp, kind="macaroon")
             env["CASA_MACAROON_FILE"] = "{mount}/" + XCACHE_MACAROON
+            if area is None and storage.is_per_user(self.macaroon_path):
+                area = storage.render_path(self.macaroon_path, user)
+        if area is not None:
+            env["CASA_STORAGE_AREA"] = area
         if self.condor_enabled:
             tok, exp = htcondor.mint_idtoken(
                 signing_key=self._condor_key, key_id=self.condor_key_id, trust_domain=self.condor_trust_domain,
                 user=user, now=now, lifetime=datetime.timedelta(seconds=self.condor_lifetime),
                 scopes=self.condor_scopes)
             add(CONDOR_TOKEN, tok, exp, kind="htcondor")
+            # the pool account (Owner of the user's jobs) the token names; not a secret
+            manifest["htcondor"]["user"] = env["CASA_CONDOR_USER"] = htcondor.condor_user(user)
             env["_CONDOR_SEC_TOKEN_DIRECTORY"] = "{mount}/" + CONDOR_TOKEN.rsplit("/", 1)[0]
         if self.servicex_enabled:
             self._mint_servicex(user, email, now, add, env)
@@ -282,24 +317,21 @@ class CasaMinter(LoggingConfigurable):
         return CredentialBundle(user=user, issued_at=now, files=files, env=env)
 
     def _mint_servicex(self, user, email, now, add, env):
+        # ``email`` is only ever a provider-verified address: CasaAuthenticator passes None otherwise
         identity = user if self.servicex_identity == "username" else email
         if not identity:
-            raise ValueError(f"ServiceX needs the e-mail of user {user!r} (CasaMinter.servicex_identity='email')")
+            raise ValueError(f"ServiceX needs an e-mail address of user {user!r} that is present and verified by "
+                             "the identity provider (email_verified: true), because "
+                             "CasaMinter.servicex_identity='email'; the provider gave none")
         lifetime = datetime.timedelta(seconds=self.servicex_lifetime)
         token, claims = servicex.mint_servicex_token(
-            secret=self._servicex_secret, identity=identity, token_type=self.servicex_token_mode,
-            identity_claim=self.servicex_identity_claim, now=now, lifetime=lifetime)
+            secret=self._servicex_secret, identity=identity, identity_claim=self.servicex_identity_claim, now=now,
+            lifetime=lifetime)
         exp = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
-        if self.servicex_token_mode == "refresh":
-            add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name,
-                                                        refresh_token=token), exp, kind="servicex")
-            # the registrar needs identity + jti; neither is secret
-            add("servicex.jti", json.dumps({"identity": identity, "jti": claims["jti"]}).encode(), mode=0o444)
-        else:
-            add(SERVICEX_TOKEN, token.encode() + b"\n", exp, kind="servicex")
-            add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name),
-                mode=0o444)
-            env["CASA_SERVICEX_TOKEN_FILE"] = "{mount}/" + SERVICEX_TOKEN
+        add(SERVICEX_TOKEN, token.encode() + b"\n", exp, kind="servicex")
+        add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name),
+            mode=0o444)
+        env["CASA_SERVICEX_TOKEN_FILE"] = "{mount}/" + SERVICEX_TOKEN
         env["CASA_SERVICEX_CONFIG"] = "{mount}/" + SERVICEX_CONFIG
 
     def _mint_dask(self, user, now, add, env):

@@ -5,7 +5,10 @@
 - a per-server refresh timer (armed in ``start()``, restored in ``poll()`` after a hub restart from the expiry
   kept in the spawner state, cancelled in ``stop()``) that calls
   ``self.user.authenticator.casa_refresh_credentials(self.user)`` shortly before
-  ``casa_bundle.expires_at - margin``;
+  ``casa_bundle.expires_at - margin``, and stops for good when that refuses (``CredentialsRefused``);
+- deliveries and removal serialised by one lock: once ``stop()`` has begun, no delivery writes credentials
+  again and no timer is armed, whatever was in flight;
+- a bundle is only ever taken for the server's own user (``casa_bundle`` refuses another user's).
 - Casa's own spawn-progress steps, merged into the spawner's ``progress()``.
 
 Subclasses implement :meth:`casa_write_bundle` and :meth:`casa_remove_bundle`.
@@ -18,7 +21,7 @@ import datetime
 import random
 from typing import AsyncIterator
 
-from traitlets import Float, HasTraits, Instance, List, Unicode, default
+from traitlets import Float, HasTraits, Instance, List, TraitError, Unicode, default, validate
 
 from .credentials.bundle import CredentialBundle
 
@@ -28,6 +31,13 @@ class CasaCredentialsMixin(HasTraits):
 
     casa_bundle = Instance(CredentialBundle, allow_none=True,
                            help="The CredentialBundle for this server (set by CasaAuthenticator.pre_spawn_start).")
+
+    @validate("casa_bundle")
+    def _casa_own_bundle_only(self, proposal):
+        bundle = proposal.value
+        if bundle is not None and bundle.user != self.user.name:
+            raise TraitError(f"refusing credentials of {bundle.user!r} for {self.user.name!r}'s server")
+        return bundle
 
     casa_groups = List(Unicode(), help="The user's groups at login (set by CasaAuthenticator.pre_spawn_start).")
 
@@ -61,24 +71,43 @@ class CasaCredentialsMixin(HasTraits):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ delivery
+    # set when stop() begins, cleared when start() begins: a delivery that lost the race with a stop is dropped
+    _casa_stopped = False
+
+    @property
+    def _casa_delivery_lock(self) -> asyncio.Lock:
+        return self.__dict__.setdefault("_casa_lock", asyncio.Lock())
+
     async def casa_apply_bundle(self, bundle: CredentialBundle) -> None:
-        """Deliver refreshed credentials to the running server and re-arm the refresh timer."""
+        """Deliver refreshed credentials to the running server and re-arm the refresh timer (nothing once the
+        server is stopping)."""
         if bundle.user != self.user.name:
             raise ValueError(f"refusing to deliver credentials of {bundle.user!r} to {self.user.name!r}'s server")
-        self.casa_bundle = bundle
-        await self.casa_write_bundle(bundle)
+        async with self._casa_delivery_lock:
+            if self._casa_stopped:
+                self.log.info("Not delivering credentials to %s: the server is stopping", self._log_name)
+                return
+            self.casa_bundle = bundle
+            await self.casa_write_bundle(bundle)
         self.log.info("Delivered fresh credentials to %s (earliest expiry %s)", self._log_name, bundle.expires_at)
         self.casa_schedule_refresh(bundle.expires_at)
 
+    async def start(self):
+        self._casa_stopped = False
+        return await super().start()
+
     async def stop(self, now=False):
-        """Stop the server, then remove its credentials (whatever happened while stopping)."""
+        """Stop the server, then remove its credentials (whatever happened while stopping); a delivery in
+        flight finishes first and is then removed with the rest, a later one is dropped."""
+        self._casa_stopped = True
         self.casa_cancel_refresh()
         self._casa_expires_at = None  # so that poll() while stopping does not re-arm the timer
         try:
             await super().stop(now=now)
         finally:
             try:
-                await self.casa_remove_bundle()
+                async with self._casa_delivery_lock:
+                    await self.casa_remove_bundle()
             except Exception:  # never hide why the stop happened; what is owned by the pod goes with it
                 self.log.exception("Could not remove the credentials of %s", self._log_name)
 
@@ -99,6 +128,8 @@ class CasaCredentialsMixin(HasTraits):
     def casa_schedule_refresh(self, expires_at: datetime.datetime | None) -> None:
         """(Re-)arm the timer for credentials expiring at ``expires_at`` (None: nothing expires)."""
         self.casa_cancel_refresh()
+        if self._casa_stopped:
+            return
         self._casa_expires_at = expires_at
         if expires_at is None:
             return
@@ -111,17 +142,25 @@ class CasaCredentialsMixin(HasTraits):
             task.cancel()
 
     async def _casa_refresh_after(self, delay: float) -> None:
+        from .authenticator import CredentialsRefused
+
         await asyncio.sleep(delay)
         try:
             bundle = await self.user.authenticator.casa_refresh_credentials(self.user)
         except asyncio.CancelledError:
             raise
+        except CredentialsRefused as e:  # final: the authenticator logged why; a new login decides
+            self.log.warning("Credentials of %s are no longer renewed (%s); they lapse at %s", self._log_name,
+                             e, self._casa_expires_at)
+            return
         except Exception:
             self.log.exception("Refreshing the credentials of %s failed", self._log_name)
             bundle = None
         if bundle is not None:
             return  # delivered through casa_apply_bundle, which re-armed the timer
         now = datetime.datetime.now(datetime.timezone.utc)
+        if self._casa_stopped:
+            return
         if self._casa_expires_at is not None and now + datetime.timedelta(
                 seconds=self.casa_refresh_retry_interval) < self._casa_expires_at:
             self.log.warning("Credentials of %s not refreshed; trying again in %.0f s (they lapse at %s)",
@@ -210,6 +249,7 @@ class CasaCredentialsMixin(HasTraits):
     async def poll(self):
         status = await super().poll()
         # after a hub restart the timer is gone: re-arm it from the persisted expiry
-        if status is None and self._casa_refresh_task is None and self._casa_expires_at is not None:
+        if (status is None and self._casa_refresh_task is None and self._casa_expires_at is not None
+                and not self._casa_stopped):
             self.casa_schedule_refresh(self._casa_expires_at)
         return status

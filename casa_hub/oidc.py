@@ -60,6 +60,7 @@ class JWKSCache:
                  clock: Callable[[], float] = time.monotonic):
         self._fetch = fetch
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._declared: dict[str, str | None] = {}
         self._fetched_at: float | None = None
         self._interval = min_refetch_interval
         self._clock = clock
@@ -67,16 +68,21 @@ class JWKSCache:
 
     async def refresh(self) -> None:
         document = await self._fetch()
-        keys = {}
+        keys, declared = {}, {}
         for jwk in document.get("keys", []):
-            if jwk.get("use", "sig") != "sig" or "kid" not in jwk:
+            if not isinstance(jwk, dict) or not verifies_signatures(jwk) or "kid" not in jwk:
                 continue
             try:
                 keys[jwk["kid"]] = jwt.PyJWK(jwk)
             except jwt.PyJWKError:
                 continue  # a key type we cannot use; others may still be fine
-        self._keys = keys
+            declared[jwk["kid"]] = jwk.get("alg")
+        self._keys, self._declared = keys, declared
         self._fetched_at = self._clock()
+
+    def declared_alg(self, key: jwt.PyJWK) -> str | None:
+        """The ``alg`` the provider published with ``key`` (None: not restricted to one algorithm)."""
+        return next((self._declared.get(kid) for kid, k in self._keys.items() if k is key), None)
 
     def _may_refetch(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at >= self._interval
@@ -111,6 +117,20 @@ class JWKSCache:
             raise OIDCError("the id_token was signed with a key the provider does not publish") from None
 
 
+def verifies_signatures(jwk: Mapping) -> bool:
+    """Whether RFC 7517 lets this key verify signatures: ``use`` absent or ``sig`` (4.2), ``key_ops`` absent or
+    naming ``verify`` (4.3), and, when both are present, consistent (a ``sig`` key may only sign and verify)."""
+    use, ops = jwk.get("use"), jwk.get("key_ops")
+    if use is not None and use != "sig":
+        return False
+    if ops is not None:
+        if not isinstance(ops, list) or "verify" not in ops:
+            return False
+        if use is not None and not set(ops) <= {"sign", "verify"}:
+            return False
+    return True
+
+
 def _numeric_date(claims: Mapping, name: str) -> float:
     """A NumericDate claim (RFC 7519 section 2: a JSON number); strings, booleans, NaN, infinities and numbers
     too large for a float are refused (PyJWT does not look at time claims it is told not to verify)."""
@@ -136,8 +156,17 @@ def _signed_by(token: str, key: jwt.PyJWK, alg: str) -> bool:
 
 async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience: str,
                           algorithms: Sequence[str] = ("RS256", "ES256"), leeway: float = 30.0,
-                          nonce: str | None = None, now: float | None = None) -> dict:
-    """Verify signature, ``iss``, ``aud``, ``exp``, ``iat`` (and ``nonce`` if we sent one); return the claims."""
+                          nonce: str | None = None, now: float | None = None,
+                          trusted_audiences: Sequence[str] = ()) -> dict:
+    """Verify an id_token as OpenID Connect Core 1.0 section 3.1.3.7 requires; return its claims.
+
+    Signature with a published key usable for it (RFC 7517 ``use``/``key_ops``/``alg``) and an accepted
+    asymmetric ``alg``; no unknown ``crit`` extensions (RFC 7515 4.1.11, refused by PyJWT's header parsing);
+    ``iss`` exactly the provider's; ``aud`` containing ``audience`` (our client id) and no audience we do not
+    trust; ``azp``, when present, our client id, and present when there are several audiences; ``exp``,
+    ``iat`` (and ``nbf``) against the clock with ``leeway``; ``sub`` present; ``nonce`` equal to the one we
+    sent, when we sent one.
+    """
     allowed = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
     try:
         header = jwt.get_unverified_header(token)
@@ -153,6 +182,9 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
         key = await keys.get(None)
     if key.key_type != _KEY_TYPES.get(alg[:2]):  # an RSA key must not verify an ES token, and so on
         raise OIDCError(f"id_token algorithm {alg} does not match the provider's {key.key_type} key {kid!r}")
+    declared = keys.declared_alg(key)
+    if declared is not None and declared != alg:  # RFC 7517 4.4: the key is meant for one algorithm only
+        raise OIDCError(f"the provider's key {kid!r} is for {declared}, not {alg}")
     options = {"require": ["iss", "aud", "exp", "iat", "sub"]}
     try:
         if now is not None:
@@ -179,8 +211,14 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
         raise OIDCError("the id_token signature is invalid") from None
     except jwt.PyJWTError as e:
         raise OIDCError(f"the id_token is invalid: {e}") from None
-    if isinstance(claims.get("aud"), list) and len(claims["aud"]) > 1 and claims.get("azp") != audience:
-        raise OIDCError("the id_token has several audiences and names another authorized party")
+    audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+    untrusted = [a for a in audiences if a != audience and a not in trusted_audiences]
+    if untrusted:
+        raise OIDCError("the id_token is also meant for an audience this client does not trust")
+    if "azp" in claims and claims["azp"] != audience:
+        raise OIDCError("the id_token was issued to another authorized party (azp)")
+    if len(audiences) > 1 and "azp" not in claims:
+        raise OIDCError("the id_token has several audiences and names no authorized party (azp)")
     if nonce is not None and claims.get("nonce") != nonce:
         raise OIDCError("the id_token nonce does not match this login")
     return claims

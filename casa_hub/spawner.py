@@ -235,20 +235,22 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         async def patch():
             try:
                 current = await self.api.read_namespaced_secret(name, self.namespace)
+                body = objects.secret_update_patch(secret, current.data)
+                if owner is None:
+                    body["metadata"].pop("ownerReferences")
+                await self.api.patch_namespaced_secret(name, self.namespace, body,
+                                                       _content_type="application/merge-patch+json")
+                return
             except ApiException as e:
                 if e.status != 404:
                     raise
-                if owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
-                    self.log.info("No Secret %s yet; the starting server will get the fresh credentials", name)
-                    return
+            if self._casa_stopped:  # deleted with the pod of a server that is stopping: nothing to deliver to
+                self.log.info("Secret %s is gone with the stopping server; not creating it again", name)
+            elif owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
+                self.log.info("No Secret %s yet; the starting server will get the fresh credentials", name)
+            else:
                 self.log.warning("Secret %s had gone; creating it again", name)
                 await self.api.create_namespaced_secret(self.namespace, secret)
-                return
-            body = objects.secret_update_patch(secret, current.data)
-            if owner is None:
-                body["metadata"].pop("ownerReferences")
-            await self.api.patch_namespaced_secret(name, self.namespace, body,
-                                                   _content_type="application/merge-patch+json")
 
         await self._casa_request(patch, f"refreshing Secret {name}")
 

@@ -83,6 +83,8 @@ class MountedBundle:
     user: str
     issued_at: datetime.datetime | None
     credentials: Mapping[str, Credential]
+    # the HTCondor account the IDTOKEN names (the Owner of the user's jobs; not the hub name for e-mail-like ones)
+    condor_user: str | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -106,7 +108,8 @@ class MountedBundle:
         }
         # the CA certificate is not in the manifest (it does not expire with the bundle) but is needed for TLS
         credentials.setdefault("dask-ca", Credential("dask-ca", directory / DASK_CA, None))
-        return cls(directory, manifest.get("user", ""), ts(manifest.get("issued_at")), credentials)
+        condor_user = (manifest.get("credentials", {}).get("htcondor") or {}).get("user")
+        return cls(directory, manifest.get("user", ""), ts(manifest.get("issued_at")), credentials, condor_user)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "MountedBundle":

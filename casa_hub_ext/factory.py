@@ -27,7 +27,7 @@ from typing import Mapping
 from distributed import LocalCluster
 from distributed.security import Security
 
-from .bundle import MountedBundle
+from .bundle import CredentialError, MountedBundle
 from .errors import OptionError
 from .gpu import Inventory, discover
 from .options import CasaClusterSettings, ClusterOptions, OptionsSpec
@@ -86,8 +86,12 @@ def local_kwargs(options: ClusterOptions, bundle: MountedBundle, inventory: Inve
 
 # ---------------------------------------------------------------------------------------------- htcondor
 def htcondor_job_directives(options: ClusterOptions, bundle: MountedBundle, settings: CasaClusterSettings) -> dict:
-    """Submit-file lines for one worker job (pure: tested as a dict)."""
-    user = bundle.user
+    """Submit-file lines for one worker job (pure: tested as a dict). The accounting user is the pool account
+    the IDTOKEN names, never the hub name (``bob@cern.ch`` is no account: such jobs would never run)."""
+    user = bundle.condor_user
+    if not user:
+        raise CredentialError("htcondor", "your HTCondor token names no pool account (credentials minted before "
+                                          "the account mapping); restart your server to get fresh credentials")
     dask_dir = bundle.directory / "dask"
     directives = {
         "should_transfer_files": "YES",

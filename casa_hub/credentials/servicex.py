@@ -1,16 +1,12 @@
 """ServiceX credentials in ServiceX's own dialect (flask-jwt-extended, HS256 with the deployment's
 ``JWT_SECRET_KEY``), plus the client's ``servicex.yaml``.
 
-ServiceX honours a *refresh* token only when its ``jti`` is the one it has stored for that user, so Casa
-supports two delivery modes (see docs/admin-guide.md, "ServiceX"):
-
-* ``refresh``: a refresh token goes into ``servicex.yaml`` exactly as ServiceX's own web UI would hand it
-  out; the hub must register its ``jti`` with the ServiceX deployment (a pluggable registrar) before the
-  token is usable. The client then obtains access tokens itself.
-* ``access`` (no registrar needed): a short-lived *access* token is written to ``servicex.token`` and
-  refreshed by the hub like every other credential; ``servicex.yaml`` carries the endpoint only. The
-  ServiceX client reads access tokens from ``BEARER_TOKEN_FILE``, which in a Casa pod belongs to the
-  storage token, so ``casa_hub_ext.servicex`` points the client at this file for the ServiceX call only.
+Casa delivers a short-lived *access* token (``servicex.token``), refreshed by the hub like every other
+credential, and a ``servicex.yaml`` that names the endpoint only (see docs/admin-guide.md, "ServiceX").
+Casa never mints *refresh* tokens: ServiceX honours one only when its ``jti`` is the one it stored for that
+user when its own web UI issued it, and ServiceX has no API through which another service could register one.
+The ServiceX client reads access tokens from ``BEARER_TOKEN_FILE``, which in a Casa pod belongs to the storage
+token, so ``casa_hub_ext.servicex`` points the client at this file for the ServiceX call only.
 """
 
 from __future__ import annotations
@@ -22,17 +18,13 @@ import uuid
 
 import jwt
 
-TOKEN_TYPES = ("access", "refresh")
 # a JSON surrogate-pair escape (not preceded by an escaped backslash), rewritten as one YAML \U escape
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
-def servicex_token_claims(*, identity: str, token_type: str, now: datetime.datetime,
-                          lifetime: datetime.timedelta, identity_claim: str = "sub",
-                          jti: str | None = None) -> dict:
-    """Claims as flask-jwt-extended 4.x creates them (``create_access_token`` / ``create_refresh_token``)."""
-    if token_type not in TOKEN_TYPES:
-        raise ValueError(f"token_type must be one of {TOKEN_TYPES}, got {token_type!r}")
+def servicex_token_claims(*, identity: str, now: datetime.datetime, lifetime: datetime.timedelta,
+                          identity_claim: str = "sub", jti: str | None = None) -> dict:
+    """Access-token claims as flask-jwt-extended 4.x creates them (``create_access_token``)."""
     if lifetime <= datetime.timedelta(0):
         raise ValueError("token lifetime must be positive")
     if not identity:
@@ -42,7 +34,7 @@ def servicex_token_claims(*, identity: str, token_type: str, now: datetime.datet
         "fresh": False,
         "iat": iat,
         "jti": jti or str(uuid.uuid4()),
-        "type": token_type,
+        "type": "access",
         identity_claim: identity,
         "nbf": iat,
         "exp": iat + int(lifetime.total_seconds()),
@@ -51,19 +43,20 @@ def servicex_token_claims(*, identity: str, token_type: str, now: datetime.datet
 
 
 def mint_servicex_token(*, secret: bytes, **claims_kwargs) -> tuple[str, dict]:
-    """A signed ServiceX token and its claims (the caller needs ``jti`` to register refresh tokens)."""
+    """A signed ServiceX access token and its claims."""
     claims = servicex_token_claims(**claims_kwargs)
     return jwt.encode(claims, secret, algorithm="HS256"), claims
 
 
-def servicex_yaml(*, endpoint: str, name: str, refresh_token: str = "") -> bytes:
-    """The client configuration file (``servicex.yaml``) read by the ``servicex`` package.
+def servicex_yaml(*, endpoint: str, name: str) -> bytes:
+    """The client configuration file (``servicex.yaml``) read by the ``servicex`` package: the endpoint and no
+    token (the access token is in its own file, see the module docstring).
 
     Written in YAML's JSON flow style: the client parses it with ``yaml.safe_load`` all the same, and
     emitting it costs 20x less than PyYAML's emitter on the login path.
     """
     doc = {
-        "api_endpoints": [{"endpoint": endpoint, "name": name, "token": refresh_token}],
+        "api_endpoints": [{"endpoint": endpoint, "name": name, "token": ""}],
         "default-endpoint": name,
     }
     text = json.dumps(doc)

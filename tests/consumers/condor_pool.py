@@ -64,7 +64,7 @@ MOUNT_UNDER_SCRATCH =
 SCHEDD_ADDRESS_FILE = $(LOG)/.schedd_address
 STARTD_ADDRESS_FILE = $(LOG)/.startd_address
 
-# identities: tokens map to <user>@TRUST_DOMAIN; jobs run as that Unix user (same UID_DOMAIN)
+# identities: tokens name <account>@TRUST_DOMAIN (condor_user of the hub name); jobs run as that Unix user
 TRUST_DOMAIN = {domain}
 UID_DOMAIN = {domain}
 SEC_PASSWORD_DIRECTORY = {work}/passwords.d
@@ -289,7 +289,8 @@ def probe_token(pool_key: bytes, trust_domain: str) -> str:
 def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUST_DOMAIN,
                timeout: float = 60) -> Pool:
     """Start a pool whose signing key is a fresh ``keys.generate("condor")``; the hub's copy goes to
-    ``hub_key_file`` (for the minter), the pool's copy exists only inside the pool's namespace."""
+    ``hub_key_file`` (for the minter), the pool's copy exists only inside the pool's namespace. ``users`` are
+    local *account* names (``condor_user`` of hub names), added to the pool's private ``/etc/passwd``."""
     import htcondor2
 
     t0 = time.monotonic()

@@ -4,6 +4,9 @@ the same library and settings (flask-jwt-extended, HS256 with the deployment's J
 Mirrors ssl-hep/ServiceX servicex_app: ``resources/users/token_refresh.py`` (a refresh token is accepted only
 when its ``jti`` equals the jti of the refresh token stored for that user) and ``decorators.auth_required``
 (API calls need a valid access token of an existing, non-pending user; 401 otherwise).
+
+Casa mints access tokens only; ``/token/refresh`` stays here so that tests can show an access token is refused
+there (and that nothing of Casa's ever calls it).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 from casa_hub.credentials import htcondor as idtokens
 from casa_hub.minter import CONDOR_TOKEN, DASK_CA
 from tests.consumers import condor_pool
-from tests.support import make_minter, need
+from tests.support import make_minter
 
 pytestmark = pytest.mark.consumer("htcondor")
 
@@ -31,37 +31,13 @@ AUTH_FAILED = "Failed to authenticate using IDTOKENS"
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    need(condor_pool.available(), f"HTCondor root at {condor_pool.CONDOR_ROOT} (condor_master, unshare, nsenter)")
-    p = condor_pool.start_pool(tmp_path_factory.mktemp("hub-keys") / "condor-pool.key")
-    print(f"\nHTCondor pool up (schedd answering) in {p.startup_seconds:.2f} s")
-    try:
-        yield p
-    finally:
-        condor_pool.stop_pool(p)
-        assert not p.pids(), "pool processes survived teardown"
+def pool(condor_module_pool):
+    return condor_module_pool
 
 
 @pytest.fixture(scope="module")
-def htc(pool):
-    """The htcondor2 bindings configured as a token-only client of the pool, with a client log."""
-    import htcondor2
-
-    client_env = {"CONDOR_CONFIG": str(pool.client_config), "_CONDOR_TOOL_LOG": str(pool.work / "log" / "ClientLog"),
-                  "_CONDOR_TOOL_DEBUG": "D_SECURITY:2"}
-    saved = {k: os.environ.get(k) for k in client_env}
-    os.environ.update(client_env)
-    htcondor2.reload_config()
-    htcondor2.enable_log()
-    try:
-        yield htcondor2
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        htcondor2.reload_config()
+def htc(condor_bindings):
+    return condor_bindings
 
 
 @pytest.fixture(scope="module")

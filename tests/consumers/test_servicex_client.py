@@ -1,11 +1,12 @@
 """The real ``servicex`` client, configured only by the files Casa mints, against a server applying
-ServiceX's own token rules (tests/consumers/sx_contract.py)."""
+ServiceX's own token rules (tests/consumers/sx_contract.py).
+
+Casa delivers access tokens only: ServiceX accepts a refresh token only when it stored that token's jti itself
+(its own web UI issued it), and has no API through which the hub could register one."""
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,9 @@ def server(tmp_path):
         yield s
 
 
-def _minter(tmp_path, server, mode):
+def _minter(tmp_path, server, **overrides):
     return make_minter(tmp_path / "keys", servicex_endpoint=server.url, servicex_secret_file=str(server.secret_file),
-                       servicex_token_mode=mode)
+                       **overrides)
 
 
 async def _info(client: ServiceXClient):
@@ -42,44 +43,7 @@ def _client(config: Path, tmp_path) -> ServiceXClient:
     return ServiceXClient(config_path=str(config), cache_dir=str(tmp_path / "sx-cache"))
 
 
-# ---------------------------------------------------------------- refresh mode
-
-def _register(server, bundle):
-    reg = json.loads(bundle.files["servicex.jti"].content)
-    server.users[reg["identity"]] = User(reg["identity"], refresh_jti=reg["jti"])
-    return reg
-
-
-async def test_refresh_mode_client_authenticates_after_registration(tmp_path, server, monkeypatch):
-    monkeypatch.delenv("BEARER_TOKEN_FILE", raising=False)
-    bundle = _minter(tmp_path, server, "refresh").mint("alice")
-    reg = _register(server, bundle)
-    assert reg["identity"] == "alice"
-    pod = write_bundle(bundle, tmp_path / "pod")
-    info = await _info(_client(pod / "servicex.yaml", tmp_path))
-    assert info.app_version == "contract"
-    assert ("/token/refresh", 200) in server.requests
-    assert ("/servicex", 200) in server.requests
-
-
-async def test_unregistered_refresh_token_is_refused(tmp_path, server, monkeypatch):
-    monkeypatch.delenv("BEARER_TOKEN_FILE", raising=False)
-    minter = _minter(tmp_path, server, "refresh")
-    _register(server, minter.mint("alice"))  # the registered jti belongs to an older login
-    pod = write_bundle(minter.mint("alice"), tmp_path / "pod")
-    with pytest.raises(AuthorizationError):
-        await _info(_client(pod / "servicex.yaml", tmp_path))
-    assert ("/token/refresh", 401) in server.requests
-
-
-async def test_refresh_token_of_unknown_user_is_refused(tmp_path, server, monkeypatch):
-    monkeypatch.delenv("BEARER_TOKEN_FILE", raising=False)
-    pod = write_bundle(_minter(tmp_path, server, "refresh").mint("nobody"), tmp_path / "pod")
-    with pytest.raises(AuthorizationError):
-        await _info(_client(pod / "servicex.yaml", tmp_path))
-
-
-# ---------------------------------------------------------------- access mode
+# ---------------------------------------------------------------- the access token
 
 def _pod_env(monkeypatch, bundle, pod: Path):
     for k, v in bundle.env_for(str(pod)).items():
@@ -87,7 +51,7 @@ def _pod_env(monkeypatch, bundle, pod: Path):
 
 
 async def test_access_mode_client_authenticates_without_registration(tmp_path, server, monkeypatch):
-    bundle = _minter(tmp_path, server, "access").mint("alice")
+    bundle = _minter(tmp_path, server).mint("alice")
     server.users["alice"] = User("alice")
     pod = write_bundle(bundle, tmp_path / "pod")
     _pod_env(monkeypatch, bundle, pod)  # BEARER_TOKEN_FILE is the XCache token, as in a real pod
@@ -99,7 +63,7 @@ async def test_access_mode_client_authenticates_without_registration(tmp_path, s
 
 async def test_plain_client_in_pod_would_send_the_storage_token(tmp_path, server, monkeypatch):
     """Why casa_hub_ext.servicex exists: the unpatched client picks BEARER_TOKEN_FILE (the XCache token)."""
-    bundle = _minter(tmp_path, server, "access").mint("alice")
+    bundle = _minter(tmp_path, server).mint("alice")
     server.users["alice"] = User("alice")
     pod = write_bundle(bundle, tmp_path / "pod")
     _pod_env(monkeypatch, bundle, pod)
@@ -109,7 +73,7 @@ async def test_plain_client_in_pod_would_send_the_storage_token(tmp_path, server
 
 
 async def test_pending_user_is_refused(tmp_path, server, monkeypatch):
-    bundle = _minter(tmp_path, server, "access").mint("alice")
+    bundle = _minter(tmp_path, server).mint("alice")
     server.users["alice"] = User("alice", pending=True)
     pod = write_bundle(bundle, tmp_path / "pod")
     _pod_env(monkeypatch, bundle, pod)
@@ -119,7 +83,7 @@ async def test_pending_user_is_refused(tmp_path, server, monkeypatch):
 
 
 async def test_unknown_user_access_token_is_refused(tmp_path, server, monkeypatch):
-    bundle = _minter(tmp_path, server, "access").mint("mallory")
+    bundle = _minter(tmp_path, server).mint("mallory")
     pod = write_bundle(bundle, tmp_path / "pod")
     _pod_env(monkeypatch, bundle, pod)
     with pytest.raises(AuthorizationError):
@@ -137,7 +101,7 @@ def _write_access_token(tmp_path, monkeypatch, server, token: str):
 
 async def test_token_signed_with_another_secret_is_refused(tmp_path, server, monkeypatch):
     server.users["alice"] = User("alice")
-    token, _ = sx.mint_servicex_token(secret=b"x" * 48, identity="alice", token_type="access",
+    token, _ = sx.mint_servicex_token(secret=b"x" * 48, identity="alice",
                                       now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR)
     _write_access_token(tmp_path, monkeypatch, server, token)
     with pytest.raises(Exception):
@@ -147,19 +111,47 @@ async def test_token_signed_with_another_secret_is_refused(tmp_path, server, mon
 
 async def test_expired_access_token_is_not_accepted(tmp_path, server, monkeypatch):
     server.users["alice"] = User("alice")
-    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice", token_type="access",
+    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice",
                                       now=datetime.datetime.now(datetime.timezone.utc) - 3 * HOUR, lifetime=HOUR)
     _write_access_token(tmp_path, monkeypatch, server, token)
-    with pytest.raises(Exception):
+    with pytest.raises(AuthorizationError, match="Casa ServiceX access token .* expired"):
         await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))
     assert ("/servicex", 200) not in server.requests
+    # there is no refresh token: the helper never asks ServiceX to refresh (the hub renews the file)
+    assert not [r for r in server.requests if r[0] == "/token/refresh"]
+
+
+async def test_token_renewed_by_the_hub_is_picked_up(tmp_path, server, monkeypatch):
+    server.users["alice"] = User("alice")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stale, _ = sx.mint_servicex_token(secret=server.secret, identity="alice", now=now - 3 * HOUR, lifetime=HOUR)
+    _write_access_token(tmp_path, monkeypatch, server, stale)
+    client = servicex_client(cache_dir=str(tmp_path / "sx-cache"))
+    with pytest.raises(AuthorizationError):
+        await _info(client)
+    fresh, _ = sx.mint_servicex_token(secret=server.secret, identity="alice", now=now, lifetime=HOUR)
+    (tmp_path / "pod" / "servicex.token").write_text(fresh + "\n")  # what the hub's refresh does
+    assert (await _info(client)).app_version == "contract"
+    assert not [r for r in server.requests if r[0] == "/token/refresh"]
+
+
+async def test_email_identity_authenticates_as_the_verified_address(tmp_path, server, monkeypatch):
+    minter = _minter(tmp_path, server, servicex_identity="email")
+    server.users["alice@example.org"] = User("alice@example.org")
+    bundle = minter.mint("alice", email="alice@example.org")
+    pod = write_bundle(bundle, tmp_path / "pod")
+    _pod_env(monkeypatch, bundle, pod)
+    assert (await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))).app_version == "contract"
+    # no verified e-mail (the authenticator passes None): no token at all, rather than one for another identity
+    with pytest.raises(ValueError, match="present and verified"):
+        minter.mint("alice", email=None)
 
 
 async def test_access_token_is_refused_at_refresh(tmp_path, server):
     import httpx
 
     server.users["alice"] = User("alice", refresh_jti="whatever")
-    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice", token_type="access",
+    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice",
                                       now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR)
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{server.url}/token/refresh", headers={"Authorization": f"Bearer {token}"})
@@ -173,13 +165,11 @@ def test_helper_names_missing_configuration(monkeypatch):
         servicex_client()
 
 
-async def test_refresh_mode_helper_ignores_the_storage_token(tmp_path, server, monkeypatch):
-    """In a pod BEARER_TOKEN_FILE is the XCache token: the helper must refresh, not send that."""
-    bundle = _minter(tmp_path, server, "refresh").mint("alice")
-    _register(server, bundle)
-    pod = write_bundle(bundle, tmp_path / "pod")
-    _pod_env(monkeypatch, bundle, pod)
-    assert os.environ["BEARER_TOKEN_FILE"].endswith("xcache.token")
-    info = await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))
-    assert info.app_version == "contract"
-    assert ("/token/refresh", 200) in server.requests
+def test_helper_needs_the_access_token_file(tmp_path, server, monkeypatch):
+    """A bundle without the access token (e.g. from the removed refresh mode) is named, not silently used with
+    whatever ``BEARER_TOKEN_FILE`` holds."""
+    _write_access_token(tmp_path, monkeypatch, server, "unused")
+    monkeypatch.delenv("CASA_SERVICEX_TOKEN_FILE")
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(tmp_path / "pod" / "servicex.token"))
+    with pytest.raises(MissingServiceXCredentials, match="CASA_SERVICEX_TOKEN_FILE"):
+        servicex_client()

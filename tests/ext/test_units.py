@@ -191,6 +191,20 @@ def test_htcondor_job(mounted, bundle_dir, settings):
     assert kw["job_cls"].casa_env == {"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle_dir / "condor-tokens")}
 
 
+def test_htcondor_job_accounts_to_the_pool_account_the_token_names(tmp_path, settings):
+    """An e-mail-like hub name is no pool account: the job is accounted to the account its IDTOKEN names."""
+    from casa_hub.credentials.htcondor import condor_user
+    from tests.support import make_minter, write_bundle
+
+    bundle = make_minter(tmp_path / "keys").mint("bob@cern.ch", email="bob@cern.ch")
+    mounted = MountedBundle.from_directory(write_bundle(bundle, tmp_path / "creds"))
+    directives = htcondor_job_directives(ClusterOptions("htcondor", 1, 1, 2**30, 0), mounted, settings)
+    account = condor_user("bob@cern.ch")
+    assert mounted.condor_user == account and "@" not in account
+    assert directives["accounting_group_user"] == account
+    assert directives["accounting_group"] == f"group_casa.{account}"
+
+
 def test_htcondor_job_script(mounted, settings):
     """The real dask-jobqueue job script: relative TLS files (transferred), GPU request, resources."""
     from dask_jobqueue import HTCondorCluster

@@ -120,9 +120,11 @@ def acceptable(claims) -> bool:
         if aud != CLIENT:
             return False
     elif isinstance(aud, list) and all(isinstance(a, str) for a in aud) and CLIENT in aud:
-        if len(aud) > 1 and claims.get("azp") != CLIENT:
+        if any(a != CLIENT for a in aud):  # OIDC Core 3.1.3.7 (3): no audience the client does not trust
             return False
     else:
+        return False
+    if "azp" in claims and claims["azp"] != CLIENT:  # 3.1.3.7 (5)
         return False
     if not isinstance(claims.get("sub"), str):
         return False

@@ -32,6 +32,21 @@ c.Spawner.start_timeout = 60
 """
 
 
+# CasaSpawner against the Kubernetes emulator (tests/hub/kube.py, pods answered on ``pod_port``), servers kept
+# across hub restarts; credentials live 90 s and are refreshed 60 s before expiry (~30 s after login)
+KUBE_SPAWNER_CONFIG = """
+c.JupyterHub.spawner_class = "casa"
+c.JupyterHub.cleanup_servers = False
+c.KubeSpawner.namespace = "default"
+c.KubeSpawner.port = {pod_port}
+c.KubeSpawner.start_timeout = 30
+c.KubeSpawner.image = "registry.example.org/casa/notebook:test"
+c.CasaMinter.xcache_lifetime = 90
+c.CasaAuthenticator.credential_refresh_margin = 60
+c.CasaSpawner.casa_refresh_jitter = 0
+"""
+
+
 @dataclass
 class Hub:
     url: str

@@ -7,53 +7,20 @@ import logging
 
 import httpx
 import pytest
-from traitlets.config import Config
 
-from casa_hub.authenticator import CasaAuthenticator
+from casa_hub.authenticator import CasaAuthenticator, CredentialsRefused
 from casa_hub.credentials.bundle import CredentialBundle
-from tests.hub.oidc import code_flow_tokens, start_provider, stop_provider
-from tests.support import write_keys
-
-
-class HubUser:
-    """The slice of jupyterhub.user.User the authenticator uses (name, auth state, spawners)."""
-
-    def __init__(self, name, auth_state):
-        self.name, self._state, self.spawners = name, auth_state, {}
-
-    async def get_auth_state(self):
-        return self._state
-
-    async def save_auth_state(self, state):
-        self._state = state
-
-
-@pytest.fixture
-def provider(tmp_path):
-    p = start_provider(tmp_path)
-    try:
-        yield p
-    finally:
-        stop_provider(p)
-
-
-def _authenticator(tmp_path, provider) -> CasaAuthenticator:
-    keys = write_keys(tmp_path / "keys")
-    c = Config()
-    c.CasaAuthenticator.oidc_issuer = provider.url
-    c.CasaAuthenticator.client_id = "casa-test"
-    c.CasaAuthenticator.client_secret = "casa-test-client-secret-5d1f0a9e"
-    c.CasaAuthenticator.allowed_groups = {"cms"}
-    c.CasaAuthenticator.credential_refresh_margin = 1800
-    c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
-    c.CasaMinter.issuer_key_file = str(keys["issuer"])
-    c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
-    return CasaAuthenticator(config=c)
+from tests.hub.auth_support import CLIENT, HubUser, admitted, make_authenticator
+from tests.hub.oidc import code_flow_tokens, stop_provider
 
 
 async def _logged_in(auth, provider, sub="alice") -> HubUser:
-    model = await auth._token_to_auth_model(code_flow_tokens(provider, sub, client_id="casa-test"))
+    model = await admitted(auth, code_flow_tokens(provider, sub, client_id=CLIENT))
     return HubUser(model["name"], model["auth_state"])
+
+
+def _authenticator(tmp_path, provider) -> CasaAuthenticator:
+    return make_authenticator(tmp_path, provider.url)
 
 
 def _bundle(user) -> CredentialBundle:
@@ -163,8 +130,9 @@ async def test_user_moved_out_of_allowed_groups_gets_no_new_credentials(tmp_path
     _at(auth, _bundle(user).expires_at - datetime.timedelta(minutes=10))
     with caplog.at_level(logging.WARNING):
         assert await auth.refresh_user(user) is False
-    assert "no longer in an allowed group" in caplog.text
-    assert await auth.casa_refresh_credentials(user) is None
+    assert "No fresh credentials for alice: it is no longer allowed" in caplog.text
+    with pytest.raises(CredentialsRefused):
+        await auth.casa_refresh_credentials(user)
 
 
 async def test_no_token_or_secret_is_logged_during_login_refresh_and_outage(tmp_path, provider, caplog):
@@ -174,14 +142,16 @@ async def test_no_token_or_secret_is_logged_during_login_refresh_and_outage(tmp_
     caplog.set_level(logging.DEBUG)
     auth = _authenticator(tmp_path, provider)
     await auth.discover()
-    tokens = code_flow_tokens(provider, "alice", client_id="casa-test")
-    model = await auth._token_to_auth_model(tokens)
-    user = HubUser(model["name"], model["auth_state"])
+    user = await _logged_in(auth, provider)
     seen = [user._state]
     _at(auth, _bundle(user).expires_at - datetime.timedelta(minutes=10))
     seen.append((await auth.refresh_user(user))["auth_state"])          # refresh with the provider up
     httpx.post(f"{provider.url}/users/alice/revoke-tokens", timeout=10).raise_for_status()
     assert await auth.refresh_user(user) is False                       # refresh grant refused
+    provider.set_user("alice", {"preferred_username": "alice", "groups": ["visitors"]})
+    auth.blocked_users = {"alice"}
+    assert await auth.refresh_user(user) is False                       # refused: blocked
+    auth.blocked_users = set()
     stop_provider(provider)
     assert await auth.refresh_user(user) is True                        # outage, credentials still valid
 

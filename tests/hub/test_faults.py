@@ -178,19 +178,10 @@ async def test_a_secret_delete_that_keeps_failing_does_not_block_stop(kube, capl
 
 
 # ------------------------------------------------------------------ a real hub restarted while a server runs
-# credentials live 90 s and are refreshed 60 s before expiry: ~30 s after login, i.e. after the restart
-RESTART_CONFIG = """
-c.JupyterHub.spawner_class = "casa"
-c.JupyterHub.cleanup_servers = False
-c.KubeSpawner.namespace = "default"
-c.KubeSpawner.port = {pod_port}
-c.KubeSpawner.start_timeout = 30
-c.KubeSpawner.image = "registry.example.org/casa/notebook:test"
+# credentials are refreshed ~30 s after login, i.e. after the restart; Kubernetes calls time out after 1 s
+RESTART_CONFIG = H.KUBE_SPAWNER_CONFIG + """
 c.KubeSpawner.k8s_api_request_timeout = 1
 c.KubeSpawner.k8s_api_request_retry_timeout = 8
-c.CasaMinter.xcache_lifetime = 90
-c.CasaAuthenticator.credential_refresh_margin = 60
-c.CasaSpawner.casa_refresh_jitter = 0
 """
 
 

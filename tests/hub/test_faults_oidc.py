@@ -15,18 +15,17 @@ import httpx
 import jwt
 import pytest
 from tornado import web
-from traitlets.config import Config
 
 from casa_hub.authenticator import CasaAuthenticator
 from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.oidc import JWKSCache
-from tests.hub.test_authenticator_refresh import HubUser
+from tests.hub.auth_support import CLIENT, CLIENT_SECRET, HubUser, make_authenticator
 from tests.hub import hub as H
 from tests.hub.oidc import start_provider, stop_provider
 from tests.hub.slow_proxy import SlowProxy
-from tests.support import free_port, need, write_keys
+from tests.support import free_port, need
 
-CLIENT, CLIENT_SECRET, REDIRECT = "casa-test", "casa-test-client-secret-5d1f0a9e", "http://127.0.0.1:1/callback"
+REDIRECT = "http://127.0.0.1:1/callback"
 
 
 class Clock:
@@ -41,19 +40,9 @@ class Clock:
 
 def _authenticator(tmp_path, issuer: str, **traits) -> tuple[CasaAuthenticator, Clock, list]:
     """CasaAuthenticator for ``issuer``, its JWKS cache on a test clock, and the list of its JWKS fetches."""
-    keys = write_keys(tmp_path / "keys")
-    c = Config()
-    c.CasaAuthenticator.oidc_issuer = issuer
-    c.CasaAuthenticator.client_id = CLIENT
-    c.CasaAuthenticator.client_secret = CLIENT_SECRET
-    c.CasaAuthenticator.allowed_groups = {"cms", "atlas"}
-    for name, value in traits.items():
-        setattr(c.CasaAuthenticator, name, value)
-    c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
-    c.CasaMinter.issuer_key_file = str(keys["issuer"])
-    c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
-    c.CasaMinter.xcache_lifetime = 600  # within the default 30 min refresh margin: every refresh re-mints
-    auth = CasaAuthenticator(config=c)
+    # credentials within the default 30 min refresh margin: every refresh re-mints
+    auth = make_authenticator(tmp_path, issuer, allowed_groups={"cms", "atlas"}, CasaMinter__xcache_lifetime=600,
+                              **traits)
     clock, fetches = Clock(), []
 
     async def fetch():
@@ -77,7 +66,7 @@ async def _login(auth: CasaAuthenticator, issuer: str, sub: str) -> HubUser:
     token_info = await auth.get_token_info(None, {
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier,
         "client_id": CLIENT, "client_secret": CLIENT_SECRET})
-    model = await auth._token_to_auth_model(token_info)
+    model = await auth.run_post_auth_hook(None, await auth._token_to_auth_model(token_info))
     return HubUser(model["name"], model["auth_state"])
 
 

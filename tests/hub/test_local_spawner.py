@@ -283,3 +283,34 @@ async def test_real_jupyterhub_singleuser_starts_with_the_credentials(tmp_path):
         await spawner.stop()
         await runner.cleanup()
     assert not spawner.credentials_dir.exists()
+
+
+# ------------------------------------------------------------------ deliveries racing a stop
+async def test_a_delivery_racing_a_stop_never_recreates_the_credentials_or_arms_a_timer(tmp_path):
+    spawner = _spawner(tmp_path)
+    await spawner.casa_write_bundle(_bundle())  # the running server's credentials
+    real_write = spawner.casa_write_bundle
+
+    async def slow_write(bundle):  # a refresh whose write is still in flight when the stop comes
+        await asyncio.sleep(0.3)
+        await real_write(bundle)
+
+    spawner.casa_write_bundle = slow_write
+    in_flight = asyncio.ensure_future(spawner.casa_apply_bundle(_bundle(token=b"token-2\n")))
+    await asyncio.sleep(0.05)
+    await spawner.stop()
+    await in_flight
+    assert not spawner.credentials_dir.exists(), "the delivery re-created the credentials after the stop"
+    assert spawner._casa_refresh_task is None
+    await spawner.casa_apply_bundle(_bundle(token=b"token-3\n"))  # one that arrives after the stop
+    assert not spawner.credentials_dir.exists() and spawner._casa_refresh_task is None
+    assert await spawner.poll() is not None and spawner._casa_refresh_task is None  # poll() does not re-arm
+
+
+def test_a_bundle_of_another_user_is_refused(tmp_path):
+    from traitlets import TraitError
+
+    spawner = _spawner(tmp_path)
+    with pytest.raises(TraitError, match="refusing credentials of 'alice2' for 'alice'"):
+        spawner.casa_bundle = _bundle(user="alice2")
+    assert spawner.casa_bundle is None

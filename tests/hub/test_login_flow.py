@@ -80,6 +80,20 @@ def test_user_outside_allowed_groups_gets_a_clear_403(facility):
         assert api.get("/users/eve").status_code == 404  # nothing was stored for her
 
 
+@pytest.mark.parametrize("sub", ["eve", "alice"])
+def test_no_part_of_the_callback_query_is_logged(facility, sub):
+    """Refused (eve) or admitted (alice): the authorization code and the OAuth state of the callback appear in no
+    log line, neither JupyterHub's access log nor tornado's warning about the refused request."""
+    client = H.oauth_login(facility, sub)
+    query = parse_qs(urlsplit(str(client.last_callback.request.url)).query)
+    code, state = query["code"][0], query["state"][0]
+    time.sleep(0.5)  # the access log line is written after the response
+    log = facility.log()
+    assert "/hub/oauth_callback" in log
+    assert code not in log and state not in log
+    assert code[:8] not in log and state[:16] not in log
+
+
 def _wait_ready(hub, name, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,7 +168,7 @@ def test_no_secret_in_hub_log(facility):
     ("g" * 120, "g" * 120),
 ])
 def test_unusual_but_valid_usernames_log_in(facility, claimed, expected):
-    sub = f"sub-{abs(hash(claimed))}"
+    sub = f"sub-{abs(hash(expected))}"  # one person per hub user: a second identity could not take the name
     facility.provider.set_user(sub, {"preferred_username": claimed, "groups": ["cms"]})
     client = H.oauth_login(facility, sub)
     assert client.last_callback.status_code == 302, H.page_message(client.last_callback.text)[:500]

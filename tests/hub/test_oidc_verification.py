@@ -245,3 +245,73 @@ def test_demo_provider_refreshes_with_client_secret_post_and_serves_groups(provi
     info = httpx.get(f"{provider.url}/userinfo", timeout=10,
                      headers={"Authorization": f"Bearer {r.json()['access_token']}"}).json()
     assert info["groups"] == ["cms", "gpu-users"] and info["preferred_username"] == "alice"
+
+
+# ------------------------------------------------------------------ OIDC Core 3.1.3.7 and RFC 7517 key usage
+def _own_key_jwks(**jwk_members):
+    """A provider key of our own (so tokens can carry any claims), published with ``jwk_members``."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key())), "kid": "k1", **jwk_members}
+
+    async def fetch():
+        return {"keys": [jwk]}
+
+    return private, JWKSCache(fetch)
+
+
+def _token(private, alg="ES256", headers=None, **claims):
+    now = int(time.time())
+    base = {"iss": "https://op.test", "aud": CLIENT, "sub": "alice", "iat": now, "exp": now + 300}
+    return jwt.encode({**base, **claims}, private, algorithm=alg, headers={"kid": "k1", **(headers or {})})
+
+
+async def _check(token, keys, **kw):
+    return await verify_id_token(token, keys, issuer="https://op.test", audience=CLIENT, **kw)
+
+
+@pytest.mark.parametrize("members", [{}, {"use": "sig"}, {"key_ops": ["verify"]}, {"alg": "ES256"},
+                                     {"use": "sig", "key_ops": ["sign", "verify"]}])
+async def test_keys_published_for_signatures_verify(members):
+    private, keys = _own_key_jwks(**members)
+    assert (await _check(_token(private), keys))["sub"] == "alice"
+
+
+@pytest.mark.parametrize("members", [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"key_ops": "verify"},
+                                     {"use": "sig", "key_ops": ["verify", "encrypt"]}])
+async def test_keys_not_published_for_verification_are_never_used(members):
+    """RFC 7517 4.2/4.3: a key for encryption, without ``verify`` in its operations, or with ``use`` and
+    ``key_ops`` that disagree does not verify signatures, even when it would."""
+    private, keys = _own_key_jwks(**members)
+    with pytest.raises(OIDCError, match="key the provider does not publish"):
+        await _check(_token(private), keys)
+
+
+async def test_a_key_published_for_another_algorithm_is_refused():
+    private, keys = _own_key_jwks(alg="ES384")  # RFC 7517 4.4: the key is meant for ES384 only
+    with pytest.raises(OIDCError, match="is for ES384, not ES256"):
+        await _check(_token(private), keys)
+
+
+async def test_critical_header_extensions_are_refused():
+    """RFC 7515 4.1.11: extensions this client does not understand are refused (by PyJWT's header parsing)."""
+    private, keys = _own_key_jwks()
+    with pytest.raises(OIDCError, match="not a well-formed JWT"):
+        await _check(_token(private, headers={"crit": ["exp"], "exp": 1}), keys)
+
+
+@pytest.mark.parametrize("claims,reason", [
+    ({"azp": "someone-else"}, "another authorized party"),
+    ({"aud": [CLIENT, "other-client"], "azp": CLIENT}, "audience this client does not trust"),
+    ({"aud": [CLIENT, "trusted-api"]}, "names no authorized party"),
+])
+async def test_audience_and_authorized_party_rules(claims, reason):
+    private, keys = _own_key_jwks()
+    with pytest.raises(OIDCError, match=reason):
+        await _check(_token(private, **claims), keys, trusted_audiences=["trusted-api"])
+
+
+async def test_a_trusted_extra_audience_with_our_azp_verifies():
+    private, keys = _own_key_jwks()
+    claims = await _check(_token(private, aud=[CLIENT, "trusted-api"], azp=CLIENT), keys,
+                          trusted_audiences=["trusted-api"])
+    assert claims["azp"] == CLIENT

@@ -451,3 +451,28 @@ async def _real_cluster_round_trip(spawner, namespace):
     with pytest.raises(ApiException) as e:
         await spawner.api.read_namespaced_secret(spawner.casa_secret_name, namespace)
     assert e.value.status == 404
+
+
+# ------------------------------------------------------------------ deliveries racing a stop
+async def test_a_delivery_racing_a_stop_never_recreates_the_secret_or_arms_a_timer(kube):
+    spawner = make_spawner(kube, casa_refresh_jitter=0)
+    await start(spawner, profile="cpu")
+    kube.delay(kmock.action.FETCH, "secrets", 1.0)  # the refresh reads the Secret slowly: the stop comes meanwhile
+    in_flight = asyncio.ensure_future(spawner.casa_apply_bundle(bundle(token=b"token-2\n")))
+    await asyncio.sleep(0.2)
+    await spawner.stop()
+    await in_flight
+    await spawner.casa_apply_bundle(bundle(token=b"token-3\n"))  # one that arrives after the stop
+    await asyncio.sleep(0.5)  # anything left in flight would have written by now
+    assert kube.get("secrets", "casa-alice") is None, "a delivery re-created the Secret after the stop"
+    assert kube.get("pods", "jupyter-alice") is None
+    assert spawner._casa_refresh_task is None
+
+
+async def test_a_bundle_of_another_user_is_refused(kube):
+    from traitlets import TraitError
+
+    spawner = make_spawner(kube)
+    with pytest.raises(TraitError, match="refusing credentials of 'mallory' for 'alice'"):
+        spawner.casa_bundle = bundle(user="mallory")
+    assert spawner.casa_bundle.user == "alice"

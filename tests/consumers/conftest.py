@@ -1,0 +1,49 @@
+"""Fixtures shared by the consumer tests (real servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+# ---------------------------------------------------------------- HTCondor (a real pool, condor_pool.py)
+@pytest.fixture(scope="module")
+def condor_module_pool(request, tmp_path_factory):
+    """One real HTCondor pool per test module, with local accounts ``CONDOR_POOL_USERS`` (a module attribute;
+    default ``("alice",)``) created in the pool's private ``/etc/passwd``."""
+    from tests.consumers import condor_pool
+    from tests.support import need
+
+    need(condor_pool.available(), f"HTCondor root at {condor_pool.CONDOR_ROOT} (condor_master, unshare, nsenter)")
+    users = tuple(getattr(request.module, "CONDOR_POOL_USERS", ("alice",)))
+    p = condor_pool.start_pool(tmp_path_factory.mktemp("hub-keys") / "condor-pool.key", users=users)
+    print(f"\nHTCondor pool with {len(users)} accounts up (schedd answering) in {p.startup_seconds:.2f} s")
+    try:
+        yield p
+    finally:
+        condor_pool.stop_pool(p)
+        assert not p.pids(), "pool processes survived teardown"
+
+
+@pytest.fixture(scope="module")
+def condor_bindings(condor_module_pool):
+    """The htcondor2 bindings configured as a token-only client of ``condor_module_pool``, with a client log."""
+    import os
+
+    import htcondor2
+
+    pool = condor_module_pool
+    client_env = {"CONDOR_CONFIG": str(pool.client_config), "_CONDOR_TOOL_LOG": str(pool.work / "log" / "ClientLog"),
+                  "_CONDOR_TOOL_DEBUG": "D_SECURITY:2"}
+    saved = {k: os.environ.get(k) for k in client_env}
+    os.environ.update(client_env)
+    htcondor2.reload_config()
+    htcondor2.enable_log()
+    try:
+        yield htcondor2
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        htcondor2.reload_config()
