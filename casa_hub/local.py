@@ -16,10 +16,11 @@ import tempfile
 from html import escape
 from pathlib import Path, PurePosixPath
 
-from jupyterhub.spawner import LocalProcessSpawner, SpawnException
+from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, List, Unicode, default
 
 from .credentials.bundle import CredentialBundle
+from .errors import SpawnRefused
 from .mixin import CasaCredentialsMixin
 from .profiles import ProfileRefused, check_profile_choice, visible_profiles
 
@@ -166,9 +167,7 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         try:
             check_profile_choice(self.profiles, visible, slug)
         except ProfileRefused as e:
-            error = SpawnException(str(e), reason="casa-profile", status_code=403)
-            error.jupyterhub_message = str(e)
-            raise error from None
+            raise SpawnRefused(str(e), reason="casa-profile", status_code=403) from None
         profile = next(p for p in visible if p["slug"] == slug)
         self.environment = {**self.environment, **profile.get("environment", {})}
 
@@ -221,9 +220,7 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
     async def start(self):
         if self.casa_bundle is None:
             message = "No credentials for this server: please log out and log in again."
-            error = SpawnException(message, reason="casa-credentials", status_code=403)
-            error.jupyterhub_message = message
-            raise error
+            raise SpawnRefused(message, reason="casa-credentials", status_code=403)
         self._apply_profile()
         self.casa_progress("Minting credentials", 10)
         await self.casa_write_bundle(self.casa_bundle)

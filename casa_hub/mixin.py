@@ -153,8 +153,11 @@ class CasaCredentialsMixin(HasTraits):
             self.log.warning("Credentials of %s are no longer renewed (%s); they lapse at %s", self._log_name,
                              e, self._casa_expires_at)
             return
-        except Exception:
-            self.log.exception("Refreshing the credentials of %s failed", self._log_name)
+        except Exception as e:
+            if getattr(e, "log_message", None):  # a refusal that says what failed (e.g. Kubernetes' answer)
+                self.log.warning("Refreshing the credentials of %s failed: %s", self._log_name, e.log_message)
+            else:
+                self.log.exception("Refreshing the credentials of %s failed", self._log_name)
             bundle = None
         if bundle is not None:
             return  # delivered through casa_apply_bundle, which re-armed the timer

@@ -73,20 +73,6 @@ def make_credentials_secret(name: str, namespace: str, bundle: CredentialBundle,
     )
 
 
-def secret_update_patch(secret: V1Secret, current_data: dict | None) -> dict:
-    """A JSON merge patch turning an existing Secret into ``secret``: the new data with keys no longer in the
-    bundle removed (null), and the new labels, expiry annotation and owner."""
-    data = {k: None for k in (current_data or {}) if k not in secret.data}
-    data.update(secret.data)
-    meta = secret.metadata
-    return {
-        "metadata": {"labels": meta.labels or None,
-                     "annotations": {EXPIRY_ANNOTATION: (meta.annotations or {}).get(EXPIRY_ANNOTATION)},
-                     "ownerReferences": [owner_reference_dict(o) for o in meta.owner_references or []] or None},
-        "data": data,
-    }
-
-
 # ------------------------------------------------------------------ pod parts
 def pod_file_mode(bundle_mode: int, group_readable: bool) -> int:
     """Mode of a credential file in the pod. Kubelet makes Secret files ``root:fsGroup``, so with an fsGroup

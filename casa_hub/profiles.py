@@ -75,6 +75,18 @@ def gpu_profile(slug: str, display_name: str, *, gpus: Iterable[int] = (1,), mig
     return profile
 
 
+def extend_tolerations(configured, chosen) -> list[dict]:
+    """The deployment's tolerations (Z2JH: ``scheduling.userPods.tolerations`` + ``singleuser.extraTolerations``)
+    followed by those a profile adds. KubeSpawner's ``kubespawner_override`` replaces a list outright, so a GPU
+    profile's tolerations would otherwise drop the chart's, and the pod could not land on a user node pool
+    tainted the chart's way. Either value may be KubeSpawner's dict form (values sorted by key)."""
+    def as_list(value) -> list[dict]:
+        return [value[k] for k in sorted(value)] if isinstance(value, dict) else list(value or [])
+
+    base = as_list(configured)
+    return base + [t for t in as_list(chosen) if t not in base]
+
+
 # ------------------------------------------------------------------ who may see what
 def _allowed(item: Mapping, groups: set[str]) -> bool:
     allowed = item.get("casa_allowed_groups")

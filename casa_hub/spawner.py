@@ -19,7 +19,6 @@ import json
 from collections import OrderedDict
 from functools import partial
 
-from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import AnyTimeoutError, exponential_backoff, maybe_future
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -29,9 +28,10 @@ from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 
 from . import objects
 from .credentials.bundle import CredentialBundle
+from .errors import SpawnRefused
 from .mixin import CasaCredentialsMixin
 from .profiles import (ProfileRefused, check_gpu_limits, check_user_options, describe_availability,
-                       free_resources, max_gpus_for, offers_gpus, visible_profiles)
+                       extend_tolerations, free_resources, max_gpus_for, offers_gpus, visible_profiles)
 
 TRAEFIK = ("traefik.io", "v1alpha1", "ingressroutetcps")
 
@@ -40,11 +40,30 @@ def _free_resources_from_json(nodes: bytes, pods: bytes) -> dict[str, int]:
     return free_resources(json.loads(nodes).get("items") or [], json.loads(pods).get("items") or [])
 
 
-def _user_error(message: str, *, reason: str, status: int, log_message: str | None = None) -> SpawnException:
+def _user_error(message: str, *, reason: str, status: int, log_message: str | None = None) -> SpawnRefused:
     """A spawn failure whose ``message`` JupyterHub shows as is (API answer, spawn page, progress stream)."""
-    error = SpawnException(message, reason=reason, status_code=status, log_message=log_message or message)
-    error.jupyterhub_message = message
-    return error
+    return SpawnRefused(message, reason=reason, status_code=status, log_message=log_message)
+
+
+class KubernetesRefusal(SpawnRefused):
+    """Kubernetes refused a step of a spawn (403 missing right, 422 invalid object, ...): the user reads a
+    sentence, the hub's log what was refused and why (the API server's own message)."""
+
+    def __init__(self, error: ApiException, what: str):
+        try:
+            detail = json.loads(error.body or "{}").get("message") or error.reason
+        except (TypeError, ValueError):
+            detail = error.reason
+        if error.status == 403:
+            message = ("The hub is not allowed to do a step of starting your server in Kubernetes. Please tell the "
+                       "facility administrators; the hub's log says which right its Kubernetes Role lacks.")
+        else:
+            message = (f"Kubernetes refused a step of starting your server ({error.status} {error.reason}). "
+                       "Please tell the facility administrators; the hub's log has the details.")
+        log_message = f"Kubernetes answered {error.status} {error.reason} while {what}: {detail}"
+        super().__init__(message, reason="kubernetes", status_code=500, log_message=log_message)
+        self.jupyterhub_message = message
+        self.kubernetes_status = error.status
 
 
 class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
@@ -101,6 +120,7 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     # shared by all servers of the hub: rendered forms (bounded LRU) and the last free-GPU listing
     _casa_rendered_forms: OrderedDict = OrderedDict()
     _casa_gpu_cache: tuple | None = None
+    _casa_gpu_refusal_logged = False
 
     casa_dask_service_enabled = Bool(
         False,
@@ -122,6 +142,11 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     ).tag(config=True)
 
     casa_dask_route_entry_point = Unicode("dask", help="Traefik entry point of the Dask route.").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # what the deployment configured, before any profile: profiles extend it (see load_user_options)
+        self._casa_configured_tolerations = copy.deepcopy(self.tolerations)
 
     # ------------------------------------------------------------------ names and labels
     @property
@@ -196,7 +221,8 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             raise
 
     async def _casa_request(self, call, what: str) -> None:
-        """``call`` with bounded retries; once ``k8s_api_request_retry_timeout`` is spent, a clear error."""
+        """``call`` with bounded retries; once ``k8s_api_request_retry_timeout`` is spent, or when Kubernetes
+        refuses (403, 422, ...), an error whose message is a sentence for the user; the log keeps the details."""
         try:
             await exponential_backoff(partial(self._casa_attempt, call, what), f"Kubernetes kept failing while {what}",
                                       timeout=self.k8s_api_request_retry_timeout)
@@ -206,73 +232,83 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                 "please try again in a few minutes.", reason="kubernetes", status=503,
                 log_message=f"Kubernetes kept failing for {self.k8s_api_request_retry_timeout}s while {what}",
             ) from None
+        except ApiException as e:
+            raise KubernetesRefusal(e, what) from None
 
-    async def _casa_put_secret(self, bundle: CredentialBundle, owner) -> None:
-        """Create the Secret; if it exists (a leftover of an earlier pod), replace it whole."""
-        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
-                                                 [owner])
-
-        async def create_or_replace():
+    async def _casa_replace(self, kind: str, name: str, create, delete) -> None:
+        """Create an object; if one of that name exists (a leftover of an earlier pod, or the previous
+        credentials), delete it and create it again. Only ``create`` and ``delete``: the rights the Z2JH chart's
+        hub Role grants (no ``update`` or ``patch``)."""
+        async def attempt():
             try:
-                await self.api.create_namespaced_secret(self.namespace, secret)
+                await create()
+                return
             except ApiException as e:
                 if e.status != 409:
                     raise
-                self.log.info("Secret %s exists; replacing it", secret.metadata.name)
-                await self.api.replace_namespaced_secret(secret.metadata.name, self.namespace, secret)
+            self.log.info("%s %s exists; replacing it", kind, name)
+            try:
+                await delete()
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            if self._casa_stopped:  # the server is stopping: its objects go, nothing is created again
+                return
+            await create()  # a 409 here (created meanwhile) is retried by _casa_attempt's caller as an error
 
-        await self._casa_request(create_or_replace, f"writing Secret {secret.metadata.name}")
+        await self._casa_request(attempt, f"writing {kind} {name}")
+
+    async def _casa_put_secret(self, bundle: CredentialBundle, owner) -> None:
+        """Create the credentials Secret, owned by the pod (replacing a leftover of an earlier pod)."""
+        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
+                                                 [owner])
+        name = secret.metadata.name
+        await self._casa_replace("Secret", name, partial(self.api.create_namespaced_secret, self.namespace, secret),
+                                 partial(self.api.delete_namespaced_secret, name, self.namespace))
 
     async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
-        """Refresh: patch the Secret's data in place (kubelet updates the mounted files); recreate it, owned by
-        the pod, if it has gone."""
-        name = self.casa_secret_name
+        """Refresh: replace the Secret (delete, create) with the fresh credentials, owned by the pod; kubelet
+        updates the mounted files in place. No ``patch``: the Z2JH chart's hub Role does not grant it."""
         await self._start_watching_pods()  # after a hub restart the shared pod reflector may not run yet
         owner = self._casa_pod_owner()
-        secret = objects.make_credentials_secret(name, self.namespace, bundle, self._casa_labels(),
-                                                 [owner] if owner else [])
+        if owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
+            self.log.info("No pod for %s yet; the starting server will get the fresh credentials", self._log_name)
+            return
+        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
+                                                 [owner])
+        name = secret.metadata.name
 
-        async def patch():
+        async def delete_then_create():
             try:
-                current = await self.api.read_namespaced_secret(name, self.namespace)
-                body = objects.secret_update_patch(secret, current.data)
-                if owner is None:
-                    body["metadata"].pop("ownerReferences")
-                await self.api.patch_namespaced_secret(name, self.namespace, body,
-                                                       _content_type="application/merge-patch+json")
-                return
+                await self.api.delete_namespaced_secret(name, self.namespace)
             except ApiException as e:
                 if e.status != 404:
                     raise
             if self._casa_stopped:  # deleted with the pod of a server that is stopping: nothing to deliver to
-                self.log.info("Secret %s is gone with the stopping server; not creating it again", name)
-            elif owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
-                self.log.info("No Secret %s yet; the starting server will get the fresh credentials", name)
-            else:
-                self.log.warning("Secret %s had gone; creating it again", name)
+                self.log.info("Secret %s goes with the stopping server; not creating it again", name)
+                return
+            try:
                 await self.api.create_namespaced_secret(self.namespace, secret)
+            except ApiException as e:
+                if e.status != 409:  # 409: an earlier attempt's create went through after all
+                    raise
 
-        await self._casa_request(patch, f"refreshing Secret {name}")
+        await self._casa_request(delete_then_create, f"refreshing Secret {name}")
 
     async def _casa_create_dask_objects(self, owner) -> None:
+        """The Dask scheduler Service and, if configured, its Traefik route: optional features, so a refusal
+        (missing rights) is one clear log line and the server starts without them."""
         service = objects.make_dask_scheduler_service(
             self.casa_service_name, self.namespace, self._build_pod_labels({}), self.casa_dask_scheduler_port,
             [owner], self._casa_labels())
-
-        async def create_service():
-            try:
-                await self.api.create_namespaced_service(self.namespace, service)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                # a leftover owned by an earlier pod (the garbage collector would take it): take it over,
-                # keeping what a Service update must keep
-                current = await self.api.read_namespaced_service(service.metadata.name, self.namespace)
-                service.metadata.resource_version = current.metadata.resource_version
-                service.spec.cluster_ip = current.spec.cluster_ip
-                await self.api.replace_namespaced_service(service.metadata.name, self.namespace, service)
-
-        await self._casa_request(create_service, f"creating Service {service.metadata.name}")
+        name = service.metadata.name
+        try:
+            await self._casa_replace("Service", name, partial(self.api.create_namespaced_service, self.namespace,
+                                                              service),
+                                     partial(self.api.delete_namespaced_service, name, self.namespace))
+        except KubernetesRefusal as e:
+            self.log.warning("No Dask scheduler Service for %s: %s", self._log_name, e.log_message)
+            return
         if not self.casa_dask_route_host_template:
             return
         route = objects.make_dask_route(
@@ -280,18 +316,15 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             self.casa_service_name, self.casa_dask_scheduler_port, [owner], self._casa_labels(),
             self.casa_dask_route_entry_point)
         custom = shared_client("CustomObjectsApi")
-
-        async def create_route():
-            try:
-                await custom.create_namespaced_custom_object(*TRAEFIK[:2], self.namespace, TRAEFIK[2], route)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                await custom.patch_namespaced_custom_object(*TRAEFIK[:2], self.namespace, TRAEFIK[2],
-                                                            route["metadata"]["name"], route,
-                                                            _content_type="application/merge-patch+json")
-
-        await self._casa_request(create_route, f"creating route {route['metadata']['name']}")
+        route_name = route["metadata"]["name"]
+        try:
+            await self._casa_replace(
+                "route", route_name,
+                partial(custom.create_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], route),
+                partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], route_name))
+        except KubernetesRefusal as e:
+            self.log.warning("No Dask route for %s (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): "
+                             "%s", self._log_name, e.log_message)
 
     async def _casa_delete(self, delete, what: str) -> None:
         async def gone():
@@ -313,8 +346,11 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                                     f"Service {service}")
             if self.casa_dask_route_host_template:
                 custom = shared_client("CustomObjectsApi")
-                await self._casa_delete(partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2],
-                                                self.namespace, TRAEFIK[2], service), f"route {service}")
+                try:
+                    await self._casa_delete(partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2],
+                                                    self.namespace, TRAEFIK[2], service), f"route {service}")
+                except KubernetesRefusal as e:  # never created without the right; owned by the pod anyway
+                    self.log.info("Dask route of %s not deleted: %s", self._log_name, e.log_message)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -326,7 +362,10 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         self.casa_progress("Minting credentials", 5)
         if expires is not None:
             self.casa_progress(f"Credentials minted (valid until {expires:%H:%M} UTC)", 10)
-        result = await super().start()
+        try:
+            result = await super().start()
+        except ApiException as e:  # KubeSpawner's own calls (pod, PVC): a sentence, not a client dump
+            raise KubernetesRefusal(e, f"starting pod {self.pod_name}") from None
         self.casa_schedule_refresh(expires)
         return result
 
@@ -387,20 +426,34 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return await asyncio.shield(future)
 
     async def _casa_list_free_gpus(self) -> dict[str, int] | None:
-        async def raw_list(call, **kwargs) -> dict:
-            # the API's JSON as is: building client models of every pod, then serialising them back, is slow
+        async def raw_list(call, **kwargs) -> bytes:
+            # the API's JSON as is: building client models of every pod, then serialising them back, is slow;
+            # unparsed, the client does not check the status itself
             response = await asyncio.wait_for(call(_preload_content=False, **kwargs), self.k8s_api_request_timeout)
             try:
-                return await asyncio.wait_for(response.read(), self.k8s_api_request_timeout)
+                body = await asyncio.wait_for(response.read(), self.k8s_api_request_timeout)
             finally:
                 response.release()
+            if response.status >= 400:
+                raise ApiException(status=response.status, reason=response.reason)
+            return body
 
         try:
             nodes = await raw_list(self.api.list_node)
             pods = await raw_list(self.api.list_pod_for_all_namespaces,
                                   field_selector="status.phase!=Succeeded,status.phase!=Failed")
-        except (ApiException, asyncio.TimeoutError, OSError) as e:
-            self.log.info("No live GPU availability for the spawn form: %s", getattr(e, "reason", None) or e)
+        except ApiException as e:
+            if e.status == 403 and not CasaSpawner._casa_gpu_refusal_logged:
+                CasaSpawner._casa_gpu_refusal_logged = True  # once per hub: every form would say it again
+                self.log.warning("The hub may not list nodes and pods cluster-wide (Kubernetes answered 403): spawn "
+                                 "forms show no free-GPU count. Grant the casa-gpu-availability ClusterRole of "
+                                 "helm-values/extra-rbac.yaml, or set CasaSpawner.casa_gpu_availability = False.")
+            elif e.status != 403:
+                self.log.info("No live GPU availability for the spawn form: Kubernetes answered %s %s", e.status,
+                              e.reason)
+            return None
+        except (asyncio.TimeoutError, OSError) as e:
+            self.log.info("No live GPU availability for the spawn form: %s", type(e).__name__)
             return None
         return await asyncio.to_thread(_free_resources_from_json, nodes, pods)
 
@@ -417,10 +470,12 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                 visible = KubeSpawner._get_initialized_profile_list(self, visible_profiles(profile_list,
                                                                                           self.casa_groups))
                 check_user_options(everything, visible, self.user_options or {})
+            self.tolerations = copy.deepcopy(self._casa_configured_tolerations)  # no earlier profile's leftovers
             try:
                 await super().load_user_options()
             except (ValueError, KeyError) as e:  # KubeSpawner's own refusals of unknown options
                 raise ProfileRefused(f"Invalid server options: {e}") from None
+            self.tolerations = extend_tolerations(self._casa_configured_tolerations, self.tolerations)
             check_gpu_limits(self.extra_resource_limits, self.casa_max_gpus_for_user())
         except ProfileRefused as e:
             self.log.warning("Refused server options of %s: %s", self._log_name, e)

@@ -2,7 +2,7 @@
 the user's groups, or refused with the documented user-facing error; never a crash, never an escalation.
 
 (a) CasaSpawner.load_user_options after options_from_form (form) or with any JSON object (REST API). The
-    refusal is a ``SpawnException`` with a 4xx ``status_code`` and a ``jupyterhub_message`` for the user.
+    refusal is a ``SpawnRefused`` with a 4xx ``status_code`` and a ``jupyterhub_message`` for the user.
     No escalation is checked against an expectation computed here from PROFILES alone (not with Casa's code).
 (b) OptionsSpec.validate (casa_hub_ext.options): a ClusterOptions within the declared bounds, or an
     OptionError (4xx) naming the problem.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from jupyterhub.spawner import SpawnException
 
+from casa_hub.errors import SpawnRefused
 from casa_hub.profiles import gpu_profile
 from casa_hub_ext.errors import OptionError
 from casa_hub_ext.gpu import GPU, Inventory
@@ -97,14 +97,14 @@ def matches(actual: dict, permitted: list[dict]) -> bool:
 
 # ------------------------------------------------------------------ (a) spawner
 def load(spawners, groups, user_options):
-    """('ok', outcome) or ('refused', SpawnException); anything else propagates (a crash)."""
+    """('ok', outcome) or ('refused', SpawnRefused); anything else propagates (a crash)."""
     spawner = spawners.make("alice", "", groups=sorted(groups))
     spawner.profile_list = PROFILES
     spawner.casa_max_gpus, spawner.casa_max_gpus_by_group = MAX_GPUS, GPU_CAPS
     spawner.user_options = user_options
     try:
         spawners.loop.run_until_complete(spawner.load_user_options())
-    except SpawnException as e:
+    except SpawnRefused as e:
         assert 400 <= e.status_code < 500, e.status_code
         assert getattr(e, "jupyterhub_message", None), "a refusal must carry a message for the user"
         return "refused", e
@@ -154,7 +154,7 @@ api_options = st.one_of(structured_api, st.dictionaries(st.one_of(st.sampled_fro
 @example(groups={"cms"}, form={"profile": ["cpu"], "profile-option-cpu--image--unlisted-choice": ["evil/x:1"]})
 def test_spawn_form_is_accepted_within_the_users_choices_or_refused(spawners, groups, form):  # noqa: F811
     """Any form data (Tornado's lists of strings) -> either the server gets a profile, choice and GPU count the
-    user's groups allow (computed from the profile list here), or a 4xx SpawnException with a message."""
+    user's groups allow (computed from the profile list here), or a 4xx SpawnRefused with a message."""
     spawner = spawners.make("alice", "", groups=sorted(groups))
     spawner.profile_list = PROFILES
     user_options = spawner.options_from_form(form)
@@ -172,7 +172,7 @@ def test_spawn_form_is_accepted_within_the_users_choices_or_refused(spawners, gr
 @example(groups={"admins"}, options={"profile": "big"})
 def test_api_spawn_options_are_accepted_within_the_users_choices_or_refused(spawners, groups, options):  # noqa: F811
     """Any JSON object as REST API user_options -> within the user's choices and GPU cap, or a 4xx
-    SpawnException with a message; never another exception."""
+    SpawnRefused with a message; never another exception."""
     result, value = load(spawners, groups, options)
     if result == "ok":
         assert matches(value, permitted_outcomes(groups)), (groups, options, value)

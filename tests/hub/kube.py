@@ -18,6 +18,11 @@ No kube-apiserver can run here (see TESTBED.md). What kmock 0.8 lacks and this a
       kube.faults[kmock.action.CREATE, kmock.resource("v1", "secrets")] << kmock.Response(status=500)
       kube.fail(kmock.action.CREATE, "secrets", status=500, times=2)   # the same, twice, then gone
 
+- RBAC as the API server enforces it (tests/hub/rbac.py): requests bearing the hub's token (``test``, the
+  kubeconfig's) are checked against the Z2JH chart's hub Role, and with ``CASA_KUBE_RBAC=chart+extras`` (or
+  ``kube.set_rbac("chart+extras")`` at run time) also Casa's ``helm-values/extra-rbac.yaml``, and refused with
+  a real 403 Status object; the kubelet and the tests' own requests carry no token and act as cluster admin;
+  ``CASA_KUBE_RBAC=off`` turns enforcement off;
 - slow answers: ``kube.delay(kmock.action.CREATE, "secrets", seconds=3)`` applies the next such request at
   once but answers it only after 3 s (a client with a shorter timeout gives up although the change was made,
   as with an API server whose answer is lost); ``lost=True``: the request is not applied at all and answered
@@ -25,7 +30,8 @@ No kube-apiserver can run here (see TESTBED.md). What kmock 0.8 lacks and this a
 
 Two ways to run it: in a thread of the test process (:class:`KubeThread`, used by the spawner tests, which
 drive CasaSpawner on pytest's loop against this server over HTTP), or as a subprocess:
-``python -m tests.hub.kube PORT`` (for a hub running in its own process).
+``python -m tests.hub.kube PORT`` (for a hub running in its own process; :func:`start_kube`), optionally also
+serving the API over TLS as a cluster does (``start_kube(tls=True)``: ``--tls TLS_PORT CERT KEY``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import asyncio
 import datetime
 import itertools
 import json
+import os
 import sys
 import threading
 import uuid
@@ -44,6 +51,8 @@ import attrs
 import kmock
 from aiohttp import web
 from kmock._internal import enums, parsing
+
+from tests.hub import rbac
 
 # ------------------------------------------------------------------ compat shim
 _original_guess = parsing.guess_k8s
@@ -77,6 +86,8 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
 
     faults: kmock.RawHandler = attrs.field(factory=kmock.RawHandler)
     delays: list = attrs.field(factory=list)  # [match(request) -> bool, seconds, lost, times left]
+    rbac_rules: list | None = attrs.field(factory=lambda: rbac.rules_for(os.environ.get("CASA_KUBE_RBAC", "chart")))
+    hub_token: str = "test"  # the kubeconfig's token: the hub's service account
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1))
     _in_flight: dict = attrs.field(factory=dict)
 
@@ -103,6 +114,21 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
         self.faults._payloads.clear()
         self.delays.clear()
 
+    def set_rbac(self, mode: str) -> None:
+        self.rbac_rules = rbac.rules_for(mode)
+
+    def _forbidden(self, request) -> dict | None:
+        """The 403 Status for a request of the hub that its rights do not allow (None: allowed)."""
+        if self.rbac_rules is None or request.resource is None or rbac.bearer(request.headers) != self.hub_token:
+            return None
+        group = request.resource.group or ""
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        method = str(request.method).upper().rsplit(".", 1)[-1]
+        verb = rbac.verb_of(method, request.name, request.subresource, request.params)
+        if any(rule.allows(verb, group, resource, request.namespace) for rule in self.rbac_rules):
+            return None
+        return rbac.forbidden(verb, group, resource, request.namespace, request.name)
+
     def _take_delay(self, request):
         for rule in self.delays:
             if rule[3] > 0 and rule[0](request):
@@ -111,6 +137,9 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request):
+        refusal = self._forbidden(request)
+        if refusal is not None:
+            return web.json_response(refusal, status=403)
         self._in_flight[id(request)] = request
         try:
             return await self._handle_delayed(request)
@@ -352,6 +381,9 @@ class KubeThread:
     def clear_faults(self) -> None:
         self.call(_sync(self.k8s.clear_faults))
 
+    def set_rbac(self, mode: str) -> None:
+        self.call(_sync(self.k8s.set_rbac, mode))
+
 
 async def _sync(fn, *args):
     return fn(*args)
@@ -372,6 +404,8 @@ class ControlledEmulator(CasaKubeEmulator):
         body = json.loads(request.body or b"{}")
         if body.get("clear"):
             self.clear_faults()
+        elif "rbac" in body:
+            self.set_rbac(body["rbac"])
         elif "kubelet_delay" in body:
             self.kubelet.delay = float(body["kubelet_delay"])
         elif "delay" in body:
@@ -387,14 +421,38 @@ class ControlledEmulator(CasaKubeEmulator):
         return web.json_response({"faults": len(self.faults._payloads)})
 
 
-async def _main(port: int) -> None:
+def _tls_server_cls(cert_file: str, key_file: str) -> type:
+    """kmock's aiohttp test server, serving TLS with this certificate (kmock.Server passes no ``ssl``)."""
+    import ssl
+
+    from aiohttp.test_utils import RawTestServer
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    class TLSServer(RawTestServer):
+        async def start_server(self, loop=None, **kwargs):
+            await super().start_server(loop=loop, ssl=context, **kwargs)
+
+    return TLSServer
+
+
+async def _main(port: int, tls: tuple[int, str, str] | None = None) -> None:
+    """The emulator on http://127.0.0.1:PORT (the kubelet's and the tests' own door) and, with ``tls`` =
+    (port, cert file, key file), the same API over https on that port, as a real API server serves it."""
     async with ControlledEmulator() as k8s, kmock.Server(k8s, host="127.0.0.1", port=port) as server:
         k8s.declare()
         kubelet = k8s.kubelet = Kubelet(str(server.url), serve_pods=True)
         await kubelet.start()
         print(f"kube emulator on {server.url}", flush=True)
         try:
-            await asyncio.Event().wait()
+            if tls is None:
+                await asyncio.Event().wait()
+            else:
+                async with kmock.Server(k8s, host="127.0.0.1", port=tls[0],
+                                        server_cls=_tls_server_cls(tls[1], tls[2])) as secure:
+                    print(f"kube emulator on {secure.url}", flush=True)
+                    await asyncio.Event().wait()
         finally:
             await kubelet.stop()
 
@@ -415,6 +473,8 @@ class Kube:
     url: str
     proc: subprocess.Popen
     kubeconfig: Path
+    tls_url: str | None = None  # with start_kube(tls=True): the same API over https, as a cluster serves it
+    ca_file: Path | None = None  # ... and the CA that signed its certificate (a service account's ca.crt)
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10)
@@ -440,16 +500,61 @@ class Kube:
     def clear_faults(self) -> None:
         httpx.post(self.url + "/casa-test/faults", json={"clear": True}, timeout=10).raise_for_status()
 
+    def set_rbac(self, mode: str) -> None:
+        """``chart``, ``chart+extras`` or ``off`` (see tests/hub/rbac.py)."""
+        httpx.post(self.url + "/casa-test/faults", json={"rbac": mode}, timeout=10).raise_for_status()
+
     def create(self, plural: str, body: dict, namespace: str = "default") -> None:
         httpx.post(f"{self.url}/api/v1/namespaces/{namespace}/{plural}", json=body, timeout=10).raise_for_status()
 
 
-def start_kube(tmp: Path) -> Kube:
+KUBECONFIG_TLS = """apiVersion: v1
+kind: Config
+clusters: [{{name: emu, cluster: {{server: "{url}", certificate-authority: "{ca}"}}}}]
+users: [{{name: emu, user: {{token: test}}}}]
+contexts: [{{name: emu, context: {{cluster: emu, user: emu, namespace: default}}}}]
+current-context: emu
+"""
+
+
+def start_kube(tmp: Path, tls: bool = False) -> Kube:
+    """The emulator as a subprocess on http://127.0.0.1 (``Kube.url``: the tests' and the kubelet's door).
+
+    ``tls``: it also serves the API over https with a certificate for 127.0.0.1 from a fresh test CA
+    (``Kube.tls_url``, ``Kube.ca_file``; ``tmp/kube-tls/``), and the kubeconfig points there, as a
+    cluster's does (in-cluster config: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``, the
+    service account's ``ca.crt``)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.hub.kube", str(port)], cwd=REPO,
+    argv = [sys.executable, "-m", "tests.hub.kube", str(port)]
+    tls_port = ca_file = None
+    if tls:
+        from tests.pki import TestPKI
+
+        pki = TestPKI.create("Casa test Kubernetes CA")
+        cert, key = pki.server_cert(("127.0.0.1", "localhost", "kubernetes.default.svc"))
+        tls_dir = tmp / "kube-tls"
+        tls_dir.mkdir(exist_ok=True)
+        ca_file, cert_file, key_file = tls_dir / "ca.crt", tls_dir / "tls.crt", tls_dir / "tls.key"
+        ca_file.write_bytes(pki.ca_pem)
+        cert_file.write_bytes(cert)
+        key_file.write_bytes(key)
+        key_file.chmod(0o600)
+        tls_port = free_port()
+        argv += ["--tls", str(tls_port), str(cert_file), str(key_file)]
+    proc = subprocess.Popen(argv, cwd=REPO,
                             stdout=open(tmp / "kube.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(port, proc=proc, timeout=30)
+    try:
+        wait_for_port(port, proc=proc, timeout=30)
+        if tls_port:
+            wait_for_port(tls_port, proc=proc, timeout=30)
+    except Exception:
+        stop_process(proc)
+        raise
     kubeconfig = tmp / "kubeconfig"
+    if tls_port:
+        tls_url = f"https://127.0.0.1:{tls_port}"
+        kubeconfig.write_text(KUBECONFIG_TLS.format(url=tls_url, ca=ca_file))
+        return Kube(f"http://127.0.0.1:{port}", proc, kubeconfig, tls_url, ca_file)
     kubeconfig.write_text(KUBECONFIG.format(url=f"http://127.0.0.1:{port}"))
     return Kube(f"http://127.0.0.1:{port}", proc, kubeconfig)
 
@@ -459,4 +564,6 @@ def stop_kube(kube: Kube) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(int(sys.argv[1])))
+    # python -m tests.hub.kube PORT [--tls TLS_PORT CERT_FILE KEY_FILE]
+    _tls = (int(sys.argv[3]), sys.argv[4], sys.argv[5]) if sys.argv[2:3] == ["--tls"] else None
+    asyncio.run(_main(int(sys.argv[1]), _tls))

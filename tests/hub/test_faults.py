@@ -7,7 +7,7 @@
   Driven in-process against the emulator in a thread, as tests/hub/test_spawner_k8s.py (the 409/500/503 faults
   on Secret create are there already).
 - A real hub (and the emulator as a subprocess) restarted while the user's server runs: the refresh timer comes
-  back from the persisted spawner state and refreshes the Secret in place, without a new login.
+  back from the persisted spawner state and replaces the Secret (same name and owner), without a new login.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import logging
 import httpx
 import kmock
 import pytest
-from jupyterhub.spawner import SpawnException
 from kubespawner import KubeSpawner
 
 from casa_hub.credentials.bundle import CredentialBundle
+from casa_hub.errors import SpawnRefused
 from casa_hub.objects import EXPIRY_ANNOTATION, secret_key
 from tests.hub import hub as H
 from tests.hub.kube import KubeThread, start_kube, stop_kube
@@ -75,7 +75,7 @@ async def test_a_slow_secret_create_is_retried_and_the_late_write_taken_over(kub
 async def test_a_secret_create_that_keeps_timing_out_fails_clearly_and_leaves_nothing(kube):
     kube.delay(kmock.action.CREATE, "secrets", SLOW, times=100)
     spawner = make_spawner(kube, name="stuck", **dict(FAST, k8s_api_request_retry_timeout=3))
-    with pytest.raises(SpawnException) as failed:
+    with pytest.raises(SpawnRefused) as failed:
         await start(spawner, profile="cpu")
     assert (failed.value.status_code, failed.value.jupyterhub_message) == (503, USER_ERROR)
     assert "Kubernetes kept failing for 3s while writing Secret casa-stuck" in failed.value.log_message
@@ -93,7 +93,7 @@ async def test_a_slow_dask_service_create_is_retried_and_taken_over(kube, caplog
         pod, service = kube.get("pods", "jupyter-dasky"), kube.get("services", "casa-dask-dasky")
         assert [r["uid"] for r in service["metadata"]["ownerReferences"]] == [pod["metadata"]["uid"]]
         assert len([s for s in kube.stored("services") if s["metadata"]["name"] == "casa-dask-dasky"]) == 1
-        assert "did not answer in 1s while creating Service casa-dask-dasky; retrying" in caplog.text
+        assert "did not answer in 1s while writing Service casa-dask-dasky; retrying" in caplog.text
     finally:
         await spawner.stop()
     assert _nothing_left(kube, "dasky")
@@ -103,36 +103,41 @@ async def test_a_dask_service_create_that_keeps_failing_fails_clearly_and_leaves
     kube.fail(kmock.action.CREATE, "services", 500, times=1000)
     spawner = make_spawner(kube, name="nodask", casa_dask_service_enabled=True,
                            **dict(FAST, k8s_api_request_retry_timeout=2))
-    with caplog.at_level(logging.WARNING), pytest.raises(SpawnException) as failed:
+    with caplog.at_level(logging.WARNING), pytest.raises(SpawnRefused) as failed:
         await start(spawner, profile="cpu")
     assert (failed.value.status_code, failed.value.jupyterhub_message) == (503, USER_ERROR)
-    assert "Kubernetes kept failing for 2s while creating Service casa-dask-nodask" in failed.value.log_message
-    assert "Kubernetes answered 500 while creating Service casa-dask-nodask; retrying" in caplog.text
+    assert "Kubernetes kept failing for 2s while writing Service casa-dask-nodask" in failed.value.log_message
+    assert "Kubernetes answered 500 while writing Service casa-dask-nodask; retrying" in caplog.text
     assert _nothing_left(kube, "nodask")  # the Secret went with the pod (it owns it)
     await spawner.stop()
     assert _nothing_left(kube, "nodask")
 
 
-# ------------------------------------------------------------------ refresh: Secret patch
-async def test_a_lost_or_failing_secret_patch_is_retried_and_the_secret_gets_the_new_credentials(kube, caplog):
+# ------------------------------------------------------------------ refresh: Secret delete + create
+async def test_a_lost_slow_or_failing_refresh_is_retried_and_the_secret_gets_the_new_credentials(kube, caplog):
+    """The refresh replaces the Secret (delete, create: the chart's rights); a create that never reached
+    storage, one applied but answered too late, and 503s are all retried to one Secret with the new data."""
     spawner = make_spawner(kube, name="patchy", **FAST)
     await start(spawner, profile="cpu")
     try:
         before = kube.get("secrets", "casa-patchy")
-        kube.delay(kmock.action.UPDATE, "secrets", SLOW, lost=True)  # times out and never reaches storage
-        fresh = bundle("patchy", token=b"token-2\n")
-        with caplog.at_level(logging.WARNING):
-            await spawner.casa_apply_bundle(fresh)
-        assert decoded(kube.get("secrets", "casa-patchy")) == expected_data(fresh)
-        assert "did not answer in 1s while refreshing Secret casa-patchy; retrying" in caplog.text
-        kube.fail(kmock.action.UPDATE, "secrets", 503, times=2)
-        fresher = bundle("patchy", token=b"token-3\n")
-        with caplog.at_level(logging.WARNING):
-            await spawner.casa_apply_bundle(fresher)
-        after = kube.get("secrets", "casa-patchy")
-        assert decoded(after) == expected_data(fresher)
-        assert caplog.text.count("Kubernetes answered 503 while refreshing Secret casa-patchy; retrying") == 2
-        assert after["metadata"]["uid"] == before["metadata"]["uid"]  # patched in place throughout
+        for n, (fault, args) in enumerate([("delay", dict(lost=True)), ("delay", {}), ("fail", {})]):
+            if fault == "delay":
+                kube.delay(kmock.action.CREATE, "secrets", SLOW, **args)
+            else:
+                kube.fail(kmock.action.CREATE, "secrets", 503, times=2)
+            fresh = bundle("patchy", token=b"token-%d\n" % n)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                await spawner.casa_apply_bundle(fresh)
+            after = kube.get("secrets", "casa-patchy")
+            assert decoded(after) == expected_data(fresh), fault
+            assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+            assert len([s for s in kube.stored("secrets") if s["metadata"]["name"] == "casa-patchy"]) == 1
+            if fault == "delay":
+                assert "did not answer in 1s while refreshing Secret casa-patchy; retrying" in caplog.text
+            else:
+                assert caplog.text.count("Kubernetes answered 503 while refreshing Secret casa-patchy; retrying") == 2
     finally:
         await spawner.stop()
     assert _nothing_left(kube, "patchy")
@@ -197,7 +202,7 @@ def _user_secrets(kube, name: str) -> list[dict]:
             if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == name]
 
 
-def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret_in_place(tmp_path):
+def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret(tmp_path):
     need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
     token_key = secret_key("xcache.token")
     kube = start_kube(tmp_path)
@@ -221,13 +226,12 @@ def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret_in_plac
         assert secret_at_stop["data"] == first["data"], "refreshed before the restart: the test proves nothing"
         assert kube.objects("pods"), "the server did not survive the hub's stop"
 
-        kube.delay("PATCH", "secrets", 2, lost=True)  # and the first refresh patch after the restart times out
+        kube.delay("POST", "secrets", 2, lost=True)  # and the first refresh's create after the restart times out
         hub = H.start_hub(tmp_path / "hub", provider, extra_config=config, env=env)  # same state dir and db
         refreshed = wait_until(lambda: next((s for s in _user_secrets(kube, "alice")
                                         if s["data"][token_key] != first["data"][token_key]), None),
                           60, f"Secret refreshed after the restart\n{hub.log()[-3000:]}")
         assert len(_user_secrets(kube, "alice")) == 1  # no duplicate
-        assert refreshed["metadata"]["uid"] == first["metadata"]["uid"]  # patched in place, same owner
         assert refreshed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
         old_expiry = first["metadata"]["annotations"][EXPIRY_ANNOTATION]
         assert refreshed["metadata"]["annotations"][EXPIRY_ANNOTATION] > old_expiry

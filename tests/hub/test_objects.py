@@ -73,17 +73,6 @@ def test_two_paths_mapping_to_one_key_are_refused():
         objects.make_credentials_secret("casa-alice", "jhub", bundle)
 
 
-def test_update_patch_replaces_data_and_drops_stale_keys():
-    secret = objects.make_credentials_secret("casa-alice", "jhub", BUNDLE, {"app": "jupyterhub"}, [OWNER])
-    assert objects.secret_update_patch(secret, {"xcache.token": "b2xk", "stale.key": "eA=="}) == {
-        "metadata": {"labels": {"app": "jupyterhub"},
-                     "annotations": {"casa-hub/expires-at": "2026-11-23T18:00:00+00:00"},
-                     "ownerReferences": [OWNER_JSON]},
-        "data": {"stale.key": None, "condor-tokens__casa": b64(b"\x00\xffbin"), "dask__ca.pem": b64(b"CA"),
-                 "xcache.token": b64(b"tok\n")},
-    }
-
-
 @pytest.mark.parametrize("group_readable,owner_only", [(True, 0o440), (False, 0o400)])
 def test_volume_items_carry_each_files_mode(group_readable, owner_only):
     assert api(objects.make_credentials_volume("casa-alice", BUNDLE, group_readable)) == {

@@ -19,12 +19,12 @@ import httpx
 import kmock
 import pytest
 from jupyterhub.objects import Hub, Server
-from jupyterhub.spawner import SpawnException
 from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 
 from casa_hub.credentials.bundle import BundleFile, CredentialBundle
+from casa_hub.errors import SpawnRefused
 from casa_hub.objects import secret_key
 from casa_hub.profiles import gpu_profile
 from casa_hub.spawner import CasaSpawner
@@ -196,7 +196,9 @@ async def test_leftover_secret_is_replaced_and_respawns_do_not_duplicate_volumes
             await spawner.stop()
 
 
-async def test_refresh_patches_the_secret_in_place(kube):
+async def test_refresh_replaces_the_secret_with_only_the_charts_rights(kube):
+    """Under the Z2JH chart's hub Role (no patch, no update): the refresh deletes and creates the Secret, same
+    name, same owner, the fresh credentials in it."""
     spawner = make_spawner(kube)
     await start(spawner, profile="cpu")
     try:
@@ -205,9 +207,8 @@ async def test_refresh_patches_the_secret_in_place(kube):
         await spawner.casa_apply_bundle(fresh)
         after = kube.get("secrets", "casa-alice")
         assert decoded(after) == expected_data(fresh)  # new token, the dropped file's key removed
-        assert after["metadata"]["uid"] == before["metadata"]["uid"]  # patched, not recreated
-        assert after["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"]
         assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+        assert len([s for s in kube.stored("secrets") if s["metadata"]["name"] == "casa-alice"]) == 1
         assert spawner.casa_bundle is fresh
         # a bundle minted for someone else never reaches this server
         with pytest.raises(ValueError, match="refusing to deliver"):
@@ -273,7 +274,7 @@ async def test_500s_on_secret_create_are_retried(kube, caplog):
 async def test_a_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_nothing(kube):
     kube.fail(kmock.action.CREATE, "secrets", 503, times=1000)
     spawner = make_spawner(kube, k8s_api_request_retry_timeout=2)
-    with pytest.raises(SpawnException) as e:
+    with pytest.raises(SpawnRefused) as e:
         await start(spawner, profile="cpu")
     assert e.value.status_code == 503
     assert e.value.jupyterhub_message == ("The cluster's Kubernetes is not answering (while preparing your "
@@ -282,17 +283,22 @@ async def test_a_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_no
     assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
 
 
-async def test_other_api_errors_surface_at_once(kube, caplog):
+async def test_other_api_errors_reach_the_user_as_a_sentence(kube, caplog):
     kube.fail(kmock.action.CREATE, "secrets", 403, times=1000)
     spawner = make_spawner(kube)
-    with pytest.raises(ApiException) as e:
+    with pytest.raises(SpawnRefused) as e:
         await start(spawner, profile="cpu")
-    assert e.value.status == 403
+    assert e.value.jupyterhub_message == (
+        "The hub is not allowed to do a step of starting your server in Kubernetes. Please tell the facility "
+        "administrators; the hub's log says which right its Kubernetes Role lacks.")
+    assert "Kubernetes answered 403" in e.value.log_message and "while writing Secret casa-alice" in e.value.log_message
+    assert "CIMultiDict" not in str(e.value) and "HTTP response" not in e.value.jupyterhub_message
     assert "retrying" not in caplog.text
     assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
 
 
 async def test_stop_tolerates_objects_already_gone(kube):
+    kube.set_rbac("chart+extras")
     spawner = make_spawner(kube, casa_dask_service_enabled=True,
                            casa_dask_route_host_template="dask-{user_server}.hub.example.org")
     await start(spawner, profile="cpu")
@@ -300,12 +306,15 @@ async def test_stop_tolerates_objects_already_gone(kube):
                  "apis/traefik.io/v1alpha1/namespaces/default/ingressroutetcps/casa-dask-alice"):
         httpx.delete(f"{kube.url}/{path}", timeout=10).raise_for_status()
     await spawner.stop()
+    kube.set_rbac("chart")
     assert kube.get("pods", "jupyter-alice") is None
 
 
 # ------------------------------------------------------------------ Dask Service and route
 async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
-    # a leftover Service of an earlier pod is taken over (else the garbage collector would remove it)
+    # a leftover Service of an earlier pod is replaced (else the garbage collector would remove it); the route
+    # needs the casa-dask-route Role of helm-values/extra-rbac.yaml
+    kube.set_rbac("chart+extras")
     httpx.post(f"{kube.url}/api/v1/namespaces/default/services", timeout=10, json={
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "casa-dask-alice", "ownerReferences": [
             {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "gone"}]},
@@ -323,7 +332,6 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
         assert service["spec"]["selector"]["hub.jupyter.org/username"] == "alice"
         assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
         assert service["metadata"]["ownerReferences"] == owner
-        assert service["spec"]["clusterIP"] == "10.0.0.7"  # kept: immutable on a real cluster
         route = kube.get("ingressroutetcps", "casa-dask-alice")
         assert route["spec"] == {"entryPoints": ["dask"], "tls": {"passthrough": True}, "routes": [{
             "match": "HostSNI(`dask-alice.hub.example.org`)",
@@ -331,7 +339,23 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
         assert route["metadata"]["ownerReferences"] == owner
     finally:
         await spawner.stop()
+        kube.set_rbac("chart")
     assert kube.get("services", "casa-dask-alice") is None and kube.get("ingressroutetcps", "casa-dask-alice") is None
+
+
+async def test_without_route_rights_the_server_starts_without_a_route_and_says_why(kube, caplog):
+    spawner = make_spawner(kube, casa_dask_service_enabled=True,
+                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    with caplog.at_level(logging.INFO):
+        await start(spawner, profile="cpu")
+    try:
+        assert kube.get("services", "casa-dask-alice") is not None
+        assert kube.get("ingressroutetcps", "casa-dask-alice") is None
+        assert ("No Dask route for alice (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): Kubernetes "
+                "answered 403 Forbidden while writing route casa-dask-alice: ingressroutetcps.traefik.io is forbidden: "
+                'User "system:serviceaccount:default:hub" cannot create resource "ingressroutetcps"') in caplog.text
+    finally:
+        await spawner.stop()
 
 
 async def test_no_dask_objects_by_default(kube):
@@ -357,7 +381,7 @@ async def test_no_dask_objects_by_default(kube):
 ])
 async def test_a_tampered_form_is_refused_before_anything_is_created(kube, groups, options, message):
     spawner = make_spawner(kube, groups=groups)
-    with pytest.raises(SpawnException) as e:
+    with pytest.raises(SpawnRefused) as e:
         await start(spawner, **options)
     assert (e.value.status_code, e.value.jupyterhub_message) == (403, message)
     assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
@@ -372,12 +396,13 @@ async def test_gpu_cap_follows_the_users_groups(kube):
     finally:
         await spawner.stop()
     capped = make_spawner(kube, groups=["gpu-users"], casa_max_gpus=1)
-    with pytest.raises(SpawnException) as e:
+    with pytest.raises(SpawnRefused) as e:
         await start(capped, profile="gpu", gpus="2")
     assert e.value.jupyterhub_message == "This server asks for 2 GPU(s); the facility allows at most 1 per server."
 
 
 async def test_spawn_form_shows_the_users_profiles_and_live_gpu_availability(kube):
+    kube.set_rbac("chart+extras")  # the casa-gpu-availability ClusterRole of helm-values/extra-rbac.yaml
     httpx.post(f"{kube.url}/api/v1/nodes", timeout=10, json={
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"},
         "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7", "cpu": "32"}}})
@@ -400,8 +425,41 @@ async def test_spawn_form_shows_the_users_profiles_and_live_gpu_availability(kub
         uncached = make_spawner(kube, groups=["gpu-users"], casa_gpu_availability_ttl=0)
         assert "free now" not in await uncached.options_form(uncached)
     finally:
+        kube.set_rbac("chart")
         httpx.delete(f"{kube.url}/api/v1/nodes/gpu-node-1", timeout=10)
         httpx.delete(f"{kube.url}/api/v1/namespaces/other/pods/busy", timeout=10)
+
+
+async def test_with_the_charts_rights_alone_the_form_shows_no_gpu_count_and_the_log_says_why(kube, caplog):
+    """The chart grants nothing cluster-wide: the listing is refused (403), which must not read as "0 free"."""
+    httpx.post(f"{kube.url}/api/v1/nodes", timeout=10, json={
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-2"},
+        "status": {"allocatable": {"nvidia.com/gpu": "4"}}}).raise_for_status()
+    CasaSpawner._casa_gpu_refusal_logged = False
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(2):
+                spawner = make_spawner(kube, groups=["gpu-users"], casa_gpu_availability_ttl=0)
+                form = await spawner.options_form(spawner)
+                assert "NVIDIA A100" in form and "free now" not in form and "0 GPUs" not in form
+        assert caplog.text.count("The hub may not list nodes and pods cluster-wide (Kubernetes answered 403)") == 1
+        assert "helm-values/extra-rbac.yaml" in caplog.text
+    finally:
+        httpx.delete(f"{kube.url}/api/v1/nodes/gpu-node-2", timeout=10)
+
+
+async def test_gpu_profiles_extend_the_deployments_tolerations(kube):
+    """Z2JH puts scheduling.userPods.tolerations in KubeSpawner.tolerations; a GPU profile adds its own."""
+    chart = [{"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}]
+    spawner = make_spawner(kube, groups=["gpu-users"], tolerations=chart)
+    spawner.user_options = {"profile": "gpu", "gpus": "1"}
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    keys = [t.key for t in pod.spec.tolerations]
+    assert keys[0] == "hub.jupyter.org/dedicated" and "nvidia.com/gpu" in keys
+    spawner.user_options = {"profile": "cpu"}  # and nothing of the GPU profile stays for a CPU server
+    await spawner.load_user_options()
+    assert [t["key"] for t in spawner.tolerations] == ["hub.jupyter.org/dedicated"]
 
 
 async def test_names_are_collision_free_slugs(kube):
@@ -457,7 +515,7 @@ async def _real_cluster_round_trip(spawner, namespace):
 async def test_a_delivery_racing_a_stop_never_recreates_the_secret_or_arms_a_timer(kube):
     spawner = make_spawner(kube, casa_refresh_jitter=0)
     await start(spawner, profile="cpu")
-    kube.delay(kmock.action.FETCH, "secrets", 1.0)  # the refresh reads the Secret slowly: the stop comes meanwhile
+    kube.delay(kmock.action.DELETE, "secrets", 1.0)  # the refresh's delete is answered late: the stop comes meanwhile
     in_flight = asyncio.ensure_future(spawner.casa_apply_bundle(bundle(token=b"token-2\n")))
     await asyncio.sleep(0.2)
     await spawner.stop()
@@ -476,3 +534,43 @@ async def test_a_bundle_of_another_user_is_refused(kube):
     with pytest.raises(TraitError, match="refusing credentials of 'mallory' for 'alice'"):
         spawner.casa_bundle = bundle(user="mallory")
     assert spawner.casa_bundle.user == "alice"
+
+
+# ------------------------------------------------------------------ the emulator enforces the chart's rights
+def test_the_emulator_refuses_what_the_charts_hub_role_does_not_grant(kube):
+    """Requests with the hub's token are checked against tests/data/z2jh/hub/rbac.yaml, as a real API server
+    checks the hub's service account: namespaced get/list/watch/create/delete on pods, PVCs, secrets, services;
+    nothing else, nothing cluster-wide."""
+    hub = {"Authorization": "Bearer test"}
+    base = f"{kube.url}/api/v1/namespaces/default/secrets"
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rbac-probe"}, "data": {}}
+    assert httpx.post(base, json=body, headers=hub, timeout=10).status_code < 300
+    assert httpx.get(f"{base}/rbac-probe", headers=hub, timeout=10).status_code == 200
+    refused = httpx.patch(f"{base}/rbac-probe", json={"data": {}}, timeout=10,
+                          headers={**hub, "Content-Type": "application/merge-patch+json"})
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+        "details": {"name": "rbac-probe", "kind": "secrets"},
+        "message": 'secrets "rbac-probe" is forbidden: User "system:serviceaccount:default:hub" cannot patch '
+                   'resource "secrets" in API group "" in the namespace "default"'}
+    assert httpx.put(f"{base}/rbac-probe", json=body, headers=hub, timeout=10).status_code == 403  # update
+    assert httpx.get(f"{kube.url}/api/v1/nodes", headers=hub, timeout=10).status_code == 403
+    assert httpx.get(f"{kube.url}/api/v1/pods", headers=hub, timeout=10).status_code == 403  # all namespaces
+    routes = f"{kube.url}/apis/traefik.io/v1alpha1/namespaces/default/ingressroutetcps"
+    assert httpx.get(routes, headers=hub, timeout=10).status_code == 403
+    kube.set_rbac("chart+extras")  # helm-values/extra-rbac.yaml: exactly the two optional features
+    try:
+        assert httpx.get(f"{kube.url}/api/v1/nodes", headers=hub, timeout=10).status_code == 200
+        assert httpx.get(f"{kube.url}/api/v1/pods", headers=hub, timeout=10).status_code == 200
+        route = {"apiVersion": "traefik.io/v1alpha1", "kind": "IngressRouteTCP", "metadata": {"name": "probe"}}
+        assert httpx.post(routes, json=route, headers=hub, timeout=10).status_code < 300
+        assert httpx.get(f"{routes}/probe", headers=hub, timeout=10).status_code == 403  # create, delete only
+        assert httpx.delete(f"{routes}/probe", headers=hub, timeout=10).status_code == 200
+        assert httpx.get(f"{kube.url}/api/v1/nodes/n1", headers=hub, timeout=10).status_code == 403  # list only
+        assert httpx.patch(f"{base}/rbac-probe", json={}, timeout=10, headers={
+            **hub, "Content-Type": "application/merge-patch+json"}).status_code == 403  # still no patch
+    finally:
+        kube.set_rbac("chart")
+    assert httpx.delete(f"{base}/rbac-probe", headers=hub, timeout=10).status_code == 200
+    assert httpx.patch(f"{kube.url}/api/v1/namespaces/default/pods/x", json={}, timeout=10).status_code != 403  # admin

@@ -60,13 +60,6 @@ def test_upserts_replace_by_name():
     assert [objects._name(v) for v in vols] == ["home", "casa-credentials"]
 
 
-def test_update_patch_nulls_stale_keys():
-    secret = objects.make_credentials_secret("s", "ns", BUNDLE, {}, [make_owner_reference("p", "u")])
-    patch = objects.secret_update_patch(secret, {"xcache.token": "old", "stale": "x"})
-    assert patch["data"]["stale"] is None and patch["data"]["xcache.token"] == base64.b64encode(b"tok\n").decode()
-    assert patch["metadata"]["ownerReferences"][0]["uid"] == "u"
-
-
 async def test_dask_service_and_route():
     owner = make_owner_reference("jupyter-alice", "uid-1")
     svc = await _api(objects.make_dask_scheduler_service("casa-dask-alice", "jhub", {"hub.jupyter.org/username": "alice"},
