@@ -213,7 +213,11 @@ class CasaAuthenticator(GenericOAuthenticator):
         if not self.enable_auth_state:
             raise ValueError("CasaAuthenticator needs Authenticator.enable_auth_state = True (credentials are "
                              "kept in encrypted auth state); set JUPYTERHUB_CRYPT_KEY as well")
-        self.minter.load_keys()  # misconfigured keys fail at hub start, not at the first login
+        try:
+            self.minter.load_keys()  # misconfigured keys fail at hub start, not at the first login
+        except RuntimeError as e:  # one line an admin can act on, not a traceback through traitlets
+            self.log.critical("Casa cannot start: %s", e)
+            raise SystemExit(1) from None
 
     # ------------------------------------------------------------------ collaborators
     @cached_property

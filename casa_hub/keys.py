@@ -1,4 +1,4 @@
-"""Generate the hub's secrets: ``python -m casa_hub.keys {issuer,dask-ca,macaroon,condor} > FILE``.
+"""Generate the hub's secrets: ``python -m casa_hub.keys {issuer,dask-ca,macaroon,servicex,condor} > FILE``.
 
 Admins run this once and store the output as a Kubernetes Secret mounted into the hub pod only.
 """

@@ -218,7 +218,10 @@ class CasaMinter(LoggingConfigurable):
 
     @cached_property
     def _dask_ca_secret(self) -> bytes:
-        return _read_secret_file(self.dask_ca_secret_file, "Dask CA secret")
+        secret = _read_secret_file(self.dask_ca_secret_file, "Dask CA secret")
+        if len(secret) < 32:
+            raise ValueError("the Dask CA secret must be at least 32 bytes (python -m casa_hub.keys dask-ca)")
+        return secret
 
     @cached_property
     def _ca_cache(self) -> "OrderedDict[tuple[str, int], dask_tls.UserCA]":
@@ -229,17 +232,20 @@ class CasaMinter(LoggingConfigurable):
         return threading.Lock()
 
     def load_keys(self) -> None:
-        """Read every enabled signing key now, so a misconfiguration fails at hub start, not at login."""
-        if self.xcache_enabled:
-            self.issuer_keys
-        if self.macaroon_enabled:
-            self._macaroon_secret
-        if self.condor_enabled:
-            self._condor_key
-        if self.servicex_enabled:
-            self._servicex_secret
-        if self.dask_tls_enabled:
-            self._dask_ca_secret
+        """Read and check every enabled signing key now, so a misconfiguration fails at hub start with one
+        message naming the trait, not at login (or as a traceback)."""
+        checks = [(self.xcache_enabled, "issuer_key_file", lambda: self.issuer_keys),
+                  (self.macaroon_enabled, "macaroon_secret_file", lambda: self._macaroon_secret),
+                  (self.condor_enabled, "condor_signing_key_file", lambda: self._condor_key),
+                  (self.servicex_enabled, "servicex_secret_file", lambda: self._servicex_secret),
+                  (self.dask_tls_enabled, "dask_ca_secret_file", lambda: self._dask_ca_secret)]
+        for enabled, trait, load in checks:
+            if not enabled:
+                continue
+            try:
+                load()
+            except (ValueError, TypeError) as e:  # unreadable files are RuntimeErrors already
+                raise RuntimeError(f"CasaMinter.{trait}={getattr(self, trait)!r} is not usable: {e}") from None
 
     # ---------------------------------------------------------------- issuer documents
     def jwks(self) -> dict:

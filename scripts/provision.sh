@@ -4,12 +4,17 @@
 #   - .venv with the pinned Python dependencies and both Casa packages (editable)
 #   - configurable-http-proxy from npm (package-lock.json)
 #   - an HTCondor 23.9 personal-pool root (Debian trixie, debootstrap) in $CASA_CONDOR_ROOT
+#   - the Z2JH chart's hub environment: a Debian sid root (debootstrap) with Python 3.14 and node, and in it
+#     a venv with the chart image's pins (requirements/hub-z2jh.txt) + casa-hub (editable), in $CASA_Z2JH_ROOT;
+#     scripts/z2jh-hub-python runs it
 # Re-running it is cheap: every step checks whether its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${CASA_PYTHON:-python3.11}
 CONDOR_ROOT=${CASA_CONDOR_ROOT:-/var/cache/casa-hub/condor-root}
+Z2JH_ROOT=${CASA_Z2JH_ROOT:-/var/cache/casa-hub/sid-root}
+Z2JH_DEBS="python3.14 python3.14-venv nodejs ca-certificates"
 CONDOR_VERSION=23.9.6+dfsg-2.1+b10
 XROOTD_VERSION=5.5.3-1
 
@@ -42,7 +47,10 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   log "pip: installing pinned requirements"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip==26.3
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/test.txt
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  # the JupyterLab front end is built by its own step below, not by the editable install's jupyter-builder hook;
+  # the link made below must not be there while pip lays out shared-data (it would write into the source tree)
+  rm -f .venv/share/jupyter/labextensions/casa-hub-ext
+  SKIP_JUPYTER_BUILDER=1 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
 
@@ -51,18 +59,18 @@ if [[ ! -x node_modules/.bin/configurable-http-proxy ]]; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
-# the Casa JupyterLab extension (js/ -> casa_hub_ext/labextension), rebuilt when its sources change
-js_stamp=js/node_modules/.casa-build.sha256
+# the Casa JupyterLab extension (js/ -> casa_hub_ext/labextension), rebuilt when its sources change; the same
+# npm build the wheel's jupyter-builder hook runs (pyproject.toml): @jupyter/builder + @jupyterlab/core-meta from npm
+js_stamp=.venv/.casa-js-build.sha256  # outside js/: the hook rebuilds when anything in js/ is newer than the output
 js_want=$(cat js/package.json js/package-lock.json js/tsconfig.json js/src/*.ts js/style/* | sha256sum | cut -d' ' -f1)
 if [[ ! -f casa_hub_ext/labextension/package.json || ! -f $js_stamp || $(cat "$js_stamp") != "$js_want" ]]; then
   log "npm: building the JupyterLab extension (js/package-lock.json)"
-  staging=$(.venv/bin/python -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')
-  (cd js && npm ci --no-audit --no-fund --loglevel=error >/dev/null \
-     && JUPYTERLAB_STAGING=$staging npm run --silent build >/dev/null)
+  (cd js && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run --silent build >/dev/null)
   echo "$js_want" > "$js_stamp"
 fi
 # the editable install does not copy shared-data: link the built extension where JupyterLab looks
 mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_config.d
+[[ -L .venv/share/jupyter/labextensions/casa-hub-ext ]] || rm -rf .venv/share/jupyter/labextensions/casa-hub-ext
 ln -sfn "$ROOT/casa_hub_ext/labextension" .venv/share/jupyter/labextensions/casa-hub-ext
 ln -sfn "$ROOT/jupyter-config/jupyter_server_config.d/casa_hub_ext.json" \
   .venv/etc/jupyter/jupyter_server_config.d/casa_hub_ext.json
@@ -81,4 +89,42 @@ if [[ ! -f $CONDOR_ROOT/.casa-ready ]] || [[ $(cat "$CONDOR_ROOT/.casa-ready") !
   echo "$CONDOR_VERSION" > "$CONDOR_ROOT.tmp/.casa-ready"
   rm -rf "$CONDOR_ROOT"; mv "$CONDOR_ROOT.tmp" "$CONDOR_ROOT"
 fi
-log "ready (venv: $ROOT/.venv, condor root: $CONDOR_ROOT)"
+
+# The Z2JH chart's hub: JupyterHub 5.5.0 etc. (the chart image's pins) on Python 3.14, as in its hub image
+# (python:3.14-slim). Debian sid has python3.14; wheels are downloaded here (PyPI) and installed offline in the root.
+if [[ ! -f $Z2JH_ROOT/.casa-ready ]] || [[ $(cat "$Z2JH_ROOT/.casa-ready") != "sid $Z2JH_DEBS" ]]; then
+  log "z2jh: building a Debian sid root with $Z2JH_DEBS in $Z2JH_ROOT"
+  rm -rf "$Z2JH_ROOT.tmp"; mkdir -p "$(dirname "$Z2JH_ROOT")"
+  debootstrap --variant=minbase sid "$Z2JH_ROOT.tmp" >/dev/null
+  # sid's Release file can be past its Valid-Until date
+  chroot "$Z2JH_ROOT.tmp" sh -c "apt-get -o Acquire::Check-Valid-Until=false update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Check-Valid-Until=false install -y -qq \
+         --no-install-recommends $Z2JH_DEBS >/dev/null"
+  chroot "$Z2JH_ROOT.tmp" apt-get clean
+  echo "sid $Z2JH_DEBS" > "$Z2JH_ROOT.tmp/.casa-ready"
+  rm -rf "$Z2JH_ROOT"; mv "$Z2JH_ROOT.tmp" "$Z2JH_ROOT"
+fi
+z2jh_stamp=$Z2JH_ROOT/opt/hub/.casa-requirements.sha256
+z2jh_want=$( (cat requirements/hub-z2jh.txt pyproject.toml "$Z2JH_ROOT/.casa-ready"; echo "$ROOT") | sha256sum)
+z2jh_want=${z2jh_want%% *}
+if [[ ! -f $z2jh_stamp || $(cat "$z2jh_stamp") != "$z2jh_want" ]]; then
+  log "z2jh: hub venv with requirements/hub-z2jh.txt (Python 3.14) in $Z2JH_ROOT/opt/hub"
+  rm -rf "$Z2JH_ROOT/wheels" "$Z2JH_ROOT/opt/hub"; mkdir -p "$Z2JH_ROOT/wheels/casa"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --python-version 3.14 --only-binary=:all: \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+    -d "$Z2JH_ROOT/wheels" -r requirements/hub-z2jh.txt
+  cp requirements/hub-z2jh.txt "$Z2JH_ROOT/wheels/"
+  # casa-hub itself, editable (a .pth naming $ROOT, which scripts/z2jh-hub-python mounts at the same path);
+  # no build hooks: the hub needs no front end
+  HATCH_BUILD_NO_HOOKS=true .venv/bin/python -c 'import sys, hatchling.build as b; b.build_editable(sys.argv[1])' \
+    "$Z2JH_ROOT/wheels/casa" >/dev/null
+  # a clean environment in the root: none of this machine's pip settings (indexes, find-links) apply there
+  chroot "$Z2JH_ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_DISABLE_PIP_VERSION_CHECK=1 \
+      PIP_ROOT_USER_ACTION=ignore sh -ec '
+    python3.14 -m venv /opt/hub
+    /opt/hub/bin/python -m pip install -q --no-index --find-links /wheels -r /wheels/hub-z2jh.txt
+    /opt/hub/bin/python -m pip install -q --no-index --no-deps /wheels/casa/*.whl
+    /opt/hub/bin/python -m pip check >/dev/null || /opt/hub/bin/python -m pip check'
+  echo "$z2jh_want" > "$z2jh_stamp"
+fi
+log "ready (venv: $ROOT/.venv, condor root: $CONDOR_ROOT, z2jh hub root: $Z2JH_ROOT)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -16,10 +17,13 @@ from urllib.parse import urljoin
 
 import httpx
 
-from casa_hub.facility import prepare_state, render_hub_config
+from casa_demo.facility import prepare_state, render_hub_config
 from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port
 
 CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+# the command that runs the hub processes' Python: this interpreter, or CASA_HUB_PYTHON (a command prefix), e.g.
+# scripts/z2jh-hub-python for the Z2JH chart's hub environment (JupyterHub 5.5.0 on Python 3.14; scripts/test.sh)
+HUB_PYTHON = shlex.split(os.environ.get("CASA_HUB_PYTHON", "")) or [sys.executable]
 
 # the hub tests run the facility's own configuration, plus an API token for the test and their extras
 TEST_CONFIG = """
@@ -77,7 +81,7 @@ def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60,
         extra=TEST_CONFIG.format(api_token=api_token, extra=extra_config)))
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(work / "crypt_key").read_text().strip(),
                PATH=f"{VENV_BIN}:{os.environ['PATH']}", **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
+    proc = subprocess.Popen([*HUB_PYTHON, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
                             cwd=work, env=env, stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     hub = Hub(f"http://127.0.0.1:{port}", work, proc, api_token, provider)

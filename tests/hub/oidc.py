@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from casa_hub.demo_oidc import DEMO_USERS
+from casa_demo.oidc_provider import DEMO_USERS
 from tests.support import REPO, free_port, stop_process, wait_for_port
 
 
@@ -30,7 +30,7 @@ class Provider:
 
 
 def start_provider(tmp: Path, users=DEMO_USERS, port: int | None = None,
-                   module: str = "casa_hub.demo_oidc") -> Provider:
+                   module: str = "casa_demo.oidc_provider") -> Provider:
     """The demo provider (or ``module``, run as ``python -m module PORT USERS.json``, e.g.
     ``tests.hub.rotating_oidc``) on 127.0.0.1."""
     port = port or free_port()

@@ -1,4 +1,4 @@
-"""The demo OIDC provider (casa_hub/demo_oidc.py) signing like a production provider that rotates keys.
+"""The demo OIDC provider (casa_demo/oidc_provider.py) signing like a production provider that rotates keys.
 
 What the demo provider does not do and this adds, for the key-rotation tests (tests/hub/test_faults_oidc.py):
 id_tokens name their key (``kid``); the refresh grant returns a fresh id_token (OIDC Core 12.2, as Keycloak and
@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from casa_hub.demo_oidc import make_app, serialized
+from casa_demo.oidc_provider import make_app, serialized
 
 
 class SigningKeys:

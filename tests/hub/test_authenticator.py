@@ -42,11 +42,13 @@ def test_auth_state_cannot_be_disabled(tmp_path):
         CasaAuthenticator(config=_config(tmp_path, enable_auth_state=False))
 
 
-def test_missing_signing_key_fails_at_construction_not_at_login(tmp_path):
+def test_missing_signing_key_fails_at_construction_not_at_login(tmp_path, caplog):
     c = _config(tmp_path)
     c.CasaMinter.issuer_key_file = str(tmp_path / "no-such-key.pem")
-    with pytest.raises(RuntimeError, match="cannot read the issuer signing key"):
+    with pytest.raises(SystemExit) as e:  # the hub exits with one line, not a traceback
         CasaAuthenticator(config=c)
+    assert e.value.code == 1
+    assert "Casa cannot start: cannot read the issuer signing key" in caplog.text
 
 
 def test_minter_is_configured_through_its_own_section_and_parented(tmp_path):

@@ -231,3 +231,36 @@ async def test_minting_runs_off_the_event_loop_a_bounded_number_at_a_time(tmp_pa
     assert [b.user for b in bundles] == [f"user{i}" for i in range(6)]
     assert peak[0] == 2 and elapsed >= 0.55  # 6 mints, 2 at a time, 0.2 s each
     assert ticks >= 20  # the loop kept serving while the mints ran
+
+
+async def test_a_server_start_mounts_the_stored_credentials_unless_they_are_near_expiry(tmp_path, provider):
+    """What happens before a server (re)starts, as JupyterHub drives it: ``refresh_pre_spawn`` (oauthenticator turns
+    it on with auth state) calls ``refresh_user`` without ``force``, JupyterHub stores what it returns, then
+    ``pre_spawn_start`` mounts the bundle auth_state holds. A restart re-mints only near (or past) expiry."""
+    from casa_hub.local import CasaLocalSpawner
+
+    auth = _authenticator(tmp_path, provider)
+    assert auth.refresh_pre_spawn
+    await auth.discover()
+    user = await _logged_in(auth, provider)
+    stored = _bundle(user)
+
+    async def start():
+        model = await auth.refresh_user(user)
+        assert model is not False
+        if isinstance(model, dict):
+            await user.save_auth_state(model["auth_state"])  # JupyterHub's refresh_auth does this
+        spawner = CasaLocalSpawner(user=user, log=logging.getLogger("test"))
+        await auth.pre_spawn_start(user, spawner)
+        return spawner.casa_bundle
+
+    # fresh (the timer keeps it so): the very same credentials, not re-minted
+    assert await start() == stored
+    assert _bundle(user) == stored
+
+    # within credential_refresh_margin of expiry: renewed with the provider first, the new bundle is mounted
+    _at(auth, stored.expires_at - datetime.timedelta(minutes=10))
+    mounted = await start()
+    assert mounted.expires_at > stored.expires_at
+    assert mounted.files["xcache.token"].content != stored.files["xcache.token"].content
+    assert mounted == _bundle(user)  # what was mounted is what is stored

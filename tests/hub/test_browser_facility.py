@@ -32,7 +32,7 @@ def facility(tmp_path_factory):
     state = tmp_path_factory.mktemp("browser-facility") / "state"
     port, oidc_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "casa_hub.facility", "--port", str(port), "--oidc-port", str(oidc_port),
+        [sys.executable, "-m", "casa_demo.facility", "--port", str(port), "--oidc-port", str(oidc_port),
          "--state", str(state), "--gpus", "2"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

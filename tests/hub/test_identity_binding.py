@@ -14,7 +14,7 @@ from tornado import web
 
 from casa_hub.authenticator import CredentialsRefused
 from casa_hub.credentials.bundle import CredentialBundle
-from casa_hub.demo_oidc import DEMO_USERS
+from casa_demo.oidc_provider import DEMO_USERS
 from casa_hub.local import CasaLocalSpawner
 from tests.hub.auth_support import CLIENT, HubUser, LoginHandler, admitted, make_authenticator
 from tests.hub.oidc import code_flow_tokens, start_provider, stop_provider

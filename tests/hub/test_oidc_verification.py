@@ -196,7 +196,7 @@ async def test_byte_mutations_are_refused(genuine, keys, metadata, mutation):
     assert claims == await _verify(genuine, keys, metadata)
 
 
-# ---------------------------------------------------------------- the demo provider itself (casa_hub.demo_oidc)
+# ---------------------------------------------------------------- the demo provider itself (casa_demo.oidc_provider)
 def _authorize(provider, pkce: dict, redirect_uri="http://127.0.0.1:1/callback") -> dict:
     """POST the provider's login form for alice; the parameters it redirects back with."""
     from urllib.parse import parse_qs, urlencode, urlsplit

@@ -336,3 +336,19 @@ def test_distinct_users_never_share_a_common_name(users):
         assert len(set(names)) == len(names), names
         for user, cn in zip(users, names):
             _assert_readable(cn, prefix, user, suffix)
+
+
+@pytest.mark.parametrize("trait,content,message", [
+    ("dask_ca_secret_file", b"short", "must be at least 32 bytes"),
+    ("issuer_key_file", b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "is not usable"),
+    ("condor_signing_key_file", b"\0abc", "is not usable"),  # HTCondor cuts the file at its first NUL
+])
+def test_unusable_keys_fail_at_start_naming_the_trait(tmp_path, trait, content, message):
+    """A malformed or too short key is one message naming the trait when the hub starts, not a traceback later."""
+    from tests.support import make_minter
+
+    bad = tmp_path / "bad-key"
+    bad.write_bytes(content)
+    m = make_minter(tmp_path / "keys", **{trait: str(bad)})
+    with pytest.raises(RuntimeError, match=rf"CasaMinter\.{trait}=.*{message}"):
+        m.load_keys()

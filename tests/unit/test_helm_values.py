@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -11,30 +10,21 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from tests import helm
+from tests.helm import merge as _merge  # Helm's merge of a values file over the chart defaults
+
 REPO = Path(__file__).resolve().parents[2]
-Z2JH = REPO / "tests" / "data" / "z2jh"
 VALUES_FILES = sorted((REPO / "helm-values").glob("*values*.yaml"))
-
-
-def _merge(base: dict, override: dict) -> dict:
-    """Helm's merge of a values file over the chart defaults (maps merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @pytest.fixture(scope="module")
 def schema():
-    return yaml.safe_load((Z2JH / "values.schema.yaml").read_text())
+    return helm.chart_schema()
 
 
 @pytest.fixture(scope="module")
 def chart_defaults():
-    return yaml.safe_load((Z2JH / "values.yaml").read_text())
+    return helm.chart_defaults()
 
 
 def test_there_are_values_files():

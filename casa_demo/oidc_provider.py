@@ -2,7 +2,7 @@
 
 Wraps oidc-provider-mock 0.3.4 (the release Python 3.11 gets) and closes its gaps that matter to us:
 PKCE (S256) is enforced on every code flow and advertised, and the token endpoint accepts ``client_secret_post`` on the refresh
-grant as oauthenticator sends it. Run: ``python -m casa_hub.demo_oidc PORT USERS.json``.
+grant as oauthenticator sends it. Run: ``python -m casa_demo.oidc_provider PORT USERS.json``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def serialized(app):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m casa_hub.demo_oidc PORT [USERS.json]", file=sys.stderr)
+        print("usage: python -m casa_demo.oidc_provider PORT [USERS.json]", file=sys.stderr)
         return 2
     port = int(argv[0])
     users = json.loads(open(argv[1]).read()) if len(argv) > 1 else DEMO_USERS

@@ -1,8 +1,15 @@
-"""A complete Casa facility on this machine: ``python -m casa_hub.facility`` (README's first command).
+"""A complete Casa facility on this machine: ``python -m casa_demo.facility`` (README's first command).
 
 Starts the demo OIDC provider (demo users), JupyterHub with CasaAuthenticator + CasaLocalSpawner behind
 configurable-http-proxy, JupyterLab servers with casa_hub_ext, and prints where to log in. Ctrl-C stops it all.
 Keys and the hub database persist in the state directory, so a restart keeps everyone's Dask CA.
+
+Change what the facility does without editing code: ``--config FILE`` (repeatable) appends a JupyterHub
+configuration fragment after the generated configuration, so it can replace or extend any setting, e.g.::
+
+    c.CasaMinter.xcache_lifetime = 3600                       # lifetimes (seconds)
+    c.CasaLocalSpawner.profiles.append({"display_name": "Big", "slug": "big", "environment": {}})
+    c.Spawner.environment = {"CASA_DASK_BACKENDS": "local"}   # Dask backends JupyterLab offers
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import keys
-from .demo_oidc import DEMO_USERS
+from casa_hub import keys
+
+from .oidc_provider import DEMO_USERS
 
 HUB_CONFIG = """\
-# written by casa_hub.facility; edit the facility's options instead
+# written by casa_demo.facility on every start: change it with --config FILE (appended below), not here
 c = get_config()  # noqa
 c.JupyterHub.authenticator_class = "casa"
 c.JupyterHub.spawner_class = "casa-local"
@@ -83,6 +91,14 @@ def render_hub_config(*, port: int, hub_port: int, proxy_api_port: int, chp: str
                              as_root=os.geteuid() == 0, gpus=gpus, extra=extra)
 
 
+def config_fragment(path: Path) -> str:
+    """``path``'s text as a block of the generated jupyterhub_config.py (read on every start)."""
+    path = path.expanduser().resolve()
+    text = path.read_text()
+    compile(text, str(path), "exec")  # a SyntaxError here names the file, not the generated config
+    return f"\n# ---- from {path} (--config) ----\n{text}\n"
+
+
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,10 +149,19 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="where people open the facility (default 8000)")
     parser.add_argument("--oidc-port", type=int, default=8001, help="port of the demo OIDC provider")
     parser.add_argument("--state", type=Path, default=Path(os.environ.get(
-        "CASA_FACILITY_DIR", Path.home() / ".local" / "share" / "casa-hub-facility")))
+        "CASA_FACILITY_DIR", Path.home() / ".local" / "share" / "casa-hub-facility")),
+        help="keys, hub database, home directories and logs (default $CASA_FACILITY_DIR or "
+             "~/.local/share/casa-hub-facility)")
     parser.add_argument("--gpus", type=int, default=2,
                         help="GPUs the GPU profile declares to servers (CASA_GPU_COUNT; a demo has none real)")
+    parser.add_argument("--config", type=Path, action="append", default=[], metavar="FILE",
+                        help="a JupyterHub config fragment run after the generated configuration (profiles, "
+                             "lifetimes, Dask backends, ...); may be given more than once")
     args = parser.parse_args(argv)
+    try:
+        extra = "".join(config_fragment(path) for path in args.config)
+    except (OSError, SyntaxError) as e:
+        parser.error(f"--config: {e}")
 
     bin_dir = Path(sys.executable).parent
     repo = Path(__file__).resolve().parent.parent
@@ -150,7 +175,7 @@ def main(argv=None) -> int:
     (state / "jupyterhub_config.py").write_text(render_hub_config(
         port=args.port, hub_port=ports[0], proxy_api_port=ports[1], chp=chp, state=state,
         oidc_issuer=f"http://127.0.0.1:{args.oidc_port}", key_dir=key_dir,
-        singleuser=str(bin_dir / "jupyterhub-singleuser"), gpus=args.gpus))
+        singleuser=str(bin_dir / "jupyterhub-singleuser"), gpus=args.gpus, extra=extra))
     (state / "users.json").write_text(json.dumps(DEMO_USERS))
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(state / "crypt_key").read_text().strip(),
                PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
@@ -164,8 +189,8 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     try:
-        oidc = subprocess.Popen([sys.executable, "-m", "casa_hub.demo_oidc", str(args.oidc_port),
-                                 str(state / "users.json")], env=env, start_new_session=True,
+        oidc = subprocess.Popen([sys.executable, "-m", "casa_demo.oidc_provider", str(args.oidc_port),
+                                 str(state / "users.json")], cwd=repo, env=env, start_new_session=True,
                                 stdout=open(state / "oidc.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(oidc)
         _wait_http(f"http://127.0.0.1:{args.oidc_port}/.well-known/openid-configuration", oidc, 30,
@@ -179,7 +204,8 @@ def main(argv=None) -> int:
         print(f"\nCasa facility ready: open http://127.0.0.1:{args.port}/ in a browser\n"
               f"  Sign in, then pick a demo user at the identity provider: {users}\n"
               f"  ('eve' is outside the allowed groups and is refused.)\n"
-              f"  Logs and keys: {state}\n  Ctrl-C stops everything.\n", flush=True)
+              + "".join(f"  Extra configuration: {path.resolve()}\n" for path in args.config)
+              + f"  Logs and keys: {state}\n  Ctrl-C stops everything.\n", flush=True)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.5)
         if not stopping:
