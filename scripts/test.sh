@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the tests need (pinned, idempotent), then run the whole suite.
 # With no arguments (CI, .ci/run), or with CASA_TEST_Z2JH=1, a second run follows: the hub-tier tests that start
-# real hub processes (tests/hub/hub.py start_hub / running_hub), with those hubs on the Z2JH chart's hub
-# environment (requirements/hub-z2jh.txt: JupyterHub 5.5.0 on Python 3.14, scripts/z2jh-hub-python).
+# real hub processes (tests/hub/hub.py start_hub / running_hub) and the chart-config tier (tests/z2jh, its hub pod),
+# with those hubs on the Z2JH chart's hub environment (requirements/hub-z2jh.txt: JupyterHub 5.5.0 on Python 3.14,
+# scripts/z2jh-hub-python).
 # In the first run pytest, the in-process hub tests and every hub process use .venv (the newest releases,
 # requirements/test.txt). CASA_TEST_Z2JH=0 skips the second run.
 set -euo pipefail
@@ -20,7 +21,8 @@ print(f"JupyterHub {jupyterhub.__version__} (oauthenticator {oauthenticator.__ve
 }
 Z2JH_PYTHON=$PWD/scripts/z2jh-hub-python
 Z2JH_EXPECT="jupyterhub=$(sed -n 's/^jupyterhub==//p' requirements/hub-z2jh.txt) python=3.14"
-mapfile -t Z2JH_TESTS < <(grep -rlE --include='test_*.py' '\b(start_hub|running_hub)\(' tests | sort)
+mapfile -t Z2JH_TESTS < <({ grep -rlE --include='test_*.py' '\b(start_hub|running_hub)\(' tests; echo tests/z2jh; } |
+                          sort -u)
 
 echo "== run 1 (newest releases): pytest and all hub processes on $(versions .venv/bin/python)"
 start=$SECONDS rc1=0

@@ -7,7 +7,7 @@ import pytest
 
 # ---------------------------------------------------------------- HTCondor (a real pool, condor_pool.py)
 @pytest.fixture(scope="module")
-def condor_module_pool(request, tmp_path_factory):
+def pool(request, tmp_path_factory):
     """One real HTCondor pool per test module, with local accounts ``CONDOR_POOL_USERS`` (a module attribute;
     default ``("alice",)``) created in the pool's private ``/etc/passwd``."""
     from tests.consumers import condor_pool
@@ -25,13 +25,12 @@ def condor_module_pool(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def condor_bindings(condor_module_pool):
-    """The htcondor2 bindings configured as a token-only client of ``condor_module_pool``, with a client log."""
+def htc(pool):
+    """The htcondor2 bindings configured as a token-only client of ``pool``, with a client log."""
     import os
 
     import htcondor2
 
-    pool = condor_module_pool
     client_env = {"CONDOR_CONFIG": str(pool.client_config), "_CONDOR_TOOL_LOG": str(pool.work / "log" / "ClientLog"),
                   "_CONDOR_TOOL_DEBUG": "D_SECURITY:2"}
     saved = {k: os.environ.get(k) for k in client_env}

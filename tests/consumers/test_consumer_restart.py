@@ -39,7 +39,7 @@ from casa_hub.minter import CONDOR_TOKEN
 from tests.consumers import condor_pool
 from tests.consumers import xrootd_server as xs
 from tests.consumers.test_htcondor import AUTH_FAILED, TD, _ping, _refused, _token
-from tests.consumers.test_htcondor import htc, minter, pool  # noqa: F401 - fixtures (minter: the pool's)
+from tests.consumers.test_htcondor import minter  # noqa: F401 - fixture (the pool's; pool, htc: conftest.py)
 from tests.consumers.test_xrootd import Endpoint, assert_refused
 from tests.consumers.test_xrootd import site  # noqa: F401 - fixture
 from tests.support import wait_for_port

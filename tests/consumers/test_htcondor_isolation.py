@@ -49,16 +49,6 @@ JOB_WAIT = 120  # seconds, for all RUN_USERS jobs together
 
 
 @pytest.fixture(scope="module")
-def pool(condor_module_pool):
-    return condor_module_pool
-
-
-@pytest.fixture(scope="module")
-def htc(condor_bindings):
-    return condor_bindings
-
-
-@pytest.fixture(scope="module")
 def minter(pool, tmp_path_factory):
     return make_minter(tmp_path_factory.mktemp("keys"), condor_signing_key_file=str(pool.hub_key_file),
                        condor_trust_domain=TD, dask_tls_enabled=False, macaroon_enabled=False,

@@ -517,6 +517,26 @@ current-context: emu
 """
 
 
+def assert_credentials_mounted(pod: dict, secret: dict, bundle, user: str) -> tuple[dict, dict]:
+    """The Secret holds exactly ``bundle`` and is owned by the pod; the pod mounts it read-only at /etc/casa.
+    Returns the container and the credentials volume for further checks."""
+    import base64
+
+    from casa_hub.objects import secret_key
+
+    assert pod is not None and secret is not None
+    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
+        secret_key(p): f.content for p, f in bundle.files.items()}
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", f"jupyter-{user}", pod["metadata"]["uid"])
+    container = pod["spec"]["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"]
+    assert mount == {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
+    assert volume["secret"]["secretName"] == f"casa-{user}"
+    return container, volume
+
+
 def start_kube(tmp: Path, tls: bool = False) -> Kube:
     """The emulator as a subprocess on http://127.0.0.1 (``Kube.url``: the tests' and the kubelet's door).
 

@@ -12,7 +12,7 @@ import pytest
 from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.objects import secret_key
 from tests.hub import hub as H
-from tests.hub.kube import start_kube, stop_kube
+from tests.hub.kube import assert_credentials_mounted, start_kube, stop_kube
 from tests.support import free_port, wait_until
 
 PROFILES = [
@@ -117,16 +117,9 @@ def test_gpu_profile_spawn_mounts_secret_owned_by_pod(site):
     _ready(hub, "alice")
     pod, secret = _pod(kube, "alice"), _secret(kube, "alice")
     bundle = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
-    # the Secret holds exactly the bundle and is owned by the pod (garbage-collected with it)
-    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
-        secret_key(p): f.content for p, f in bundle.files.items()}
-    (owner,) = secret["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "jupyter-alice", pod["metadata"]["uid"])
-    # read-only mount, group-readable (fsGroup) files, env pointing at paths only
-    container = pod["spec"]["containers"][0]
-    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"]
-    assert mount == {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
-    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
+    # the Secret holds exactly the bundle, is owned by the pod (garbage-collected with it), mounted read-only;
+    # group-readable (fsGroup) files, env pointing at paths only
+    container, volume = assert_credentials_mounted(pod, secret, bundle, "alice")
     modes = {i["path"]: i["mode"] for i in volume["secret"]["items"]}
     assert modes["xcache.token"] == 0o440 and modes["dask/client.key"] == 0o440 and modes["dask/ca.pem"] == 0o444
     env = {e["name"]: e.get("value") for e in container["env"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ KEY_SECRET = "casa-hub-keys"  # helm-values/values.yaml mounts it; docs/admin-gu
 # what an admin puts into that Secret (admin guide §1: casa-hub-keys KIND > FILE; HTCondor's pool key as POOL)
 KEY_FILES = {"issuer": "issuer.pem", "dask-ca": "dask-ca.secret", "macaroon": "macaroon.secret",
              "servicex": "servicex.secret", "condor": "POOL"}
-TEST_SCOPES = ["admin:users", "admin:auth_state", "admin:servers", "read:users", "list:users"]
+TEST_SCOPES = ["admin:users", "admin:auth_state", "admin:servers", "read:users", "list:users", "read:hub"]
 
 
 def site_values(*, provider_url: str, public_url: str, hub_port: int, pod_port: int) -> dict:
@@ -118,13 +119,20 @@ class Cluster:
             proxy.stop()
 
 
+def _hub_has_pycurl() -> bool:
+    if not P.HUB_PYTHON:
+        return importlib.util.find_spec("pycurl") is not None
+    return subprocess.run([*P.HUB_PYTHON, "-c", "import pycurl"], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=60).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     need(os.geteuid() == 0 and shutil.which("unshare") is not None,
          "root and unshare(1) (the hub pod's files are mounted in a private mount namespace)")
     need(P.CHP.exists(), "configurable-http-proxy (npm ci)")
-    need(importlib.util.find_spec("pycurl") is not None,
-         "pycurl (the chart's hub config switches tornado to its curl client, as the chart's hub image has it)")
+    need(_hub_has_pycurl(), "pycurl in the hub's Python (the chart's hub config switches tornado to its curl client, "
+                            "as the chart's hub image has it)")
     tmp = tmp_path_factory.mktemp("z2jh")
     provider = start_provider(tmp)
     try:

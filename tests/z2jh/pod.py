@@ -16,6 +16,11 @@ What a cluster provides and this stands in for:
 
 The hub runs as root here (the chart runs it as uid 1000 with fsGroup 1000): the test venv's interpreter is
 not reachable by another user on this machine.
+
+Which JupyterHub: the test venv's, or with ``CASA_HUB_PYTHON`` set (scripts/test.sh's second run:
+scripts/z2jh-hub-python) the chart image's (JupyterHub 5.5.0 on Python 3.14 in a Debian sid root), as
+``python -m jupyterhub``; that command then makes the pod's mounts itself, in the same private mount namespace,
+on the root's filesystem view (its ``--bind`` / ``--ro-bind`` / ``--chdir``), before it enters the root.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ CHART = {"Name": "jupyterhub", "Version": "4.3.1", "AppVersion": "5.5.0"}  # ima
 # the bearer token the Kubernetes emulator knows as the hub's service account (tests/hub/kube.py applies the
 # chart's hub Role, tests/hub/rbac.py, to requests bearing it)
 SERVICE_ACCOUNT_TOKEN = "test"
-PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# the command of the chart image's hub Python (scripts/z2jh-hub-python), or none: the hub runs from the test venv
+HUB_PYTHON = shlex.split(os.environ.get("CASA_HUB_PYTHON", ""))
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PATH = SYSTEM_PATH if HUB_PYTHON else f"{VENV_BIN}:{SYSTEM_PATH}"  # where the container's ``jupyterhub`` is found
 
 
 class ChartError(RuntimeError):
@@ -243,6 +251,19 @@ def in_mount_namespace(mounts: list[tuple[Path, str]], argv: list[str], *, scrat
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines), "sh", *argv]
 
 
+def in_hub_root(mounts: list[tuple[Path, str]], args: list[str], *, workdir: str,
+                read_only: frozenset[str] = frozenset()) -> list[str]:
+    """``args`` (``jupyterhub ...``) run as ``HUB_PYTHON -m jupyterhub ...`` in the chart image's hub
+    environment, with each (source, target) bind-mounted in its root, in the command's own private mount
+    namespace (scripts/z2jh-hub-python: a target the root lacks is made in an overlay there, as above)."""
+    if args[:1] != ["jupyterhub"]:
+        raise ChartError(f"hub.args {args!r}: only `jupyterhub ...` is run in the chart's hub environment here")
+    options = []
+    for source, target in sorted(mounts, key=lambda m: m[1].count("/")):
+        options += ["--ro-bind" if target in read_only else "--bind", str(source), target]
+    return [*HUB_PYTHON, *options, "--chdir", workdir, "-m", "jupyterhub", *args[1:]]
+
+
 def hosts_file(path: Path, names: list[str]) -> Path:
     """Cluster DNS for the Services the hub and the proxy reach by name."""
     path.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.0.1 " + " ".join(names) + "\n")
@@ -297,8 +318,11 @@ class HubPod:
 
     def start(self) -> Proc:
         log = self.work / "hub.log"
-        argv = in_mount_namespace(self.mounts, self.args, scratch=self.work / "hub-ns", workdir="/srv/jupyterhub",
-                                  read_only=self.read_only)
+        if HUB_PYTHON:
+            argv = in_hub_root(self.mounts, self.args, workdir="/srv/jupyterhub", read_only=self.read_only)
+        else:
+            argv = in_mount_namespace(self.mounts, self.args, scratch=self.work / "hub-ns",
+                                      workdir="/srv/jupyterhub", read_only=self.read_only)
         proc = subprocess.Popen(argv, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         return Proc(proc, log)

@@ -7,7 +7,11 @@ Kubernetes emulator over TLS through in-cluster config, under the chart's hub Ro
 from __future__ import annotations
 
 import base64
+import os
+import sys
 
+import httpx
+import jupyterhub
 import pytest
 import yaml
 
@@ -15,6 +19,7 @@ from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.objects import secret_key
 from tests import helm
 from tests.hub import hub as H
+from tests.hub.kube import assert_credentials_mounted
 from tests.support import wait_until
 from tests.z2jh import pod as P
 from tests.z2jh.conftest import KEY_FILES, KEY_SECRET, NAMESPACE, key_secret
@@ -79,6 +84,15 @@ def test_a_mount_without_its_volume_stops_the_pod(tmp_path):
 
 
 # ------------------------------------------------------------------ the hub under the chart's config
+def _expected_hub() -> dict[str, str]:
+    """The JupyterHub and Python the hub process must run: CASA_HUB_EXPECT's (scripts/test.sh's second run,
+    "jupyterhub=5.5.0 python=3.14"), else the test venv's (tests/hub/test_hub_runtime.py does the same)."""
+    if os.environ.get("CASA_HUB_EXPECT"):
+        return dict(item.split("=", 1) for item in os.environ["CASA_HUB_EXPECT"].split())
+    assert not P.HUB_PYTHON, "CASA_HUB_PYTHON without CASA_HUB_EXPECT: nothing to check against"
+    return {"jupyterhub": jupyterhub.__version__, "python": "%d.%d" % sys.version_info[:2]}
+
+
 def _user(hub, name):
     with hub.api() as api:
         return api.get(f"/users/{name}").json()
@@ -102,6 +116,16 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         assert "Using Authenticator: casa_hub.authenticator.CasaAuthenticator" in log
         assert "Using Spawner: casa_hub.spawner.CasaSpawner" in log
 
+        # the JupyterHub and Python this run is meant to run the chart's config on
+        want = _expected_hub()
+        root = httpx.get(hub.url + "/hub/api", timeout=10)
+        with hub.api() as api:
+            info = api.get("/info").json()
+        print(f"chart hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
+              f"({info['sys_executable']})")
+        assert root.headers["X-JupyterHub-Version"] == root.json()["version"] == info["version"] == want["jupyterhub"]
+        assert info["python"].split()[0].startswith(want["python"] + "."), info["python"]
+
         # in a pod: no kubeconfig, the API server over TLS as in-cluster config finds it, no crypt key in the env
         # (CryptKeeper.keys come from the chart's Secret)
         env = deployment.pod.env
@@ -121,17 +145,8 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
                    what=f"alice's server ready\n{deployment.hub_proc.log()[-4000:]}")
 
         pod, secret = _pod(cluster, "alice"), _secret(cluster, "alice")
-        assert pod is not None and secret is not None
         bundle = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
-        assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
-            secret_key(p): f.content for p, f in bundle.files.items()}
-        (owner,) = secret["metadata"]["ownerReferences"]
-        assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "jupyter-alice", pod["metadata"]["uid"])
-        container = pod["spec"]["containers"][0]
-        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"]
-        assert mount == {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
-        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
-        assert volume["secret"]["secretName"] == "casa-alice"
+        container, _ = assert_credentials_mounted(pod, secret, bundle, "alice")
         # the profile and option alice picked, from helm-values' singleuser.profileList
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
