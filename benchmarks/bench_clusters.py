@@ -63,13 +63,26 @@ def local_pair(bundle: MountedBundle):
     sec = bundle.security()
 
     async def casa():
-        return await make_cluster({"workers": WORKERS, "gpus_per_worker": 1}, bundle, settings=settings,
-                                  inventory=inventory, asynchronous=True)
+        return await make_cluster(
+            {"workers": WORKERS, "gpus_per_worker": 1},
+            bundle,
+            settings=settings,
+            inventory=inventory,
+            asynchronous=True,
+        )
 
     async def raw():
-        return await LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  protocol="tls://", security=sec, dashboard_address="127.0.0.1:0",
-                                  memory_limit="2 GiB", asynchronous=True)
+        return await LocalCluster(
+            n_workers=WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            protocol="tls://",
+            security=sec,
+            dashboard_address="127.0.0.1:0",
+            memory_limit="2 GiB",
+            asynchronous=True,
+        )
 
     return casa, raw, _close, sec, None
 
@@ -80,16 +93,33 @@ def gateway_pair(bundle: MountedBundle, work: Path):
     from tests.ext.gateway_server import start_gateway, stop_gateway
 
     server = start_gateway(work / "gateway")
-    settings = CasaClusterSettings(backends=["gateway"], max_gpus_per_worker=1, gateway_address=server.address,
-                                   gateway_proxy_address=server.proxy_address, gateway_auth="basic")
+    settings = CasaClusterSettings(
+        backends=["gateway"],
+        max_gpus_per_worker=1,
+        gateway_address=server.address,
+        gateway_proxy_address=server.proxy_address,
+        gateway_auth="basic",
+    )
 
     async def casa():
-        return await make_cluster({"backend": "gateway", "workers": WORKERS, "gpus_per_worker": 1, "memory": "1 GiB"},
-                                  bundle, settings=settings, inventory=Inventory((), "none"), asynchronous=True)
+        return await make_cluster(
+            {"backend": "gateway", "workers": WORKERS, "gpus_per_worker": 1, "memory": "1 GiB"},
+            bundle,
+            settings=settings,
+            inventory=Inventory((), "none"),
+            asynchronous=True,
+        )
 
     async def raw():
-        cluster = await GatewayCluster(address=server.address, proxy_address=server.proxy_address, auth="basic",
-                                       asynchronous=True, worker_cores=1, worker_memory=1.0, worker_gpus=1)
+        cluster = await GatewayCluster(
+            address=server.address,
+            proxy_address=server.proxy_address,
+            auth="basic",
+            asynchronous=True,
+            worker_cores=1,
+            worker_memory=1.0,
+            worker_gpus=1,
+        )
         await cluster.scale(WORKERS)
         return cluster
 
@@ -107,31 +137,50 @@ def htcondor_pair(work: Path):
     if not condor_pool.available():
         return None
     pool = condor_pool.start_pool(work / "hub-keys" / "pool.key")
-    minter = make_minter(work / "keys", condor_signing_key_file=str(pool.hub_key_file),
-                         condor_trust_domain=pool.trust_domain)
+    minter = make_minter(
+        work / "keys", condor_signing_key_file=str(pool.hub_key_file), condor_trust_domain=pool.trust_domain
+    )
     home = pool.user_dir("alice")
     for rel, f in minter.mint("alice").files.items():
         pool.give("alice", home / "casa" / rel, f.content, f.mode)
     bundle = MountedBundle.from_directory(home / "casa")
-    tools = pool.tools(home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle.condor_token_dir)},
-                       cwd=home)
+    tools = pool.tools(
+        home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle.condor_token_dir)}, cwd=home
+    )
     os.environ["PATH"] = f"{tools}:{os.environ['PATH']}"
     python = str(condor_pool.VENV / "bin" / "python")
-    settings = CasaClusterSettings(backends=["htcondor"], max_gpus_per_worker=1, htcondor_python=python,
-                                   htcondor_disk="200MiB", htcondor_scheduler_options={"host": "127.0.0.1"},
-                                   htcondor_worker_extra_args=["--host", "127.0.0.1"])
+    settings = CasaClusterSettings(
+        backends=["htcondor"],
+        max_gpus_per_worker=1,
+        htcondor_python=python,
+        htcondor_disk="200MiB",
+        htcondor_scheduler_options={"host": "127.0.0.1"},
+        htcondor_worker_extra_args=["--host", "127.0.0.1"],
+    )
     sec = bundle.security()
 
     async def casa():
-        return await make_cluster({"backend": "htcondor", "workers": WORKERS, "memory": "512 MiB",
-                                   "gpus_per_worker": 0}, bundle, settings=settings,
-                                  inventory=Inventory((), "none"), asynchronous=True)
+        return await make_cluster(
+            {"backend": "htcondor", "workers": WORKERS, "memory": "512 MiB", "gpus_per_worker": 0},
+            bundle,
+            settings=settings,
+            inventory=Inventory((), "none"),
+            asynchronous=True,
+        )
 
     async def raw():  # the worker reads the TLS files in place (the pool sees the same paths): no transfer
-        cluster = await HTCondorCluster(cores=1, memory="512 MiB", disk="200MiB", processes=1, python=python,
-                                        protocol="tls://", security=sec, asynchronous=True,
-                                        scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
-                                        worker_extra_args=["--host", "127.0.0.1"])
+        cluster = await HTCondorCluster(
+            cores=1,
+            memory="512 MiB",
+            disk="200MiB",
+            processes=1,
+            python=python,
+            protocol="tls://",
+            security=sec,
+            asynchronous=True,
+            scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+            worker_extra_args=["--host", "127.0.0.1"],
+        )
         cluster.scale(WORKERS)
         return cluster
 

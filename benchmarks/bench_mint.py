@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.coffea_baseline import coffea_casa_mint  # noqa: E402
 from tests.support import make_minter  # noqa: E402
 
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -41,8 +42,10 @@ def p90(samples: list[float]) -> float:
 
 
 def line(name: str, samples: list[float]) -> str:
-    return (f"  {name:<44} median {statistics.median(samples) * 1e3:9.3f} ms   p90 {p90(samples) * 1e3:9.3f} ms"
-            f"   n={len(samples)}")
+    return (
+        f"  {name:<44} median {statistics.median(samples) * 1e3:9.3f} ms   p90 {p90(samples) * 1e3:9.3f} ms"
+        f"   n={len(samples)}"
+    )
 
 
 def main(argv=None) -> int:
@@ -68,20 +71,29 @@ def main(argv=None) -> int:
         # alternate blocks: Casa warm, Casa cold (a new user: CA derived), Coffea-Casa
         warm, cold, base = [], [], []
         blocks = max(1, args.baseline_rounds)
-        users = iter(f"user{i:06d}" for i in range(10 ** 6))
+        users = iter(f"user{i:06d}" for i in range(10**6))
         for b in range(blocks):
             warm += [timed(lambda: minter.mint("alice")) for _ in range(args.rounds // blocks)]
             cold += [timed(lambda: minter.mint(next(users))) for _ in range(max(1, args.cold_users // blocks))]
             base.append(timed(lambda: coffea_casa_mint(f"user{b}")))
 
         # per kind (warm): a minter with only that kind enabled
-        only = {"xcache": dict(xcache_enabled=True), "macaroon": dict(macaroon_enabled=True),
-                "htcondor": dict(condor_enabled=True), "servicex": dict(servicex_enabled=True),
-                "dask-tls": dict(dask_tls_enabled=True)}
+        only = {
+            "xcache": dict(xcache_enabled=True),
+            "macaroon": dict(macaroon_enabled=True),
+            "htcondor": dict(condor_enabled=True),
+            "servicex": dict(servicex_enabled=True),
+            "dask-tls": dict(dask_tls_enabled=True),
+        }
         per_kind = {}
         for kind, enable in only.items():
-            settings = dict(xcache_enabled=False, macaroon_enabled=False, condor_enabled=False,
-                            servicex_enabled=False, dask_tls_enabled=False)
+            settings = dict(
+                xcache_enabled=False,
+                macaroon_enabled=False,
+                condor_enabled=False,
+                servicex_enabled=False,
+                dask_tls_enabled=False,
+            )
             settings.update(enable)
             m = make_minter(Path(tmp) / f"only-{kind}", **settings)
             m.mint("alice")
@@ -100,11 +112,15 @@ def main(argv=None) -> int:
     for kind, samples in per_kind.items():
         print(line(kind, samples))
     met = med_b / med_w >= 100 and med_w <= 1e-3
-    print(f"Target >=100x cheaper and <=1 ms median (warm): {'met' if met else 'NOT met'} "
-          f"({med_b / med_w:.0f}x, {med_w * 1e3:.3f} ms)")
+    print(
+        f"Target >=100x cheaper and <=1 ms median (warm): {'met' if met else 'NOT met'} "
+        f"({med_b / med_w:.0f}x, {med_w * 1e3:.3f} ms)"
+    )
     met_cold = med_b / med_c >= 100 and med_c <= 1e-3
-    print(f"Same target on a user's first mint (cold): {'met' if met_cold else 'NOT met'} "
-          f"({med_b / med_c:.0f}x, {med_c * 1e3:.3f} ms)")
+    print(
+        f"Same target on a user's first mint (cold): {'met' if met_cold else 'NOT met'} "
+        f"({med_b / med_c:.0f}x, {med_c * 1e3:.3f} ms)"
+    )
     return 0
 
 

@@ -83,12 +83,17 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             journeys = asyncio.run(storm(site.hub.url, names, concurrency=args.setup_concurrency))
             failed = [j for j in journeys if j.error]
-            print(f"setup: {n - len(failed)}/{n} servers running after {time.monotonic() - t0:.0f} s"
-                  + (f"; first failure: {failed[0].name}: {failed[0].error}" if failed else ""))
+            print(
+                f"setup: {n - len(failed)}/{n} servers running after {time.monotonic() - t0:.0f} s"
+                + (f"; first failure: {failed[0].name}: {failed[0].error}" if failed else "")
+            )
             if len(failed) > n // 100:  # a few failed set-ups (reported above) do not void the measurement
                 return 1
-            before = {s["metadata"]["name"]: s["metadata"]["annotations"]["casa-hub/expires-at"]
-                      for s in site.secrets() if s["metadata"]["name"].startswith("casa-")}
+            before = {
+                s["metadata"]["name"]: s["metadata"]["annotations"]["casa-hub/expires-at"]
+                for s in site.secrets()
+                if s["metadata"]["name"].startswith("casa-")
+            }
             n = len(before)
             last_mint = max(j.logged_in for j in journeys)
             site.stop_hub()
@@ -121,8 +126,11 @@ c.CasaSpawner.casa_refresh_jitter = 0
             done = asyncio.run(watch())
             finished = max(done.values()) if done else float("nan")
             lag = site.lag(wall0, finished)
-            after = {s["metadata"]["name"]: s["metadata"]["annotations"]["casa-hub/expires-at"]
-                     for s in site.secrets() if s["metadata"]["name"].startswith("casa-")}
+            after = {
+                s["metadata"]["name"]: s["metadata"]["annotations"]["casa-hub/expires-at"]
+                for s in site.secrets()
+                if s["metadata"]["name"].startswith("casa-")
+            }
             renewed = sum(1 for k, v in before.items() if after.get(k, "") > v)
             per_server = baseline(site.kube.url, names, args.baseline_sample)
 
@@ -136,11 +144,15 @@ c.CasaSpawner.casa_refresh_jitter = 0
     print(f"  hub event-loop lag (ms)            {summary(lag)}")
     print(f"                                     {stall_summary(lag)}")
     print(f"  hub REST API latency (ms)          {summary(latencies)}")
-    print(f"  Coffea-Casa recipe, per server     {per_server * 1000:.0f} ms (sample of {args.baseline_sample}), "
-          f"x{n} = {per_server * n:.0f} s blocking the loop")
+    print(
+        f"  Coffea-Casa recipe, per server     {per_server * 1000:.0f} ms (sample of {args.baseline_sample}), "
+        f"x{n} = {per_server * n:.0f} s blocking the loop"
+    )
     print(f"  ratio baseline / Casa (time to re-issue all): {per_server * n / herd:.1f}x")
-    print(f"\nTarget: all {n} within the margin and < 10 s: {'met' if herd < 10 and renewed == n else 'NOT met'}"
-          f" ({herd:.1f} s, counted from the hub's process start, including its own start-up)")
+    print(
+        f"\nTarget: all {n} within the margin and < 10 s: {'met' if herd < 10 and renewed == n else 'NOT met'}"
+        f" ({herd:.1f} s, counted from the hub's process start, including its own start-up)"
+    )
     return 0 if renewed == n else 1
 
 

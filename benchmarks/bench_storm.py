@@ -45,13 +45,21 @@ def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
         failures = [j for j in journeys if j.error is not None]
         secrets = [s["metadata"]["name"] for s in site.secrets()]
         return {
-            "mode": mode, "n": n, "ramp": ramp, "ok": len(ok), "failures": failures, "duration": duration,
+            "mode": mode,
+            "n": n,
+            "ramp": ramp,
+            "ok": len(ok),
+            "failures": failures,
+            "duration": duration,
             "spawns_per_s": len(ok) / duration if duration else 0.0,
             "login_ms": [(j.logged_in - j.started) * 1000 for j in ok],
             "ready_ms": [(j.ready - j.started) * 1000 for j in ok],
-            "lag_ms": lag, "cpu_ms_per_user": cpu * 1000 / n,
-            "rss_kib_per_user": (rss_after - rss_before) / n, "rss_after_mib": rss_after / 1024,
-            "secrets": len(secrets), "distinct_secrets": len(set(secrets)),
+            "lag_ms": lag,
+            "cpu_ms_per_user": cpu * 1000 / n,
+            "rss_kib_per_user": (rss_after - rss_before) / n,
+            "rss_after_mib": rss_after / 1024,
+            "secrets": len(secrets),
+            "distinct_secrets": len(set(secrets)),
         }
 
 
@@ -74,11 +82,19 @@ def report(r: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--modes", nargs="+", default=["casa", "coffea"], choices=["casa", "coffea", "kubespawner"],
-                        help="kubespawner: the same hub with plain KubeSpawner and no credential delivery, "
-                             "JupyterHub's own floor")
-    parser.add_argument("--ramp", type=float, default=0.0,
-                        help="spread the arrivals evenly over this many seconds (default 0: all at once)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["casa", "coffea"],
+        choices=["casa", "coffea", "kubespawner"],
+        help="kubespawner: the same hub with plain KubeSpawner and no credential delivery, JupyterHub's own floor",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="spread the arrivals evenly over this many seconds (default 0: all at once)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the logs and state here (default: a temporary directory)")
     args = parser.parse_args(argv)
     results = {}
@@ -90,25 +106,37 @@ def main(argv=None) -> int:
     print("\nTargets (Casa): failures 0, event-loop lag p99 < 10 ms")
     if casa:
         p99, weighted = percentile(casa["lag_ms"], 99), stall_stats(casa["lag_ms"])["weighted_p99"]
-        print(f"  failures {len(casa['failures'])}: {'met' if not casa['failures'] else 'NOT met'}; "
-              f"lag p99 {p99:.1f} ms per sample, {weighted:.1f} ms time-weighted: "
-              f"{'met' if max(p99, weighted) < 10 else 'NOT met'}")
+        print(
+            f"  failures {len(casa['failures'])}: {'met' if not casa['failures'] else 'NOT met'}; "
+            f"lag p99 {p99:.1f} ms per sample, {weighted:.1f} ms time-weighted: "
+            f"{'met' if max(p99, weighted) < 10 else 'NOT met'}"
+        )
     if casa and "coffea" in results:
         base = results["coffea"]
         print("\nRatios, Coffea-Casa-style baseline / Casa (same run):")
         b, c = stall_stats(base["lag_ms"]), stall_stats(casa["lag_ms"])
-        print(f"  {'loop lag, time-wtd p99':22s} {b['weighted_p99']:7.1f} / {c['weighted_p99']:9.1f} ms = "
-              f"{b['weighted_p99'] / c['weighted_p99']:6.1f}x")
+        print(
+            f"  {'loop lag, time-wtd p99':22s} {b['weighted_p99']:7.1f} / {c['weighted_p99']:9.1f} ms = "
+            f"{b['weighted_p99'] / c['weighted_p99']:6.1f}x"
+        )
         bs, cs = b["stalled_s"] / b["total_s"], c["stalled_s"] / c["total_s"]
         print(f"  {'time in stalls >=10 ms':22s} {bs:7.0%} / {cs:9.0%}")
-        for label, key, pct in (("login p50", "login_ms", 50), ("login p99", "login_ms", 99),
-                                ("login-to-ready p50", "ready_ms", 50), ("login-to-ready p99", "ready_ms", 99)):
+        for label, key, pct in (
+            ("login p50", "login_ms", 50),
+            ("login p99", "login_ms", 99),
+            ("login-to-ready p50", "ready_ms", 50),
+            ("login-to-ready p99", "ready_ms", 99),
+        ):
             b, c = percentile(base[key], pct), percentile(casa[key], pct)
             print(f"  {label:22s} {b:7.1f} / {c:9.1f} ms = {b / c if c else float('inf'):6.1f}x")
-        print(f"  {'storm duration':20s} {base['duration']:9.1f} / {casa['duration']:9.1f} s  = "
-              f"{base['duration'] / casa['duration']:6.1f}x")
-        print(f"  {'hub CPU per user':20s} {base['cpu_ms_per_user']:9.1f} / {casa['cpu_ms_per_user']:9.1f} ms = "
-              f"{base['cpu_ms_per_user'] / casa['cpu_ms_per_user']:6.1f}x")
+        print(
+            f"  {'storm duration':20s} {base['duration']:9.1f} / {casa['duration']:9.1f} s  = "
+            f"{base['duration'] / casa['duration']:6.1f}x"
+        )
+        print(
+            f"  {'hub CPU per user':20s} {base['cpu_ms_per_user']:9.1f} / {casa['cpu_ms_per_user']:9.1f} ms = "
+            f"{base['cpu_ms_per_user'] / casa['cpu_ms_per_user']:6.1f}x"
+        )
     return 0 if casa is None or not casa["failures"] else 1
 
 

@@ -35,24 +35,41 @@ def coffea_casa_mint(user: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)]
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"coffea-casa CA {user}")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(keys[0].public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(keys[0], hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(keys[0].public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(keys[0], hashes.SHA256())
+    )
     out["ca.pem"] = ca.public_bytes(serialization.Encoding.PEM)
-    out["ca.key"] = keys[0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.BestAvailableEncryption(b"literal-password"))
+    out["ca.key"] = keys[0].private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"literal-password"),
+    )
     for i, role in enumerate(("scheduler", "client"), start=1):
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role)]))
-                .issuer_name(ca_name).public_key(keys[i].public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=365))
-                .sign(keys[0], hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role)]))
+            .issuer_name(ca_name)
+            .public_key(keys[i].public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .sign(keys[0], hashes.SHA256())
+        )
         out[f"{role}.pem"] = cert.public_bytes(serialization.Encoding.PEM) + keys[i].private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     for name in ("xcache", "condor", "servicex"):
-        out[name] = jwt.encode({"sub": "shared-identity", "iss": "coffea-casa"}, SHARED_SECRET,
-                               algorithm="HS256").encode()
+        out[name] = jwt.encode(
+            {"sub": "shared-identity", "iss": "coffea-casa"}, SHARED_SECRET, algorithm="HS256"
+        ).encode()
     m = Macaroon(location="site", identifier=user, key=SHARED_SECRET)
     m.add_first_party_caveat("activity:DOWNLOAD")
     out["macaroon"] = m.serialize().encode()
@@ -65,8 +82,12 @@ def _api_server() -> str:
 
 
 def _blocking_request(method: str, url: str, body: dict | None = None) -> int:
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
@@ -80,8 +101,16 @@ def coffea_issue(api_server: str, namespace: str, user: str) -> str:
     files = coffea_casa_mint(user)
     base = f"{api_server}/api/v1/namespaces/{namespace}/secrets"
     _blocking_request("DELETE", f"{base}/{name}")
-    _blocking_request("POST", base, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-                                     "data": {k: base64.b64encode(v).decode() for k, v in files.items()}})
+    _blocking_request(
+        "POST",
+        base,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v).decode() for k, v in files.items()},
+        },
+    )
     return name
 
 

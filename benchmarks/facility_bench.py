@@ -56,9 +56,11 @@ MODES = {
     # JupyterHub's floor: plain KubeSpawner, no credentials delivered (login still mints, ~1 ms in a thread)
     "kubespawner": 'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n',
     # Coffea-Casa: plain KubeSpawner whose pre_spawn_hook mints RSA and calls the API synchronously
-    "coffea": ('c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n'
-               "from benchmarks.coffea_baseline import coffea_pre_spawn_hook\n"
-               "c.KubeSpawner.pre_spawn_hook = coffea_pre_spawn_hook\n"),
+    "coffea": (
+        'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n'
+        "from benchmarks.coffea_baseline import coffea_pre_spawn_hook\n"
+        "c.KubeSpawner.pre_spawn_hook = coffea_pre_spawn_hook\n"
+    ),
 }
 
 
@@ -78,12 +80,21 @@ class Facility:
     extra: str = ""
 
     def config(self, extra: str = "") -> str:
-        return COMMON.format(repo=str(REPO), lag_file=str(self.lag_file), pod_port=self.pod_port,
-                             profiles=PROFILES) + MODES[self.mode] + self.extra + extra
+        return (
+            COMMON.format(repo=str(REPO), lag_file=str(self.lag_file), pod_port=self.pod_port, profiles=PROFILES)
+            + MODES[self.mode]
+            + self.extra
+            + extra
+        )
 
     def start_hub(self, extra: str = "") -> H.Hub:
-        self.hub = H.start_hub(self.work / "hub", self.provider, extra_config=self.config(extra),
-                               env={"KUBECONFIG": str(self.kube.kubeconfig)}, timeout=600)
+        self.hub = H.start_hub(
+            self.work / "hub",
+            self.provider,
+            extra_config=self.config(extra),
+            env={"KUBECONFIG": str(self.kube.kubeconfig)},
+            timeout=600,
+        )
         return self.hub
 
     def stop_hub(self) -> None:
@@ -112,8 +123,10 @@ class Facility:
 def facility(work: Path, n_users: int, mode: str = "casa", extra: str = ""):
     """Provider with ``n_users`` (group cms; see :func:`user_names`), emulator and hub; all stopped on exit."""
     work.mkdir(parents=True, exist_ok=True)
-    users = [{"sub": name, "preferred_username": name, "email": f"{name}@casa.test", "name": name,
-              "groups": ["cms"]} for name in user_names(n_users)]
+    users = [
+        {"sub": name, "preferred_username": name, "email": f"{name}@casa.test", "name": name, "groups": ["cms"]}
+        for name in user_names(n_users)
+    ]
     provider = start_provider(work, users=users)
     kube = None
     site = None
@@ -133,6 +146,7 @@ def facility(work: Path, n_users: int, mode: str = "casa", extra: str = ""):
 @dataclass
 class Journey:
     """One person's login and spawn, with the times (monotonic seconds) each step finished."""
+
     name: str
     started: float = 0.0
     logged_in: float | None = None
@@ -161,8 +175,9 @@ async def login_and_spawn(hub_url: str, name: str, profile: str = "cpu", timeout
             r = await c.post(f"{hub_url}/hub/spawn", data={"profile": profile, "_xsrf": c.cookies.get("_xsrf", "")})
             _expect(r, 302, "spawn submit")
             journey.spawn_requested = time.monotonic()
-            async with c.stream("GET", f"{hub_url}/hub/api/users/{name}/server/progress",
-                                headers={"Accept": "text/event-stream"}) as stream:
+            async with c.stream(
+                "GET", f"{hub_url}/hub/api/users/{name}/server/progress", headers={"Accept": "text/event-stream"}
+            ) as stream:
                 _expect(stream, 200, "progress stream")
                 async for line in stream.aiter_lines():
                     if not line.startswith("data:"):
@@ -209,8 +224,10 @@ def percentile(samples: list[float], q: float) -> float:
 def summary(samples: list[float]) -> str:
     if not samples:
         return "n=0"
-    return (f"p50 {percentile(samples, 50):8.1f}  p99 {percentile(samples, 99):8.1f}  "
-            f"max {max(samples):8.1f}  n={len(samples)}")
+    return (
+        f"p50 {percentile(samples, 50):8.1f}  p99 {percentile(samples, 99):8.1f}  "
+        f"max {max(samples):8.1f}  n={len(samples)}"
+    )
 
 
 def stall_stats(lags: list[float], interval_ms: float = 5.0) -> dict:
@@ -233,8 +250,10 @@ def stall_stats(lags: list[float], interval_ms: float = 5.0) -> dict:
 
 def stall_summary(lags: list[float]) -> str:
     s = stall_stats(lags)
-    return (f"time-weighted p99 {s['weighted_p99']:7.1f} ms; stalls >= 10 ms: {s['stalls']}, "
-            f"{s['stalled_s']:.1f} s of {s['total_s']:.1f} s")
+    return (
+        f"time-weighted p99 {s['weighted_p99']:7.1f} ms; stalls >= 10 ms: {s['stalls']}, "
+        f"{s['stalled_s']:.1f} s of {s['total_s']:.1f} s"
+    )
 
 
 def median(samples: list[float]) -> float:

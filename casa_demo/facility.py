@@ -83,12 +83,33 @@ c.Spawner.http_timeout = 120
 """
 
 
-def render_hub_config(*, port: int, hub_port: int, proxy_api_port: int, chp: str, state: Path, oidc_issuer: str,
-                      key_dir: Path, singleuser: str, gpus: int = 0, extra: str = "") -> str:
+def render_hub_config(
+    *,
+    port: int,
+    hub_port: int,
+    proxy_api_port: int,
+    chp: str,
+    state: Path,
+    oidc_issuer: str,
+    key_dir: Path,
+    singleuser: str,
+    gpus: int = 0,
+    extra: str = "",
+) -> str:
     """The facility's jupyterhub_config.py (also what the hub tests run, plus their ``extra`` lines)."""
-    return HUB_CONFIG.format(port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=chp, state=state,
-                             oidc_issuer=oidc_issuer, keys=key_dir, singleuser=singleuser,
-                             as_root=os.geteuid() == 0, gpus=gpus, extra=extra)
+    return HUB_CONFIG.format(
+        port=port,
+        hub_port=hub_port,
+        proxy_api_port=proxy_api_port,
+        chp=chp,
+        state=state,
+        oidc_issuer=oidc_issuer,
+        keys=key_dir,
+        singleuser=singleuser,
+        as_root=os.geteuid() == 0,
+        gpus=gpus,
+        extra=extra,
+    )
 
 
 def config_fragment(path: Path) -> str:
@@ -148,15 +169,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8000, help="where people open the facility (default 8000)")
     parser.add_argument("--oidc-port", type=int, default=8001, help="port of the demo OIDC provider")
-    parser.add_argument("--state", type=Path, default=Path(os.environ.get(
-        "CASA_FACILITY_DIR", Path.home() / ".local" / "share" / "casa-hub-facility")),
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path(os.environ.get("CASA_FACILITY_DIR", Path.home() / ".local" / "share" / "casa-hub-facility")),
         help="keys, hub database, home directories and logs (default $CASA_FACILITY_DIR or "
-             "~/.local/share/casa-hub-facility)")
-    parser.add_argument("--gpus", type=int, default=2,
-                        help="GPUs the GPU profile declares to servers (CASA_GPU_COUNT; a demo has none real)")
-    parser.add_argument("--config", type=Path, action="append", default=[], metavar="FILE",
-                        help="a JupyterHub config fragment run after the generated configuration (profiles, "
-                             "lifetimes, Dask backends, ...); may be given more than once")
+        "~/.local/share/casa-hub-facility)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=2,
+        help="GPUs the GPU profile declares to servers (CASA_GPU_COUNT; a demo has none real)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a JupyterHub config fragment run after the generated configuration (profiles, "
+        "lifetimes, Dask backends, ...); may be given more than once",
+    )
     args = parser.parse_args(argv)
     try:
         extra = "".join(config_fragment(path) for path in args.config)
@@ -172,13 +206,26 @@ def main(argv=None) -> int:
     state = args.state.resolve()
     key_dir = prepare_state(state)
     ports = [_free_port(), _free_port()]  # the hub's and the proxy's internal APIs
-    (state / "jupyterhub_config.py").write_text(render_hub_config(
-        port=args.port, hub_port=ports[0], proxy_api_port=ports[1], chp=chp, state=state,
-        oidc_issuer=f"http://127.0.0.1:{args.oidc_port}", key_dir=key_dir,
-        singleuser=str(bin_dir / "jupyterhub-singleuser"), gpus=args.gpus, extra=extra))
+    (state / "jupyterhub_config.py").write_text(
+        render_hub_config(
+            port=args.port,
+            hub_port=ports[0],
+            proxy_api_port=ports[1],
+            chp=chp,
+            state=state,
+            oidc_issuer=f"http://127.0.0.1:{args.oidc_port}",
+            key_dir=key_dir,
+            singleuser=str(bin_dir / "jupyterhub-singleuser"),
+            gpus=args.gpus,
+            extra=extra,
+        )
+    )
     (state / "users.json").write_text(json.dumps(DEMO_USERS))
-    env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(state / "crypt_key").read_text().strip(),
-               PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        JUPYTERHUB_CRYPT_KEY=(state / "crypt_key").read_text().strip(),
+        PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+    )
 
     procs: list[subprocess.Popen] = []
     stopping = False
@@ -189,23 +236,35 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     try:
-        oidc = subprocess.Popen([sys.executable, "-m", "casa_demo.oidc_provider", str(args.oidc_port),
-                                 str(state / "users.json")], cwd=repo, env=env, start_new_session=True,
-                                stdout=open(state / "oidc.log", "wb"), stderr=subprocess.STDOUT)
+        oidc = subprocess.Popen(
+            [sys.executable, "-m", "casa_demo.oidc_provider", str(args.oidc_port), str(state / "users.json")],
+            cwd=repo,
+            env=env,
+            start_new_session=True,
+            stdout=open(state / "oidc.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(oidc)
-        _wait_http(f"http://127.0.0.1:{args.oidc_port}/.well-known/openid-configuration", oidc, 30,
-                   "the OIDC provider")
-        hub = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(state / "jupyterhub_config.py")],
-                               cwd=state, env=env, start_new_session=True,
-                               stdout=open(state / "jupyterhub.log", "wb"), stderr=subprocess.STDOUT)
+        _wait_http(f"http://127.0.0.1:{args.oidc_port}/.well-known/openid-configuration", oidc, 30, "the OIDC provider")
+        hub = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(state / "jupyterhub_config.py")],
+            cwd=state,
+            env=env,
+            start_new_session=True,
+            stdout=open(state / "jupyterhub.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(hub)
         _wait_http(f"http://127.0.0.1:{args.port}/hub/api", hub, 60, "JupyterHub")
         users = ", ".join(f"{u['sub']} ({', '.join(u['groups'])})" for u in DEMO_USERS)
-        print(f"\nCasa facility ready: open http://127.0.0.1:{args.port}/ in a browser\n"
-              f"  Sign in, then pick a demo user at the identity provider: {users}\n"
-              f"  ('eve' is outside the allowed groups and is refused.)\n"
-              + "".join(f"  Extra configuration: {path.resolve()}\n" for path in args.config)
-              + f"  Logs and keys: {state}\n  Ctrl-C stops everything.\n", flush=True)
+        print(
+            f"\nCasa facility ready: open http://127.0.0.1:{args.port}/ in a browser\n"
+            f"  Sign in, then pick a demo user at the identity provider: {users}\n"
+            f"  ('eve' is outside the allowed groups and is refused.)\n"
+            + "".join(f"  Extra configuration: {path.resolve()}\n" for path in args.config)
+            + f"  Logs and keys: {state}\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.5)
         if not stopping:

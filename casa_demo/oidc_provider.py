@@ -1,8 +1,8 @@
 """A local OIDC provider with demo users, for the one-command facility and the tests.
 
 Wraps oidc-provider-mock 0.3.4 (the release Python 3.11 gets) and closes its gaps that matter to us:
-PKCE (S256) is enforced on every code flow and advertised, and the token endpoint accepts ``client_secret_post`` on the refresh
-grant as oauthenticator sends it. Run: ``python -m casa_demo.oidc_provider PORT USERS.json``.
+PKCE (S256) is enforced on every code flow and advertised, and the token endpoint accepts ``client_secret_post``
+on the refresh grant as oauthenticator sends it. Run: ``python -m casa_demo.oidc_provider PORT USERS.json``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,38 @@ import sys
 
 # the kind of users a facility has: physicists in experiment groups, GPU users, an admin
 DEMO_USERS = [
-    {"sub": "alice", "preferred_username": "alice", "email": "alice@casa.test", "email_verified": True, "name": "Alice Physicist",
-     "groups": ["cms", "gpu-users"]},
-    {"sub": "bob", "preferred_username": "bob", "email": "bob@casa.test", "email_verified": True, "name": "Bob Analyst",
-     "groups": ["atlas"]},
-    {"sub": "admin", "preferred_username": "admin", "email": "admin@casa.test", "email_verified": True, "name": "Facility Admin",
-     "groups": ["cms", "facility-admins", "gpu-users"]},
-    {"sub": "eve", "preferred_username": "eve", "email": "eve@casa.test", "email_verified": True, "name": "Eve Outsider",
-     "groups": ["visitors"]},
+    {
+        "sub": "alice",
+        "preferred_username": "alice",
+        "email": "alice@casa.test",
+        "email_verified": True,
+        "name": "Alice Physicist",
+        "groups": ["cms", "gpu-users"],
+    },
+    {
+        "sub": "bob",
+        "preferred_username": "bob",
+        "email": "bob@casa.test",
+        "email_verified": True,
+        "name": "Bob Analyst",
+        "groups": ["atlas"],
+    },
+    {
+        "sub": "admin",
+        "preferred_username": "admin",
+        "email": "admin@casa.test",
+        "email_verified": True,
+        "name": "Facility Admin",
+        "groups": ["cms", "facility-admins", "gpu-users"],
+    },
+    {
+        "sub": "eve",
+        "preferred_username": "eve",
+        "email": "eve@casa.test",
+        "email_verified": True,
+        "name": "Eve Outsider",
+        "groups": ["visitors"],
+    },
 ]
 
 
@@ -75,8 +99,11 @@ def make_app(users: list[dict]):
         TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     mock.AuthorizationCodeGrant, mock.RefreshTokenGrant = CodeGrant, RefreshGrant
-    app = oidc_provider_mock.app(user_claims=[
-        oidc_provider_mock.User(sub=u["sub"], claims={k: v for k, v in u.items() if k != "sub"}) for u in users])
+    app = oidc_provider_mock.app(
+        user_claims=[
+            oidc_provider_mock.User(sub=u["sub"], claims={k: v for k, v in u.items() if k != "sub"}) for u in users
+        ]
+    )
 
     @app.after_request
     def advertise_pkce(response):

@@ -87,10 +87,10 @@ class CredentialsRefused(Exception):
 
 class ProviderUnavailable(web.HTTPError):
     def __init__(self, issuer: str):
-        super().__init__(503, log_message=f"OIDC provider {issuer} unreachable",
-                         reason="Identity provider unavailable")
-        self.jupyterhub_message = (f"The identity provider ({issuer}) cannot be reached right now. "
-                                   "Please try again in a few minutes.")
+        super().__init__(503, log_message=f"OIDC provider {issuer} unreachable", reason="Identity provider unavailable")
+        self.jupyterhub_message = (
+            f"The identity provider ({issuer}) cannot be reached right now. Please try again in a few minutes."
+        )
 
 
 class CasaAuthenticator(GenericOAuthenticator):
@@ -117,7 +117,8 @@ class CasaAuthenticator(GenericOAuthenticator):
     ).tag(config=True)
 
     id_token_algorithms = List(
-        Unicode(), ["RS256", "ES256"],
+        Unicode(),
+        ["RS256", "ES256"],
         help="""Signature algorithms accepted on id_tokens. Asymmetric ones only (``RS*``, ``PS*``, ``ES*``,
         ``EdDSA``): ``none`` and ``HS*`` would let anyone holding the client secret, or the provider's public
         key, forge identities. Example: ``c.CasaAuthenticator.id_token_algorithms = ["RS256"]``""",
@@ -127,8 +128,10 @@ class CasaAuthenticator(GenericOAuthenticator):
     def _check_id_token_algorithms(self, proposal):
         bad = [a for a in proposal.value if a not in ASYMMETRIC_ALGORITHMS]
         if bad or not proposal.value:
-            raise TraitError(f"CasaAuthenticator.id_token_algorithms={proposal.value!r}: expected a non-empty "
-                             f"list of asymmetric JWS algorithms from {', '.join(ASYMMETRIC_ALGORITHMS)}")
+            raise TraitError(
+                f"CasaAuthenticator.id_token_algorithms={proposal.value!r}: expected a non-empty "
+                f"list of asymmetric JWS algorithms from {', '.join(ASYMMETRIC_ALGORITHMS)}"
+            )
         return proposal.value
 
     id_token_trusted_audiences = List(
@@ -140,17 +143,18 @@ class CasaAuthenticator(GenericOAuthenticator):
 
     id_token_leeway = Integer(30, min=0, help="Clock skew tolerated on id_token exp/iat (seconds).").tag(config=True)
 
-    discovery_timeout = Integer(10, min=1, help="Timeout of each request to the provider (seconds).").tag(
-        config=True)
+    discovery_timeout = Integer(10, min=1, help="Timeout of each request to the provider (seconds).").tag(config=True)
 
     credential_refresh_margin = Integer(
-        1800, min=60,
+        1800,
+        min=60,
         help="""Re-mint credentials when the earliest one expires within this many seconds. Keep it well below
         the shortest credential lifetime (``CasaMinter.*_lifetime``).""",
     ).tag(config=True)
 
     provider_max_connections = Integer(
-        64, min=1,
+        64,
+        min=1,
         help="""Connections the hub opens to the identity provider at once (token, userinfo, discovery).
         Tornado's shared client allows 10 and fails requests that wait longer than their timeout in its queue:
         a lecture hall logging in at once needs more. Default 64.""",
@@ -165,7 +169,8 @@ class CasaAuthenticator(GenericOAuthenticator):
         return AsyncHTTPClient(force_instance=True, max_clients=self.provider_max_connections, defaults=timeouts)
 
     refresh_concurrency = Integer(
-        32, min=1,
+        32,
+        min=1,
         help="""How many servers' credential refreshes (provider refresh grant, mint, Secret update) may run at
         once. Servers started together come due together (a lecture, a hub restart): the rest wait their turn
         instead of flooding the provider and the Kubernetes API. Default 32.""",
@@ -201,8 +206,10 @@ class CasaAuthenticator(GenericOAuthenticator):
 
     @default("custom_403_message")
     def _custom_403_message_default(self):
-        return ("Your account is not in a group allowed to use this facility. "
-                "If you need access, ask the facility administrators to add you to one of its groups.")
+        return (
+            "Your account is not in a group allowed to use this facility. "
+            "If you need access, ask the facility administrators to add you to one of its groups."
+        )
 
     @default("userdata_url")
     def _userdata_url_default(self):
@@ -211,8 +218,10 @@ class CasaAuthenticator(GenericOAuthenticator):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not self.enable_auth_state:
-            raise ValueError("CasaAuthenticator needs Authenticator.enable_auth_state = True (credentials are "
-                             "kept in encrypted auth state); set JUPYTERHUB_CRYPT_KEY as well")
+            raise ValueError(
+                "CasaAuthenticator needs Authenticator.enable_auth_state = True (credentials are "
+                "kept in encrypted auth state); set JUPYTERHUB_CRYPT_KEY as well"
+            )
         try:
             self.minter.load_keys()  # misconfigured keys fail at hub start, not at the first login
         except RuntimeError as e:  # one line an admin can act on, not a traceback through traitlets
@@ -251,8 +260,10 @@ class CasaAuthenticator(GenericOAuthenticator):
         except OIDCError as e:
             self.log.error("OIDC discovery at %s refused: %s", url, e)
             error = web.HTTPError(502, reason="Identity provider misconfigured")
-            error.jupyterhub_message = ("The identity provider's configuration does not match this facility's. "
-                                        "Please tell the facility administrators.")
+            error.jupyterhub_message = (
+                "The identity provider's configuration does not match this facility's. "
+                "Please tell the facility administrators."
+            )
             raise error from None
         self.authorize_url = provider.authorization_endpoint
         self.token_url = provider.token_endpoint
@@ -269,10 +280,14 @@ class CasaAuthenticator(GenericOAuthenticator):
         delay = 0.2
         for attempt in range(attempts):
             try:
-                return await self.httpfetch(url, label="OIDC provider", method="GET",
-                                            request_timeout=self.discovery_timeout,
-                                            connect_timeout=self.discovery_timeout,
-                                            validate_cert=self.validate_server_cert)
+                return await self.httpfetch(
+                    url,
+                    label="OIDC provider",
+                    method="GET",
+                    request_timeout=self.discovery_timeout,
+                    connect_timeout=self.discovery_timeout,
+                    validate_cert=self.validate_server_cert,
+                )
             except HTTPClientError as e:
                 if e.code < 500 and e.code != 599:
                     raise
@@ -316,9 +331,16 @@ class CasaAuthenticator(GenericOAuthenticator):
             nonce = login_nonce(handler.get_argument("state")) if login and handler is not None else None
             try:
                 claims = await verify_id_token(
-                    id_token, self._jwks, issuer=self._provider.issuer, audience=self.client_id,
-                    algorithms=self.id_token_algorithms, leeway=self.id_token_leeway, nonce=nonce,
-                    now=self.clock().timestamp(), trusted_audiences=self.id_token_trusted_audiences)
+                    id_token,
+                    self._jwks,
+                    issuer=self._provider.issuer,
+                    audience=self.client_id,
+                    algorithms=self.id_token_algorithms,
+                    leeway=self.id_token_leeway,
+                    nonce=nonce,
+                    now=self.clock().timestamp(),
+                    trusted_audiences=self.id_token_trusted_audiences,
+                )
             except OIDCError as e:
                 self.log.warning("Refusing login: %s", e)
                 raise web.HTTPError(403, reason="Invalid identity token", log_message=str(e)) from None
@@ -342,8 +364,11 @@ class CasaAuthenticator(GenericOAuthenticator):
             return super().user_info_to_username(user_info)
         except ValueError:
             # oauthenticator's message would echo every claim into the log and the error page
-            raise web.HTTPError(403, reason="Your identity provider sent no user name",
-                                log_message=f"no usable {self.username_claim!r} claim") from None
+            raise web.HTTPError(
+                403,
+                reason="Your identity provider sent no user name",
+                log_message=f"no usable {self.username_claim!r} claim",
+            ) from None
 
     def normalize_username(self, username):
         """JupyterHub's normalisation (lower case, ``username_map``), then Unicode NFC: canonically equivalent
@@ -384,20 +409,24 @@ class CasaAuthenticator(GenericOAuthenticator):
         # JupyterHub validates names only after authenticate(): a clear message here instead of a bare 403
         if not self.validate_username(username):
             self.log.warning("Refusing login with an invalid user name %r", username[:80])
-            raise web.HTTPError(403, reason="User name not allowed",
-                                log_message=f"invalid user name {username[:80]!r}")
+            raise web.HTTPError(403, reason="User name not allowed", log_message=f"invalid user name {username[:80]!r}")
         sub = user_info.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise web.HTTPError(403, reason="Your identity provider sent no subject",
-                                log_message="no 'sub' claim in the verified identity")
+            raise web.HTTPError(
+                403,
+                reason="Your identity provider sent no subject",
+                log_message="no 'sub' claim in the verified identity",
+            )
         state["casa_identity"] = {"iss": (await self.discover()).issuer, "sub": sub}
         state["casa_groups"] = sorted(await self.get_user_groups(state))
         return state
 
     def _verified_email(self, auth_state: dict) -> str | None:
         """The e-mail, only where the provider says it verified it (``email_verified: true``)."""
-        claims = {**(auth_state.get("token_response", {}).get("id_token_claims") or {}),
-                  **(auth_state.get(self.user_auth_state_key) or {})}
+        claims = {
+            **(auth_state.get("token_response", {}).get("id_token_claims") or {}),
+            **(auth_state.get(self.user_auth_state_key) or {}),
+        }
         email = claims.get("email")
         return email if isinstance(email, str) and email and claims.get("email_verified") is True else None
 
@@ -412,12 +441,18 @@ class CasaAuthenticator(GenericOAuthenticator):
         previous = await self._stored_auth_state(handler, name)
         bound = (previous or {}).get("casa_identity")
         if bound and bound != identity:
-            self.log.warning("Refusing login as %r: the hub user is bound to another identity at %s",
-                             name[:80], bound.get("iss"))
-            error = web.HTTPError(403, reason="Account bound to another identity",
-                                  log_message=f"hub user {name[:80]!r} is bound to another provider identity")
-            error.jupyterhub_message = ("This account name belongs to another identity at the identity provider. "
-                                        "Please contact the facility administrators.")
+            self.log.warning(
+                "Refusing login as %r: the hub user is bound to another identity at %s", name[:80], bound.get("iss")
+            )
+            error = web.HTTPError(
+                403,
+                reason="Account bound to another identity",
+                log_message=f"hub user {name[:80]!r} is bound to another provider identity",
+            )
+            error.jupyterhub_message = (
+                "This account name belongs to another identity at the identity provider. "
+                "Please contact the facility administrators."
+            )
             raise error
         try:
             bundle = await self.mint(name, email=self._verified_email(state))
@@ -522,11 +557,15 @@ class CasaAuthenticator(GenericOAuthenticator):
             _refresh_outages.reset(reset)
         if model is False and outages:
             if not self._expired(bundle):
-                self.log.warning("OIDC provider unavailable while refreshing %s; keeping credentials valid "
-                                 "until %s", user.name, bundle.expires_at)
+                self.log.warning(
+                    "OIDC provider unavailable while refreshing %s; keeping credentials valid until %s",
+                    user.name,
+                    bundle.expires_at,
+                )
                 return True
-            self.log.warning("Credentials of %s expired while the OIDC provider was unavailable: "
-                             "a new login is required", user.name)
+            self.log.warning(
+                "Credentials of %s expired while the OIDC provider was unavailable: a new login is required", user.name
+            )
             return False
         if not isinstance(model, dict):
             return model
@@ -568,8 +607,7 @@ class CasaAuthenticator(GenericOAuthenticator):
         refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, auth_state))
         if refusal:
             self.log.warning("Refusing to start a server for %s: %s", user.name, refusal)
-            raise web.HTTPError(403, reason="Not allowed to use this facility",
-                                log_message=f"{user.name}: {refusal}")
+            raise web.HTTPError(403, reason="Not allowed to use this facility", log_message=f"{user.name}: {refusal}")
         if not auth_state.get("casa"):
             raise web.HTTPError(403, reason="No credentials: please log out and log in again")
         if isinstance(spawner, CasaCredentialsMixin):
@@ -577,8 +615,9 @@ class CasaAuthenticator(GenericOAuthenticator):
                 spawner.casa_bundle = CredentialBundle.from_dict(auth_state["casa"])
             except TraitError as e:  # stored credentials of another user: never mounted
                 self.log.error("Refusing to start %s's server: %s", user.name, e)
-                raise web.HTTPError(403, reason="Credentials belong to another user: please log in again",
-                                    log_message=str(e)) from None
+                raise web.HTTPError(
+                    403, reason="Credentials belong to another user: please log in again", log_message=str(e)
+                ) from None
             spawner.casa_groups = list(auth_state.get("casa_groups", []))
 
     def get_handlers(self, app):

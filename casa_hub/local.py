@@ -61,7 +61,7 @@ def _write_atomic(target: Path, content: bytes, mode: int, uid: int | None, gid:
                 os.fchown(fd, uid, gid if gid is not None else -1)
             view = memoryview(content)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -74,8 +74,7 @@ def _write_atomic(target: Path, content: bytes, mode: int, uid: int | None, gid:
         raise
 
 
-def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None,
-                     gid: int | None = None) -> None:
+def write_bundle_dir(directory: Path, bundle: CredentialBundle, uid: int | None = None, gid: int | None = None) -> None:
     """Write (or replace) the bundle in ``directory`` (0700, owned by ``uid``): every file is written beside
     its target and renamed over it, with the bundle's mode. Files no longer in the bundle are removed."""
     directory = Path(directory)
@@ -151,9 +150,11 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         rows = []
         for i, p in enumerate(visible_profiles(self.profiles, self.casa_groups)):
             checked = " checked" if i == 0 else ""
-            rows.append(f'<label class="casa-profile"><input type="radio" name="profile" value="{escape(p["slug"])}"'
-                        f'{checked}> <strong>{escape(p["display_name"])}</strong> '
-                        f'{escape(p.get("description", ""))}</label><br>')
+            rows.append(
+                f'<label class="casa-profile"><input type="radio" name="profile" value="{escape(p["slug"])}"'
+                f"{checked}> <strong>{escape(p['display_name'])}</strong> "
+                f"{escape(p.get('description', ''))}</label><br>"
+            )
         return "\n".join(rows)
 
     def options_from_form(self, formdata):

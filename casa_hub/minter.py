@@ -92,7 +92,8 @@ class CasaMinter(LoggingConfigurable):
     # ---- XCache / XRootD ----
     xcache_enabled = Bool(True, help="Mint a WLCG bearer token for XCache/XRootD.").tag(config=True)
     xcache_scopes = List(
-        Unicode(), ["storage.read:/store"],
+        Unicode(),
+        ["storage.read:/store"],
         help="""WLCG storage scopes of the XCache token (``storage.read|create|modify|stage:PATH``, or SciTokens'
         ``read:PATH`` / ``write:PATH``). ``{userdir}`` in a path is replaced by the user's storage directory name:
         a prefix-free escape of the user name ending in ``~`` (``alice`` -> ``alice~``; ``python -m
@@ -104,7 +105,8 @@ class CasaMinter(LoggingConfigurable):
         Example: ``["storage.read:/store", "storage.create:/store/user/{userdir}"]``""",
     ).tag(config=True)
     xcache_audience = List(
-        Unicode(), ["https://wlcg.cern.ch/jwt/v1/any"],
+        Unicode(),
+        ["https://wlcg.cern.ch/jwt/v1/any"],
         help="Audience(s) of the XCache token: the XCache/XRootD endpoints that must accept it.",
     ).tag(config=True)
     xcache_lifetime = _seconds("Lifetime of the XCache token", 6 * 3600)
@@ -144,31 +146,35 @@ class CasaMinter(LoggingConfigurable):
     ).tag(config=True)
     condor_key_id = Unicode("POOL", help="Name of the signing key (its file name in passwords.d).").tag(config=True)
     condor_trust_domain = Unicode(
-        "", help="""The pool's ``TRUST_DOMAIN`` (token ``iss``). The identity is ``<account>@<trust domain>``,
+        "",
+        help="""The pool's ``TRUST_DOMAIN`` (token ``iss``). The identity is ``<account>@<trust domain>``,
         where ``<account>`` is the hub user name when it is a portable POSIX account name without ``--``, and
         otherwise a readable prefix + ``--`` + 16 hex digits of its SHA-256 (``python -m
         casa_hub.credentials.htcondor NAME`` prints it). The pool needs a local account of that name.""",
     ).tag(config=True)
-    condor_scopes = List(Unicode(), list(htcondor.DEFAULT_SCOPES),
-                         help="Authorization scopes of the IDTOKEN (empty list: unrestricted).").tag(config=True)
+    condor_scopes = List(
+        Unicode(), list(htcondor.DEFAULT_SCOPES), help="Authorization scopes of the IDTOKEN (empty list: unrestricted)."
+    ).tag(config=True)
     condor_lifetime = _seconds("Lifetime of the IDTOKEN", 6 * 3600)
 
     @validate("condor_trust_domain")
     def _check_condor_trust_domain(self, proposal):
         value = proposal.value
         if "@" in value or any(c.isspace() for c in value):
-            raise TraitError(f"CasaMinter.condor_trust_domain={value!r}: a TRUST_DOMAIN cannot contain '@' or white "
-                             "space (HTCondor splits the identity <account>@<trust domain> at its first '@')")
+            raise TraitError(
+                f"CasaMinter.condor_trust_domain={value!r}: a TRUST_DOMAIN cannot contain '@' or white "
+                "space (HTCondor splits the identity <account>@<trust domain> at its first '@')"
+            )
         return value
 
     # ---- ServiceX ----
     servicex_enabled = Bool(False, help="Mint a ServiceX token and client configuration.").tag(config=True)
     servicex_endpoint = Unicode("", help="ServiceX endpoint URL written into servicex.yaml.").tag(config=True)
-    servicex_name = Unicode("casa", help="Endpoint name in servicex.yaml (also its default-endpoint).").tag(
-        config=True)
+    servicex_name = Unicode("casa", help="Endpoint name in servicex.yaml (also its default-endpoint).").tag(config=True)
     servicex_secret_file = Unicode("", help="File with the ServiceX deployment's JWT_SECRET_KEY.").tag(config=True)
     servicex_identity = Enum(
-        ["username", "email"], "username",
+        ["username", "email"],
+        "username",
         help="""Identity ServiceX knows users by: the hub user name (older ServiceX, ``sub``) or e-mail.
         ``email`` uses only an e-mail the identity provider marked verified (``email_verified: true``); a user
         without one gets no credentials: minting refuses with an error saying so.""",
@@ -179,14 +185,16 @@ class CasaMinter(LoggingConfigurable):
     # ---- Dask TLS ----
     dask_tls_enabled = Bool(True, help="Issue a per-user CA and Dask TLS certificates.").tag(config=True)
     dask_ca_secret_file = Unicode(
-        "", help="""File with >= 32 random bytes from which every user's CA key is derived (HKDF).
+        "",
+        help="""File with >= 32 random bytes from which every user's CA key is derived (HKDF).
         Keep it as stable as the hub's cookie secret: changing it changes every user's CA.""",
     ).tag(config=True)
     dask_ca_generation = Integer(
         0, min=0, help="Bump to rotate every user's Dask CA (e.g. after a suspected key exposure)."
     ).tag(config=True)
     dask_hostnames = List(
-        Unicode(), ["localhost", "127.0.0.1", "dask-{username}"],
+        Unicode(),
+        ["localhost", "127.0.0.1", "dask-{username}"],
         help="""Subject alternative names of the scheduler and worker certificates; ``{username}`` is replaced
         by a DNS-safe form of the user name (unchanged when it already is one).""",
     ).tag(config=True)
@@ -234,11 +242,13 @@ class CasaMinter(LoggingConfigurable):
     def load_keys(self) -> None:
         """Read and check every enabled signing key now, so a misconfiguration fails at hub start with one
         message naming the trait, not at login (or as a traceback)."""
-        checks = [(self.xcache_enabled, "issuer_key_file", lambda: self.issuer_keys),
-                  (self.macaroon_enabled, "macaroon_secret_file", lambda: self._macaroon_secret),
-                  (self.condor_enabled, "condor_signing_key_file", lambda: self._condor_key),
-                  (self.servicex_enabled, "servicex_secret_file", lambda: self._servicex_secret),
-                  (self.dask_tls_enabled, "dask_ca_secret_file", lambda: self._dask_ca_secret)]
+        checks = [
+            (self.xcache_enabled, "issuer_key_file", lambda: self.issuer_keys),
+            (self.macaroon_enabled, "macaroon_secret_file", lambda: self._macaroon_secret),
+            (self.condor_enabled, "condor_signing_key_file", lambda: self._condor_key),
+            (self.servicex_enabled, "servicex_secret_file", lambda: self._servicex_secret),
+            (self.dask_tls_enabled, "dask_ca_secret_file", lambda: self._dask_ca_secret),
+        ]
         for enabled, trait, load in checks:
             if not enabled:
                 continue
@@ -288,17 +298,25 @@ class CasaMinter(LoggingConfigurable):
         if self.xcache_enabled:
             area = storage.storage_area(self.xcache_scopes, user)
             token, exp = xcache.mint_wlcg_token(
-                self.issuer_keys[0], issuer=self.issuer_url, subject=user,
-                scopes=storage.render_scopes(self.xcache_scopes, user), audience=
-                self.xcache_audience[0] if len(self.xcache_audience) == 1 else self.xcache_audience,
-                now=now, lifetime=datetime.timedelta(seconds=self.xcache_lifetime))
+                self.issuer_keys[0],
+                issuer=self.issuer_url,
+                subject=user,
+                scopes=storage.render_scopes(self.xcache_scopes, user),
+                audience=self.xcache_audience[0] if len(self.xcache_audience) == 1 else self.xcache_audience,
+                now=now,
+                lifetime=datetime.timedelta(seconds=self.xcache_lifetime),
+            )
             add(XCACHE_TOKEN, token, exp, kind="xcache")
             env["BEARER_TOKEN_FILE"] = "{mount}/" + XCACHE_TOKEN
         if self.macaroon_enabled:
             mac, exp = xcache.mint_macaroon(
-                secret=self._macaroon_secret, location=self.macaroon_location, user=user,
-                path=storage.render_path(self.macaroon_path, user), now=now,
-                lifetime=datetime.timedelta(seconds=self.macaroon_lifetime))
+                secret=self._macaroon_secret,
+                location=self.macaroon_location,
+                user=user,
+                path=storage.render_path(self.macaroon_path, user),
+                now=now,
+                lifetime=datetime.timedelta(seconds=self.macaroon_lifetime),
+            )
             add(XCACHE_MACAROON, mac, exp, kind="macaroon")
             env["CASA_MACAROON_FILE"] = "{mount}/" + XCACHE_MACAROON
             if area is None and storage.is_per_user(self.macaroon_path):
@@ -307,9 +325,14 @@ class CasaMinter(LoggingConfigurable):
             env["CASA_STORAGE_AREA"] = area
         if self.condor_enabled:
             tok, exp = htcondor.mint_idtoken(
-                signing_key=self._condor_key, key_id=self.condor_key_id, trust_domain=self.condor_trust_domain,
-                user=user, now=now, lifetime=datetime.timedelta(seconds=self.condor_lifetime),
-                scopes=self.condor_scopes)
+                signing_key=self._condor_key,
+                key_id=self.condor_key_id,
+                trust_domain=self.condor_trust_domain,
+                user=user,
+                now=now,
+                lifetime=datetime.timedelta(seconds=self.condor_lifetime),
+                scopes=self.condor_scopes,
+            )
             add(CONDOR_TOKEN, tok, exp, kind="htcondor")
             # the pool account (Owner of the user's jobs) the token names; not a secret
             manifest["htcondor"]["user"] = env["CASA_CONDOR_USER"] = htcondor.condor_user(user)
@@ -318,7 +341,11 @@ class CasaMinter(LoggingConfigurable):
             self._mint_servicex(user, email, now, add, env)
         if self.dask_tls_enabled:
             self._mint_dask(user, now, add, env)
-        add(MANIFEST, json.dumps({"user": user, "issued_at": now.isoformat(), "credentials": manifest}).encode(), mode=0o444)
+        add(
+            MANIFEST,
+            json.dumps({"user": user, "issued_at": now.isoformat(), "credentials": manifest}).encode(),
+            mode=0o444,
+        )
         env["CASA_CREDENTIALS_DIR"] = "{mount}"
         return CredentialBundle(user=user, issued_at=now, files=files, env=env)
 
@@ -326,17 +353,26 @@ class CasaMinter(LoggingConfigurable):
         # ``email`` is only ever a provider-verified address: CasaAuthenticator passes None otherwise
         identity = user if self.servicex_identity == "username" else email
         if not identity:
-            raise ValueError(f"ServiceX needs an e-mail address of user {user!r} that is present and verified by "
-                             "the identity provider (email_verified: true), because "
-                             "CasaMinter.servicex_identity='email'; the provider gave none")
+            raise ValueError(
+                f"ServiceX needs an e-mail address of user {user!r} that is present and verified by "
+                "the identity provider (email_verified: true), because "
+                "CasaMinter.servicex_identity='email'; the provider gave none"
+            )
         lifetime = datetime.timedelta(seconds=self.servicex_lifetime)
         token, claims = servicex.mint_servicex_token(
-            secret=self._servicex_secret, identity=identity, identity_claim=self.servicex_identity_claim, now=now,
-            lifetime=lifetime)
+            secret=self._servicex_secret,
+            identity=identity,
+            identity_claim=self.servicex_identity_claim,
+            now=now,
+            lifetime=lifetime,
+        )
         exp = datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
         add(SERVICEX_TOKEN, token.encode() + b"\n", exp, kind="servicex")
-        add(SERVICEX_CONFIG, servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name),
-            mode=0o444)
+        add(
+            SERVICEX_CONFIG,
+            servicex.servicex_yaml(endpoint=self.servicex_endpoint, name=self.servicex_name),
+            mode=0o444,
+        )
         env["CASA_SERVICEX_TOKEN_FILE"] = "{mount}/" + SERVICEX_TOKEN
         env["CASA_SERVICEX_CONFIG"] = "{mount}/" + SERVICEX_CONFIG
 
@@ -348,8 +384,9 @@ class CasaMinter(LoggingConfigurable):
         env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = "{mount}/" + DASK_CA
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
         for role in dask_tls.ROLES:
-            leaf = dask_tls.issue_leaf(ca=ca, user=user, role=role,
-                                       hostnames=hostnames if role != "client" else (), now=now, lifetime=lifetime)
+            leaf = dask_tls.issue_leaf(
+                ca=ca, user=user, role=role, hostnames=hostnames if role != "client" else (), now=now, lifetime=lifetime
+            )
             cert_path, key_path = _dask_files(role)
             add(cert_path, leaf.cert_pem, leaf.expires_at, mode=0o444, kind=f"dask-{role}")
             add(key_path, leaf.key_pem, leaf.expires_at)

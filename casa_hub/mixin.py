@@ -29,8 +29,11 @@ from .credentials.bundle import CredentialBundle
 class CasaCredentialsMixin(HasTraits):
     """Mixed into a JupyterHub Spawner, first in the bases: ``class S(CasaCredentialsMixin, KubeSpawner)``."""
 
-    casa_bundle = Instance(CredentialBundle, allow_none=True,
-                           help="The CredentialBundle for this server (set by CasaAuthenticator.pre_spawn_start).")
+    casa_bundle = Instance(
+        CredentialBundle,
+        allow_none=True,
+        help="The CredentialBundle for this server (set by CasaAuthenticator.pre_spawn_start).",
+    )
 
     @validate("casa_bundle")
     def _casa_own_bundle_only(self, proposal):
@@ -49,14 +52,17 @@ class CasaCredentialsMixin(HasTraits):
         return sorted(g.name for g in (getattr(user, "groups", None) or []))
 
     casa_refresh_jitter = Float(
-        0.1, min=0, max=0.5,
+        0.1,
+        min=0,
+        max=0.5,
         help="""Fraction of the refresh margin (``CasaAuthenticator.credential_refresh_margin``) by which each
         server's refresh is brought forward at random, so that servers started together do not all refresh at
         the same moment. Default 0.1; e.g. ``c.CasaSpawner.casa_refresh_jitter = 0`` in tests.""",
     ).tag(config=True)
 
     casa_refresh_retry_interval = Float(
-        60, min=1,
+        60,
+        min=1,
         help="""Seconds between attempts when a refresh fails (provider or hub briefly unavailable); retries
         stop once the credentials have expired. Default 60.""",
     ).tag(config=True)
@@ -150,8 +156,12 @@ class CasaCredentialsMixin(HasTraits):
         except asyncio.CancelledError:
             raise
         except CredentialsRefused as e:  # final: the authenticator logged why; a new login decides
-            self.log.warning("Credentials of %s are no longer renewed (%s); they lapse at %s", self._log_name,
-                             e, self._casa_expires_at)
+            self.log.warning(
+                "Credentials of %s are no longer renewed (%s); they lapse at %s",
+                self._log_name,
+                e,
+                self._casa_expires_at,
+            )
             return
         except Exception as e:
             if getattr(e, "log_message", None):  # a refusal that says what failed (e.g. Kubernetes' answer)
@@ -164,15 +174,23 @@ class CasaCredentialsMixin(HasTraits):
         now = datetime.datetime.now(datetime.timezone.utc)
         if self._casa_stopped:
             return
-        if self._casa_expires_at is not None and now + datetime.timedelta(
-                seconds=self.casa_refresh_retry_interval) < self._casa_expires_at:
-            self.log.warning("Credentials of %s not refreshed; trying again in %.0f s (they lapse at %s)",
-                             self._log_name, self.casa_refresh_retry_interval, self._casa_expires_at)
-            self._casa_refresh_task = asyncio.ensure_future(
-                self._casa_refresh_after(self.casa_refresh_retry_interval))
+        if (
+            self._casa_expires_at is not None
+            and now + datetime.timedelta(seconds=self.casa_refresh_retry_interval) < self._casa_expires_at
+        ):
+            self.log.warning(
+                "Credentials of %s not refreshed; trying again in %.0f s (they lapse at %s)",
+                self._log_name,
+                self.casa_refresh_retry_interval,
+                self._casa_expires_at,
+            )
+            self._casa_refresh_task = asyncio.ensure_future(self._casa_refresh_after(self.casa_refresh_retry_interval))
         else:
-            self.log.warning("Credentials of %s could not be refreshed and lapse at %s; a new login is needed",
-                             self._log_name, self._casa_expires_at)
+            self.log.warning(
+                "Credentials of %s could not be refreshed and lapse at %s; a new login is needed",
+                self._log_name,
+                self._casa_expires_at,
+            )
 
     # ------------------------------------------------------------------ progress
     def casa_progress(self, message: str, progress: int | None = None) -> None:
@@ -252,7 +270,11 @@ class CasaCredentialsMixin(HasTraits):
     async def poll(self):
         status = await super().poll()
         # after a hub restart the timer is gone: re-arm it from the persisted expiry
-        if (status is None and self._casa_refresh_task is None and self._casa_expires_at is not None
-                and not self._casa_stopped):
+        if (
+            status is None
+            and self._casa_refresh_task is None
+            and self._casa_expires_at is not None
+            and not self._casa_stopped
+        ):
             self.casa_schedule_refresh(self._casa_expires_at)
         return status

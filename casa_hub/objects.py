@@ -44,8 +44,13 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 def secret_key(path: str) -> str:
     """The Secret key of a bundle path (``/`` → ``__``); refuses what a Secret key cannot hold."""
     key = path.replace("/", "__")
-    if (not _SECRET_KEY.match(key) or len(key) > 253 or key.startswith("..") or key == "."
-            or any(part in ("", ".", "..") for part in path.split("/"))):
+    if (
+        not _SECRET_KEY.match(key)
+        or len(key) > 253
+        or key.startswith("..")
+        or key == "."
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
         raise ValueError(f"bundle path {path!r} cannot be a Secret key (or a path in the volume)")
     return key
 
@@ -60,15 +65,27 @@ def _secret_data(bundle: CredentialBundle) -> dict[str, str]:
     return data
 
 
-def make_credentials_secret(name: str, namespace: str, bundle: CredentialBundle, labels: dict | None = None,
-                            owner_references: list[V1OwnerReference] | None = None) -> V1Secret:
+def make_credentials_secret(
+    name: str,
+    namespace: str,
+    bundle: CredentialBundle,
+    labels: dict | None = None,
+    owner_references: list[V1OwnerReference] | None = None,
+) -> V1Secret:
     """The per-user Secret holding every file of ``bundle`` (base64), owned by the pod when
     ``owner_references`` is given; the earliest expiry is an annotation (no secret there)."""
     annotations = {EXPIRY_ANNOTATION: bundle.expires_at.isoformat()} if bundle.expires_at else {}
     return V1Secret(
-        api_version="v1", kind="Secret", type="Opaque",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels or {}), annotations=annotations,
-                              owner_references=list(owner_references or [])),
+        api_version="v1",
+        kind="Secret",
+        type="Opaque",
+        metadata=V1ObjectMeta(
+            name=name,
+            namespace=namespace,
+            labels=dict(labels or {}),
+            annotations=annotations,
+            owner_references=list(owner_references or []),
+        ),
         data=_secret_data(bundle),
     )
 
@@ -85,10 +102,13 @@ def pod_file_mode(bundle_mode: int, group_readable: bool) -> int:
 
 def make_credentials_volume(secret_name: str, bundle: CredentialBundle, group_readable: bool) -> V1Volume:
     """The Secret volume: one item per bundle file, at its path, with its mode (see :func:`pod_file_mode`)."""
-    items = [V1KeyToPath(key=secret_key(p), path=p, mode=pod_file_mode(f.mode, group_readable))
-             for p, f in sorted(bundle.files.items())]
-    return V1Volume(name=VOLUME_NAME, secret=V1SecretVolumeSource(secret_name=secret_name, items=items,
-                                                                  default_mode=0o400))
+    items = [
+        V1KeyToPath(key=secret_key(p), path=p, mode=pod_file_mode(f.mode, group_readable))
+        for p, f in sorted(bundle.files.items())
+    ]
+    return V1Volume(
+        name=VOLUME_NAME, secret=V1SecretVolumeSource(secret_name=secret_name, items=items, default_mode=0o400)
+    )
 
 
 def make_credentials_mount(mount_path: str) -> V1VolumeMount:
@@ -100,8 +120,14 @@ def make_credentials_env(bundle: CredentialBundle, mount_path: str) -> list[V1En
     return [V1EnvVar(name=k, value=v) for k, v in sorted(bundle.env_for(mount_path).items())]
 
 
-def add_credentials_to_pod(pod, secret_name: str, bundle: CredentialBundle, mount_path: str,
-                           group_readable: bool, container_name: str | None = None):
+def add_credentials_to_pod(
+    pod,
+    secret_name: str,
+    bundle: CredentialBundle,
+    mount_path: str,
+    group_readable: bool,
+    container_name: str | None = None,
+):
     """Add (or replace: respawns must not accumulate duplicates) the credentials volume, its read-only mount
     and the env to ``pod`` (a V1Pod), in the container named ``container_name`` (default: the first one)."""
     spec = pod.spec
@@ -116,33 +142,53 @@ def add_credentials_to_pod(pod, secret_name: str, bundle: CredentialBundle, moun
 
 
 # ------------------------------------------------------------------ Dask scheduler
-def make_dask_scheduler_service(name: str, namespace: str, selector: dict, port: int,
-                                owner_references: list[V1OwnerReference], labels: dict | None = None,
-                                dashboard_port: int | None = None) -> V1Service:
+def make_dask_scheduler_service(
+    name: str,
+    namespace: str,
+    selector: dict,
+    port: int,
+    owner_references: list[V1OwnerReference],
+    labels: dict | None = None,
+    dashboard_port: int | None = None,
+) -> V1Service:
     """A ClusterIP Service exposing the user's Dask scheduler (TLS; only holders of the user's certs get in)
     and optionally its dashboard."""
     ports = [V1ServicePort(name="dask-scheduler", port=port, target_port=port, protocol="TCP")]
     if dashboard_port:
-        ports.append(V1ServicePort(name="dask-dashboard", port=dashboard_port, target_port=dashboard_port,
-                                   protocol="TCP"))
+        ports.append(
+            V1ServicePort(name="dask-dashboard", port=dashboard_port, target_port=dashboard_port, protocol="TCP")
+        )
     return V1Service(
-        api_version="v1", kind="Service",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels or {}),
-                              owner_references=list(owner_references)),
+        api_version="v1",
+        kind="Service",
+        metadata=V1ObjectMeta(
+            name=name, namespace=namespace, labels=dict(labels or {}), owner_references=list(owner_references)
+        ),
         spec=V1ServiceSpec(selector=dict(selector), type="ClusterIP", ports=ports),
     )
 
 
-def make_dask_route(name: str, namespace: str, host: str, service_name: str, port: int,
-                    owner_references: list[V1OwnerReference], labels: dict | None = None,
-                    entry_point: str = "dask") -> dict:
+def make_dask_route(
+    name: str,
+    namespace: str,
+    host: str,
+    service_name: str,
+    port: int,
+    owner_references: list[V1OwnerReference],
+    labels: dict | None = None,
+    entry_point: str = "dask",
+) -> dict:
     """A Traefik IngressRouteTCP passing TLS through by SNI to the scheduler Service (the scheduler itself
     terminates TLS with the user's certificates, so the router never sees the traffic)."""
     return {
         "apiVersion": "traefik.io/v1alpha1",
         "kind": "IngressRouteTCP",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}),
-                     "ownerReferences": [owner_reference_dict(o) for o in owner_references]},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels or {}),
+            "ownerReferences": [owner_reference_dict(o) for o in owner_references],
+        },
         "spec": {
             "entryPoints": [entry_point],
             "routes": [{"match": f"HostSNI(`{host}`)", "services": [{"name": service_name, "port": port}]}],
@@ -151,21 +197,47 @@ def make_dask_route(name: str, namespace: str, host: str, service_name: str, por
     }
 
 
-def make_dask_dashboard_ingress(name: str, namespace: str, host: str, service_name: str, port: int,
-                                owner_references: list[V1OwnerReference], labels: dict | None = None,
-                                ingress_class: str | None = None, tls_secret: str | None = None) -> V1Ingress:
+def make_dask_dashboard_ingress(
+    name: str,
+    namespace: str,
+    host: str,
+    service_name: str,
+    port: int,
+    owner_references: list[V1OwnerReference],
+    labels: dict | None = None,
+    ingress_class: str | None = None,
+    tls_secret: str | None = None,
+) -> V1Ingress:
     """A standard Ingress for the scheduler's HTTP dashboard (the scheduler's TLS port needs
     :func:`make_dask_route`: an HTTP Ingress cannot pass TLS through)."""
     return V1Ingress(
-        api_version="networking.k8s.io/v1", kind="Ingress",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels or {}),
-                              owner_references=list(owner_references)),
+        api_version="networking.k8s.io/v1",
+        kind="Ingress",
+        metadata=V1ObjectMeta(
+            name=name, namespace=namespace, labels=dict(labels or {}), owner_references=list(owner_references)
+        ),
         spec=V1IngressSpec(
             ingress_class_name=ingress_class,
             tls=[V1IngressTLS(hosts=[host], secret_name=tls_secret)] if tls_secret else None,
-            rules=[V1IngressRule(host=host, http=V1HTTPIngressRuleValue(paths=[V1HTTPIngressPath(
-                path="/", path_type="Prefix", backend=V1IngressBackend(service=V1IngressServiceBackend(
-                    name=service_name, port=V1ServiceBackendPort(number=port))))]))]),
+            rules=[
+                V1IngressRule(
+                    host=host,
+                    http=V1HTTPIngressRuleValue(
+                        paths=[
+                            V1HTTPIngressPath(
+                                path="/",
+                                path_type="Prefix",
+                                backend=V1IngressBackend(
+                                    service=V1IngressServiceBackend(
+                                        name=service_name, port=V1ServiceBackendPort(number=port)
+                                    )
+                                ),
+                            )
+                        ]
+                    ),
+                )
+            ],
+        ),
     )
 
 
@@ -182,8 +254,14 @@ def upsert_env(env: list, new: list[V1EnvVar]) -> list:
 
 def owner_reference_dict(o: V1OwnerReference) -> dict:
     """The API (camelCase) form of an owner reference, for patches and custom objects."""
-    return {"apiVersion": o.api_version, "kind": o.kind, "name": o.name, "uid": o.uid,
-            "blockOwnerDeletion": o.block_owner_deletion, "controller": o.controller}
+    return {
+        "apiVersion": o.api_version,
+        "kind": o.kind,
+        "name": o.name,
+        "uid": o.uid,
+        "blockOwnerDeletion": o.block_owner_deletion,
+        "controller": o.controller,
+    }
 
 
 def _name(obj) -> str:

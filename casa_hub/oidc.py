@@ -38,8 +38,9 @@ def parse_discovery(document: Mapping, expected_issuer: str) -> ProviderMetadata
     """Validate an ``/.well-known/openid-configuration`` document (OIDC Discovery 1.0 section 4.3)."""
     if document.get("issuer", "").rstrip("/") != expected_issuer.rstrip("/"):
         raise OIDCError(f"the provider says its issuer is {document.get('issuer')!r}, expected {expected_issuer!r}")
-    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
-               if not document.get(k)]
+    missing = [
+        k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri") if not document.get(k)
+    ]
     if missing:
         raise OIDCError(f"the provider's discovery document lacks {', '.join(missing)}")
     return ProviderMetadata(
@@ -56,8 +57,12 @@ class JWKSCache:
     """The provider's signing keys by ``kid``; an unknown kid triggers one re-fetch (key rotation), at most
     once per ``min_refetch_interval`` seconds so forged kids cannot make us hammer the provider."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[Mapping]], min_refetch_interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Mapping]],
+        min_refetch_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._fetch = fetch
         self._keys: dict[str, jwt.PyJWK] = {}
         self._declared: dict[str, str | None] = {}
@@ -154,10 +159,18 @@ def _signed_by(token: str, key: jwt.PyJWK, alg: str) -> bool:
         return False
 
 
-async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience: str,
-                          algorithms: Sequence[str] = ("RS256", "ES256"), leeway: float = 30.0,
-                          nonce: str | None = None, now: float | None = None,
-                          trusted_audiences: Sequence[str] = ()) -> dict:
+async def verify_id_token(
+    token: str,
+    keys: JWKSCache,
+    *,
+    issuer: str,
+    audience: str,
+    algorithms: Sequence[str] = ("RS256", "ES256"),
+    leeway: float = 30.0,
+    nonce: str | None = None,
+    now: float | None = None,
+    trusted_audiences: Sequence[str] = (),
+) -> dict:
     """Verify an id_token as OpenID Connect Core 1.0 section 3.1.3.7 requires; return its claims.
 
     Signature with a published key usable for it (RFC 7517 ``use``/``key_ops``/``alg``) and an accepted
@@ -189,9 +202,14 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
     try:
         if now is not None:
             # PyJWT has no clock parameter: check time claims ourselves, signature/iss/aud with PyJWT
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
-                                options={**options, "verify_exp": False, "verify_iat": False,
-                                         "verify_nbf": False})
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=issuer,
+                options={**options, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
             if _numeric_date(claims, "exp") + leeway < now:
                 raise jwt.ExpiredSignatureError("Signature has expired")
             if _numeric_date(claims, "iat") - leeway > now:
@@ -199,8 +217,9 @@ async def verify_id_token(token: str, keys: JWKSCache, *, issuer: str, audience:
             if "nbf" in claims and _numeric_date(claims, "nbf") - leeway > now:
                 raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
         else:
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer,
-                                leeway=leeway, options=options)
+            claims = jwt.decode(
+                token, key.key, algorithms=[alg], audience=audience, issuer=issuer, leeway=leeway, options=options
+            )
     except jwt.ExpiredSignatureError:
         raise OIDCError("the id_token has expired") from None
     except jwt.InvalidAudienceError:

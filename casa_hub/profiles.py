@@ -26,14 +26,17 @@ class ProfileRefused(Exception):
 
 
 # ------------------------------------------------------------------ building GPU profiles
-def gpu_choice(display_name: str, resources: Mapping[str, int], *, allowed_groups: Iterable[str] = (),
-               default: bool = False) -> dict:
+def gpu_choice(
+    display_name: str, resources: Mapping[str, int], *, allowed_groups: Iterable[str] = (), default: bool = False
+) -> dict:
     """One ``profile_options`` choice asking for ``resources`` (e.g. ``{"nvidia.com/mig-1g.5gb": 1}``)."""
     for name, count in resources.items():
         if not GPU_RESOURCE.match(name) or int(count) < 1:
             raise ValueError(f"not a GPU resource request: {name}={count!r}")
-    choice = {"display_name": display_name,
-              "kubespawner_override": {"extra_resource_limits": {k: str(int(v)) for k, v in resources.items()}}}
+    choice = {
+        "display_name": display_name,
+        "kubespawner_override": {"extra_resource_limits": {k: str(int(v)) for k, v in resources.items()}},
+    }
     if allowed_groups:
         choice["casa_allowed_groups"] = sorted(allowed_groups)
     if default:
@@ -41,11 +44,19 @@ def gpu_choice(display_name: str, resources: Mapping[str, int], *, allowed_group
     return choice
 
 
-def gpu_profile(slug: str, display_name: str, *, gpus: Iterable[int] = (1,), mig: Iterable[str] = (),
-                allowed_groups: Iterable[str] = (), description: str = "",
-                node_selector: Mapping[str, str] | None = None, tolerations: list[dict] | None = None,
-                choice_groups: Mapping[str, Iterable[str]] | None = None, kubespawner_override: dict | None = None,
-                ) -> dict:
+def gpu_profile(
+    slug: str,
+    display_name: str,
+    *,
+    gpus: Iterable[int] = (1,),
+    mig: Iterable[str] = (),
+    allowed_groups: Iterable[str] = (),
+    description: str = "",
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    choice_groups: Mapping[str, Iterable[str]] | None = None,
+    kubespawner_override: dict | None = None,
+) -> dict:
     """A KubeSpawner profile offering whole GPUs (``gpus``: counts) and MIG slices (``mig``: profiles such as
     ``"1g.5gb"``) as choices of one option named ``gpus``; choice keys are ``"1"``, ``"2"``, ``"mig-1g.5gb"``.
 
@@ -55,21 +66,29 @@ def gpu_profile(slug: str, display_name: str, *, gpus: Iterable[int] = (1,), mig
     choices = {}
     for n in gpus:
         key = str(int(n))
-        choices[key] = gpu_choice(f"{n} GPU" + ("s" if int(n) > 1 else ""), {WHOLE_GPU: int(n)},
-                                  allowed_groups=choice_groups.get(key, ()))
+        choices[key] = gpu_choice(
+            f"{n} GPU" + ("s" if int(n) > 1 else ""), {WHOLE_GPU: int(n)}, allowed_groups=choice_groups.get(key, ())
+        )
     for slice_ in mig:
         key = f"mig-{slice_}"
-        choices[key] = gpu_choice(f"MIG slice {slice_}", {f"nvidia.com/mig-{slice_}": 1},
-                                  allowed_groups=choice_groups.get(key, ()))
+        choices[key] = gpu_choice(
+            f"MIG slice {slice_}", {f"nvidia.com/mig-{slice_}": 1}, allowed_groups=choice_groups.get(key, ())
+        )
     if not choices:
         raise ValueError("a GPU profile needs at least one GPU count or MIG slice")
     next(iter(choices.values()))["default"] = True
-    override = {"node_selector": dict(GPU_NODE_SELECTOR if node_selector is None else node_selector),
-                "tolerations": copy.deepcopy(GPU_TOLERATIONS if tolerations is None else tolerations)}
+    override = {
+        "node_selector": dict(GPU_NODE_SELECTOR if node_selector is None else node_selector),
+        "tolerations": copy.deepcopy(GPU_TOLERATIONS if tolerations is None else tolerations),
+    }
     override.update(copy.deepcopy(kubespawner_override or {}))
-    profile = {"display_name": display_name, "slug": slug, "description": description,
-               "kubespawner_override": override,
-               "profile_options": {"gpus": {"display_name": "GPUs", "choices": choices}}}
+    profile = {
+        "display_name": display_name,
+        "slug": slug,
+        "description": description,
+        "kubespawner_override": override,
+        "profile_options": {"gpus": {"display_name": "GPUs", "choices": choices}},
+    }
     if allowed_groups:
         profile["casa_allowed_groups"] = sorted(allowed_groups)
     return profile
@@ -80,6 +99,7 @@ def extend_tolerations(configured, chosen) -> list[dict]:
     followed by those a profile adds. KubeSpawner's ``kubespawner_override`` replaces a list outright, so a GPU
     profile's tolerations would otherwise drop the chart's, and the pod could not land on a user node pool
     tainted the chart's way. Either value may be KubeSpawner's dict form (values sorted by key)."""
+
     def as_list(value) -> list[dict]:
         return [value[k] for k in sorted(value)] if isinstance(value, dict) else list(value or [])
 
@@ -125,8 +145,10 @@ def check_profile_choice(profile_list: list[dict], visible: list[dict], slug: st
     if slug in visible_slugs:
         return
     if any(p.get("slug") == slug for p in profile_list):
-        raise ProfileRefused(f"The profile {slug!r} is not available to your account; "
-                             f"you may choose: {', '.join(sorted(s for s in visible_slugs if s))}.")
+        raise ProfileRefused(
+            f"The profile {slug!r} is not available to your account; "
+            f"you may choose: {', '.join(sorted(s for s in visible_slugs if s))}."
+        )
     raise ProfileRefused(f"There is no profile {str(slug)[:64]!r}.")
 
 
@@ -145,8 +167,11 @@ def check_user_options(profile_list: list[dict], visible: list[dict], user_optio
     check_profile_choice(profile_list, visible, slug)
     if not visible:
         return
-    profile = next((p for p in visible if p.get("slug") == slug), None) if slug else \
-        next((p for p in visible if p.get("default")), visible[0])
+    profile = (
+        next((p for p in visible if p.get("slug") == slug), None)
+        if slug
+        else next((p for p in visible if p.get("default")), visible[0])
+    )
     full = next((p for p in profile_list if p.get("slug") == profile.get("slug")), profile)
     for name, option in profile.get("profile_options", {}).items():
         label = option.get("display_name") or name
@@ -159,18 +184,24 @@ def check_user_options(profile_list: list[dict], visible: list[dict], user_optio
             # checked here too: KubeSpawner skips it when no profile is named (the default profile applies)
             raise ProfileRefused(f"{unlisted[:64]!r} is not an accepted value for {label}.")
         if unlisted and not option.get("unlisted_choice", {}).get("enabled"):
-            raise ProfileRefused(f"{label} in profile {profile['slug']!r} takes no value of your own; "
-                                 f"choose one of: {', '.join(option.get('choices', {}))}.")
+            raise ProfileRefused(
+                f"{label} in profile {profile['slug']!r} takes no value of your own; "
+                f"choose one of: {', '.join(option.get('choices', {}))}."
+            )
         if choice is None or choice == "" or unlisted:
             continue
         choices = option.get("choices", {})
         if not isinstance(choice, str) or choice not in choices:
             all_choices = full.get("profile_options", {}).get(name, {}).get("choices", {})
             if isinstance(choice, str) and choice in all_choices:
-                raise ProfileRefused(f"{all_choices[choice].get('display_name', choice)!s} is not available to "
-                                     f"your account; for {label} you may choose: {', '.join(choices)}.")
-            raise ProfileRefused(f"{str(choice)[:64]!r} is not a choice for {label} in profile "
-                                 f"{profile['slug']!r}; choose one of: {', '.join(choices)}.")
+                raise ProfileRefused(
+                    f"{all_choices[choice].get('display_name', choice)!s} is not available to "
+                    f"your account; for {label} you may choose: {', '.join(choices)}."
+                )
+            raise ProfileRefused(
+                f"{str(choice)[:64]!r} is not a choice for {label} in profile "
+                f"{profile['slug']!r}; choose one of: {', '.join(choices)}."
+            )
 
 
 # ------------------------------------------------------------------ GPU bounds
@@ -191,8 +222,7 @@ def check_gpu_limits(extra_resource_limits: Mapping, max_gpus: int) -> dict[str,
     limits = gpu_limits(extra_resource_limits)
     total = sum(limits.values())
     if any(v < 0 for v in limits.values()) or total > max_gpus:
-        raise ProfileRefused(f"This server asks for {total} GPU(s); the facility allows at most {max_gpus} "
-                             f"per server.")
+        raise ProfileRefused(f"This server asks for {total} GPU(s); the facility allows at most {max_gpus} per server.")
     return limits
 
 
@@ -256,6 +286,9 @@ def describe_availability(free: Mapping[str, int]) -> str:
     """``"4 GPUs, 7 × MIG 1g.5gb free now"`` (empty when the cluster reports no GPU resources)."""
     parts = []
     for name, n in sorted(free.items(), key=lambda kv: (kv[0] != WHOLE_GPU, kv[0])):
-        parts.append(f"{n} GPU" + ("s" if n != 1 else "") if name == WHOLE_GPU
-                     else f"{n} × MIG {name.removeprefix('nvidia.com/mig-')}")
+        parts.append(
+            f"{n} GPU" + ("s" if n != 1 else "")
+            if name == WHOLE_GPU
+            else f"{n} × MIG {name.removeprefix('nvidia.com/mig-')}"
+        )
     return (", ".join(parts) + " free now") if parts else ""

@@ -30,8 +30,17 @@ from . import objects
 from .credentials.bundle import CredentialBundle
 from .errors import SpawnRefused
 from .mixin import CasaCredentialsMixin
-from .profiles import (ProfileRefused, check_gpu_limits, check_user_options, describe_availability,
-                       extend_tolerations, free_resources, max_gpus_for, offers_gpus, visible_profiles)
+from .profiles import (
+    ProfileRefused,
+    check_gpu_limits,
+    check_user_options,
+    describe_availability,
+    extend_tolerations,
+    free_resources,
+    max_gpus_for,
+    offers_gpus,
+    visible_profiles,
+)
 
 TRAEFIK = ("traefik.io", "v1alpha1", "ingressroutetcps")
 
@@ -55,11 +64,15 @@ class KubernetesRefusal(SpawnRefused):
         except (TypeError, ValueError):
             detail = error.reason
         if error.status == 403:
-            message = ("The hub is not allowed to do a step of starting your server in Kubernetes. Please tell the "
-                       "facility administrators; the hub's log says which right its Kubernetes Role lacks.")
+            message = (
+                "The hub is not allowed to do a step of starting your server in Kubernetes. Please tell the "
+                "facility administrators; the hub's log says which right its Kubernetes Role lacks."
+            )
         else:
-            message = (f"Kubernetes refused a step of starting your server ({error.status} {error.reason}). "
-                       "Please tell the facility administrators; the hub's log has the details.")
+            message = (
+                f"Kubernetes refused a step of starting your server ({error.status} {error.reason}). "
+                "Please tell the facility administrators; the hub's log has the details."
+            )
         log_message = f"Kubernetes answered {error.status} {error.reason} while {what}: {detail}"
         super().__init__(message, reason="kubernetes", status_code=500, log_message=log_message)
         self.jupyterhub_message = message
@@ -94,13 +107,15 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return self.fs_gid is not None
 
     casa_max_gpus = Integer(
-        8, min=0,
+        8,
+        min=0,
         help="""Most GPUs (whole GPUs and MIG slices, summed) one server may request, whatever the form or the
         API request says. Default 8; e.g. ``c.CasaSpawner.casa_max_gpus = 4``.""",
     ).tag(config=True)
 
     casa_max_gpus_by_group = Dict(
-        key_trait=Unicode(), value_trait=Integer(min=0),
+        key_trait=Unicode(),
+        value_trait=Integer(min=0),
         help="""Per-group GPU caps replacing ``casa_max_gpus`` for members (the largest of a user's groups
         wins). Default empty; e.g. ``c.CasaSpawner.casa_max_gpus_by_group = {"gpu-users": 2, "gpu-power": 8}``.""",
     ).tag(config=True)
@@ -112,7 +127,8 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     ).tag(config=True)
 
     casa_gpu_availability_ttl = Float(
-        10, min=0,
+        10,
+        min=0,
         help="""Seconds one listing of nodes and pods serves the free-GPU counts of every spawn form. Default 10;
         0 lists on every form.""",
     ).tag(config=True)
@@ -158,15 +174,17 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return self._expand_user_properties(self.casa_dask_service_name_template)
 
     def _casa_labels(self) -> dict:
-        return self._build_common_labels({"component": "casa-credentials",
-                                          "app.kubernetes.io/component": "casa-credentials"})
+        return self._build_common_labels(
+            {"component": "casa-credentials", "app.kubernetes.io/component": "casa-credentials"}
+        )
 
     # ------------------------------------------------------------------ pod
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
         if self.casa_bundle is not None:
-            objects.add_credentials_to_pod(pod, self.casa_secret_name, self.casa_bundle, self.casa_mount_path,
-                                           self.casa_file_group_readable)
+            objects.add_credentials_to_pod(
+                pod, self.casa_secret_name, self.casa_bundle, self.casa_mount_path, self.casa_file_group_readable
+            )
         return pod
 
     @default("after_pod_created_hook")
@@ -211,8 +229,7 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             await asyncio.wait_for(call(), self.k8s_api_request_timeout)
             return True
         except asyncio.TimeoutError:
-            self.log.warning("Kubernetes did not answer in %ss while %s; retrying", self.k8s_api_request_timeout,
-                             what)
+            self.log.warning("Kubernetes did not answer in %ss while %s; retrying", self.k8s_api_request_timeout, what)
             return False
         except ApiException as e:
             if e.status == 429 or e.status >= 500:
@@ -224,12 +241,17 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         """``call`` with bounded retries; once ``k8s_api_request_retry_timeout`` is spent, or when Kubernetes
         refuses (403, 422, ...), an error whose message is a sentence for the user; the log keeps the details."""
         try:
-            await exponential_backoff(partial(self._casa_attempt, call, what), f"Kubernetes kept failing while {what}",
-                                      timeout=self.k8s_api_request_retry_timeout)
+            await exponential_backoff(
+                partial(self._casa_attempt, call, what),
+                f"Kubernetes kept failing while {what}",
+                timeout=self.k8s_api_request_retry_timeout,
+            )
         except AnyTimeoutError:
             raise _user_error(
                 "The cluster's Kubernetes is not answering (while preparing your credentials); "
-                "please try again in a few minutes.", reason="kubernetes", status=503,
+                "please try again in a few minutes.",
+                reason="kubernetes",
+                status=503,
                 log_message=f"Kubernetes kept failing for {self.k8s_api_request_retry_timeout}s while {what}",
             ) from None
         except ApiException as e:
@@ -239,6 +261,7 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         """Create an object; if one of that name exists (a leftover of an earlier pod, or the previous
         credentials), delete it and create it again. Only ``create`` and ``delete``: the rights the Z2JH chart's
         hub Role grants (no ``update`` or ``patch``)."""
+
         async def attempt():
             try:
                 await create()
@@ -260,11 +283,16 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
     async def _casa_put_secret(self, bundle: CredentialBundle, owner) -> None:
         """Create the credentials Secret, owned by the pod (replacing a leftover of an earlier pod)."""
-        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
-                                                 [owner])
+        secret = objects.make_credentials_secret(
+            self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]
+        )
         name = secret.metadata.name
-        await self._casa_replace("Secret", name, partial(self.api.create_namespaced_secret, self.namespace, secret),
-                                 partial(self.api.delete_namespaced_secret, name, self.namespace))
+        await self._casa_replace(
+            "Secret",
+            name,
+            partial(self.api.create_namespaced_secret, self.namespace, secret),
+            partial(self.api.delete_namespaced_secret, name, self.namespace),
+        )
 
     async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
         """Refresh: replace the Secret (delete, create) with the fresh credentials, owned by the pod; kubelet
@@ -274,8 +302,9 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         if owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
             self.log.info("No pod for %s yet; the starting server will get the fresh credentials", self._log_name)
             return
-        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self._casa_labels(),
-                                                 [owner])
+        secret = objects.make_credentials_secret(
+            self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]
+        )
         name = secret.metadata.name
 
         async def delete_then_create():
@@ -299,32 +328,51 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         """The Dask scheduler Service and, if configured, its Traefik route: optional features, so a refusal
         (missing rights) is one clear log line and the server starts without them."""
         service = objects.make_dask_scheduler_service(
-            self.casa_service_name, self.namespace, self._build_pod_labels({}), self.casa_dask_scheduler_port,
-            [owner], self._casa_labels())
+            self.casa_service_name,
+            self.namespace,
+            self._build_pod_labels({}),
+            self.casa_dask_scheduler_port,
+            [owner],
+            self._casa_labels(),
+        )
         name = service.metadata.name
         try:
-            await self._casa_replace("Service", name, partial(self.api.create_namespaced_service, self.namespace,
-                                                              service),
-                                     partial(self.api.delete_namespaced_service, name, self.namespace))
+            await self._casa_replace(
+                "Service",
+                name,
+                partial(self.api.create_namespaced_service, self.namespace, service),
+                partial(self.api.delete_namespaced_service, name, self.namespace),
+            )
         except KubernetesRefusal as e:
             self.log.warning("No Dask scheduler Service for %s: %s", self._log_name, e.log_message)
             return
         if not self.casa_dask_route_host_template:
             return
         route = objects.make_dask_route(
-            self.casa_service_name, self.namespace, self._expand_user_properties(self.casa_dask_route_host_template),
-            self.casa_service_name, self.casa_dask_scheduler_port, [owner], self._casa_labels(),
-            self.casa_dask_route_entry_point)
+            self.casa_service_name,
+            self.namespace,
+            self._expand_user_properties(self.casa_dask_route_host_template),
+            self.casa_service_name,
+            self.casa_dask_scheduler_port,
+            [owner],
+            self._casa_labels(),
+            self.casa_dask_route_entry_point,
+        )
         custom = shared_client("CustomObjectsApi")
         route_name = route["metadata"]["name"]
         try:
             await self._casa_replace(
-                "route", route_name,
+                "route",
+                route_name,
                 partial(custom.create_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], route),
-                partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], route_name))
+                partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], route_name),
+            )
         except KubernetesRefusal as e:
-            self.log.warning("No Dask route for %s (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): "
-                             "%s", self._log_name, e.log_message)
+            self.log.warning(
+                "No Dask route for %s (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): %s",
+                self._log_name,
+                e.log_message,
+            )
 
     async def _casa_delete(self, delete, what: str) -> None:
         async def gone():
@@ -342,21 +390,29 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         await self._casa_delete(partial(self.api.delete_namespaced_secret, name, self.namespace), f"Secret {name}")
         if self.casa_dask_service_enabled:
             service = self.casa_service_name
-            await self._casa_delete(partial(self.api.delete_namespaced_service, service, self.namespace),
-                                    f"Service {service}")
+            await self._casa_delete(
+                partial(self.api.delete_namespaced_service, service, self.namespace), f"Service {service}"
+            )
             if self.casa_dask_route_host_template:
                 custom = shared_client("CustomObjectsApi")
                 try:
-                    await self._casa_delete(partial(custom.delete_namespaced_custom_object, *TRAEFIK[:2],
-                                                    self.namespace, TRAEFIK[2], service), f"route {service}")
+                    await self._casa_delete(
+                        partial(
+                            custom.delete_namespaced_custom_object, *TRAEFIK[:2], self.namespace, TRAEFIK[2], service
+                        ),
+                        f"route {service}",
+                    )
                 except KubernetesRefusal as e:  # never created without the right; owned by the pod anyway
                     self.log.info("Dask route of %s not deleted: %s", self._log_name, e.log_message)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
         if self.casa_bundle is None:
-            raise _user_error("No credentials for this server: please log out and log in again.",
-                              reason="casa-credentials", status=403)
+            raise _user_error(
+                "No credentials for this server: please log out and log in again.",
+                reason="casa-credentials",
+                status=403,
+            )
         self.casa_reset_progress()
         expires = self.casa_bundle.expires_at
         self.casa_progress("Minting credentials", 5)
@@ -401,8 +457,11 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     def _render_options_form(self, profile_list):
         # KubeSpawner builds a new jinja Environment, so compiles its template, on every render (~7 ms on the
         # hub's event loop); a login storm renders the same few forms hundreds of times
-        key = json.dumps([self.profile_form_template, self.additional_profile_form_template_paths, profile_list,
-                          self.user_options], sort_keys=True, default=str)
+        key = json.dumps(
+            [self.profile_form_template, self.additional_profile_form_template_paths, profile_list, self.user_options],
+            sort_keys=True,
+            default=str,
+        )
         forms = CasaSpawner._casa_rendered_forms
         html = forms.get(key)
         if html is None:
@@ -440,17 +499,21 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
         try:
             nodes = await raw_list(self.api.list_node)
-            pods = await raw_list(self.api.list_pod_for_all_namespaces,
-                                  field_selector="status.phase!=Succeeded,status.phase!=Failed")
+            pods = await raw_list(
+                self.api.list_pod_for_all_namespaces, field_selector="status.phase!=Succeeded,status.phase!=Failed"
+            )
         except ApiException as e:
             if e.status == 403 and not CasaSpawner._casa_gpu_refusal_logged:
                 CasaSpawner._casa_gpu_refusal_logged = True  # once per hub: every form would say it again
-                self.log.warning("The hub may not list nodes and pods cluster-wide (Kubernetes answered 403): spawn "
-                                 "forms show no free-GPU count. Grant the casa-gpu-availability ClusterRole of "
-                                 "helm-values/extra-rbac.yaml, or set CasaSpawner.casa_gpu_availability = False.")
+                self.log.warning(
+                    "The hub may not list nodes and pods cluster-wide (Kubernetes answered 403): spawn "
+                    "forms show no free-GPU count. Grant the casa-gpu-availability ClusterRole of "
+                    "helm-values/extra-rbac.yaml, or set CasaSpawner.casa_gpu_availability = False."
+                )
             elif e.status != 403:
-                self.log.info("No live GPU availability for the spawn form: Kubernetes answered %s %s", e.status,
-                              e.reason)
+                self.log.info(
+                    "No live GPU availability for the spawn form: Kubernetes answered %s %s", e.status, e.reason
+                )
             return None
         except (asyncio.TimeoutError, OSError) as e:
             self.log.info("No live GPU availability for the spawn form: %s", type(e).__name__)
@@ -467,8 +530,9 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         try:
             if profile_list:
                 everything = KubeSpawner._get_initialized_profile_list(self, profile_list)
-                visible = KubeSpawner._get_initialized_profile_list(self, visible_profiles(profile_list,
-                                                                                          self.casa_groups))
+                visible = KubeSpawner._get_initialized_profile_list(
+                    self, visible_profiles(profile_list, self.casa_groups)
+                )
                 check_user_options(everything, visible, self.user_options or {})
             self.tolerations = copy.deepcopy(self._casa_configured_tolerations)  # no earlier profile's leftovers
             try:

@@ -96,8 +96,9 @@ class MountedBundle:
         except FileNotFoundError:
             raise CredentialError("manifest", f"no Casa credentials: {manifest_path} does not exist") from None
         except (OSError, ValueError) as e:
-            raise CredentialError("manifest", f"the Casa credential manifest {manifest_path} is unreadable: {e}") \
-                from None
+            raise CredentialError(
+                "manifest", f"the Casa credential manifest {manifest_path} is unreadable: {e}"
+            ) from None
 
         def ts(value):
             return datetime.datetime.fromisoformat(value) if value else None
@@ -129,13 +130,19 @@ class MountedBundle:
             if cred is None:
                 raise CredentialError(kind, f"the {_label(kind)} ({kind}) is not part of your Casa credentials")
             if not cred.present:
-                raise CredentialError(kind, f"the {_label(kind)} ({kind}) is missing: {cred.path} does not exist "
-                                            "or is empty; restart your server to get fresh credentials")
+                raise CredentialError(
+                    kind,
+                    f"the {_label(kind)} ({kind}) is missing: {cred.path} does not exist "
+                    "or is empty; restart your server to get fresh credentials",
+                )
             left = cred.seconds_left(now)
             if left is not None and left <= margin:
                 when = "expired" if left <= 0 else f"expires in {int(left)} s"
-                raise CredentialError(kind, f"the {_label(kind)} ({kind}) {when} (at {cred.expires_at.isoformat()}); "
-                                            "restart your server to get fresh credentials")
+                raise CredentialError(
+                    kind,
+                    f"the {_label(kind)} ({kind}) {when} (at {cred.expires_at.isoformat()}); "
+                    "restart your server to get fresh credentials",
+                )
 
     def status(self, now: datetime.datetime | None = None) -> dict:
         """JSON for ``GET /casa/credentials``: every credential, present or not, with seconds to expiry."""

@@ -41,7 +41,7 @@ def gpu_groups(inventory: Inventory, per_worker: int) -> list[str]:
     if per_worker <= 0:
         return []
     ids = [g.id for g in inventory.gpus]
-    return [",".join(ids[i:i + per_worker]) for i in range(0, len(ids) - per_worker + 1, per_worker)]
+    return [",".join(ids[i : i + per_worker]) for i in range(0, len(ids) - per_worker + 1, per_worker)]
 
 
 class CasaLocalCluster(LocalCluster):
@@ -69,7 +69,7 @@ class CasaLocalCluster(LocalCluster):
         free = [g for g in self._gpu_devices if g not in used]
         if not free:
             raise OptionError(f"no free GPUs for another worker: all {len(self._gpu_devices)} GPU group(s) in use")
-        (name, worker), = spec.items()
+        ((name, worker),) = spec.items()
         worker = copy.deepcopy(worker)
         worker["options"]["env"] = {**worker["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": free[0]}
         return {name: worker}
@@ -77,9 +77,15 @@ class CasaLocalCluster(LocalCluster):
 
 def local_kwargs(options: ClusterOptions, bundle: MountedBundle, inventory: Inventory) -> dict:
     return dict(
-        n_workers=options.workers, threads_per_worker=options.cores, memory_limit=options.memory,
-        processes=True, host="127.0.0.1", protocol="tls://", dashboard_address="127.0.0.1:0",
-        security=bundle.security(), gpus_per_worker=options.gpus_per_worker,
+        n_workers=options.workers,
+        threads_per_worker=options.cores,
+        memory_limit=options.memory,
+        processes=True,
+        host="127.0.0.1",
+        protocol="tls://",
+        dashboard_address="127.0.0.1:0",
+        security=bundle.security(),
+        gpus_per_worker=options.gpus_per_worker,
         gpu_devices=gpu_groups(inventory, options.gpus_per_worker),
     )
 
@@ -90,8 +96,11 @@ def htcondor_job_directives(options: ClusterOptions, bundle: MountedBundle, sett
     the IDTOKEN names, never the hub name (``bob@cern.ch`` is no account: such jobs would never run)."""
     user = bundle.condor_user
     if not user:
-        raise CredentialError("htcondor", "your HTCondor token names no pool account (credentials minted before "
-                                          "the account mapping); restart your server to get fresh credentials")
+        raise CredentialError(
+            "htcondor",
+            "your HTCondor token names no pool account (credentials minted before "
+            "the account mapping); restart your server to get fresh credentials",
+        )
     dask_dir = bundle.directory / "dask"
     directives = {
         "should_transfer_files": "YES",
@@ -112,8 +121,12 @@ def htcondor_job_class(token_dir: str):
     transferred into the job's scratch directory."""
     from dask_jobqueue.htcondor import HTCondorJob
 
-    worker_security = Security(require_encryption=True, tls_ca_file=WORKER_TLS_FILES[0],
-                               tls_worker_cert=WORKER_TLS_FILES[1], tls_worker_key=WORKER_TLS_FILES[2])
+    worker_security = Security(
+        require_encryption=True,
+        tls_ca_file=WORKER_TLS_FILES[0],
+        tls_worker_cert=WORKER_TLS_FILES[1],
+        tls_worker_key=WORKER_TLS_FILES[2],
+    )
 
     class CasaHTCondorJob(HTCondorJob):
         casa_env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir}
@@ -133,12 +146,18 @@ def htcondor_kwargs(options: ClusterOptions, bundle: MountedBundle, settings: Ca
     bundle.require("htcondor")
     extra = ["--resources", f"GPU={options.gpus_per_worker}"] if options.gpus_per_worker else []
     return dict(
-        cores=options.cores, memory=options.memory, disk=settings.htcondor_disk, processes=1,
-        python=settings.htcondor_python, protocol="tls://", security=bundle.security(),
+        cores=options.cores,
+        memory=options.memory,
+        disk=settings.htcondor_disk,
+        processes=1,
+        python=settings.htcondor_python,
+        protocol="tls://",
+        security=bundle.security(),
         scheduler_options={"dashboard_address": "127.0.0.1:0", **settings.htcondor_scheduler_options},
         job_extra_directives=htcondor_job_directives(options, bundle, settings),
         worker_extra_args=extra + list(settings.htcondor_worker_extra_args),
-        log_directory=settings.htcondor_log_directory or None, submit_command_extra=list(settings.htcondor_submit_command_extra),
+        log_directory=settings.htcondor_log_directory or None,
+        submit_command_extra=list(settings.htcondor_submit_command_extra),
         job_cls=htcondor_job_class(str(bundle.condor_token_dir)),
     )
 
@@ -156,8 +175,13 @@ def gateway_options(options: ClusterOptions) -> dict:
 def gateway_kwargs(options: ClusterOptions, settings: CasaClusterSettings) -> dict:
     if not settings.gateway_address:
         raise OptionError("the gateway backend is not configured (CasaClusterSettings.gateway_address)")
-    return dict(address=settings.gateway_address, proxy_address=settings.gateway_proxy_address or None,
-                auth=settings.gateway_auth, shutdown_on_close=True, **gateway_options(options))
+    return dict(
+        address=settings.gateway_address,
+        proxy_address=settings.gateway_proxy_address or None,
+        auth=settings.gateway_auth,
+        shutdown_on_close=True,
+        **gateway_options(options),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -167,9 +191,14 @@ def _validated(options, settings, inventory) -> ClusterOptions:
     return spec.validate(raw)
 
 
-def make_cluster(options: ClusterOptions | Mapping | None = None, bundle: MountedBundle | None = None, *,
-                 settings: CasaClusterSettings | None = None, inventory: Inventory | None = None,
-                 asynchronous: bool = False):
+def make_cluster(
+    options: ClusterOptions | Mapping | None = None,
+    bundle: MountedBundle | None = None,
+    *,
+    settings: CasaClusterSettings | None = None,
+    inventory: Inventory | None = None,
+    asynchronous: bool = False,
+):
     """Validate ``options`` and build the cluster. Synchronous: returns a running cluster with ``workers``
     requested. ``asynchronous=True``: returns an awaitable giving the same. Raises :class:`OptionError` /
     :class:`CredentialError` before anything starts or is submitted."""

@@ -13,8 +13,9 @@ the resource name) so a ``resources={"GPU": 1}`` task lands only on GPU workers.
 from __future__ import annotations
 
 
-def cluster_options(*, max_cores: int = 8, max_memory_gib: float = 32, max_gpus: int = 4,
-                    worker_cmd: list[str] | None = None):
+def cluster_options(
+    *, max_cores: int = 8, max_memory_gib: float = 32, max_gpus: int = 4, worker_cmd: list[str] | None = None
+):
     from dask_gateway_server.options import Float, Integer, Options
 
     cmd = list(worker_cmd or ["dask", "worker"])

@@ -57,8 +57,14 @@ def _from_nvml(nvml) -> list[GPU] | None:
             name = nvml.nvmlDeviceGetName(handle)
             uuid = nvml.nvmlDeviceGetUUID(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle).total
-            gpus.append(GPU(i, uuid.decode() if isinstance(uuid, bytes) else uuid,
-                            name.decode() if isinstance(name, bytes) else name, int(memory)))
+            gpus.append(
+                GPU(
+                    i,
+                    uuid.decode() if isinstance(uuid, bytes) else uuid,
+                    name.decode() if isinstance(name, bytes) else name,
+                    int(memory),
+                )
+            )
         return gpus
     except Exception:
         return None
@@ -104,4 +110,3 @@ def discover(environ: Mapping[str, str] | None = None, nvml=None) -> Inventory:
             raise ValueError(f"CASA_GPU_COUNT={count!r}: expected a whole number of GPUs") from None
         return Inventory(tuple(GPU(i, str(i)) for i in range(n)), "CASA_GPU_COUNT")
     return Inventory((), "none")
-

@@ -33,8 +33,14 @@ class ClusterManager:
     replaces them on refresh) and GPUs; tests inject their own.
     """
 
-    def __init__(self, settings: CasaClusterSettings, *, bundle: Callable[[], MountedBundle] = MountedBundle.from_env,
-                 inventory: Callable[[], Inventory] = discover, start_timeout: float = 120):
+    def __init__(
+        self,
+        settings: CasaClusterSettings,
+        *,
+        bundle: Callable[[], MountedBundle] = MountedBundle.from_env,
+        inventory: Callable[[], Inventory] = discover,
+        start_timeout: float = 120,
+    ):
         self.settings = settings
         self._bundle, self._inventory = bundle, inventory
         self.start_timeout = start_timeout
@@ -68,7 +74,8 @@ class ClusterManager:
         bundle.security()  # a missing/expired certificate is a CredentialError naming it, before anything starts
         cluster = await asyncio.wait_for(
             make_cluster(options, bundle, settings=self.settings, inventory=inventory, asynchronous=True),
-            self.start_timeout)
+            self.start_timeout,
+        )
         self._count += 1
         entry = _Entry(uuid.uuid4().hex, name or f"Cluster {self._count}", options, cluster)
         self._clusters[entry.id] = entry
@@ -118,8 +125,12 @@ class ClusterManager:
         cluster = entry.cluster
         info = getattr(cluster, "scheduler_info", None) or {}
         workers = [
-            {"name": str(w.get("name")), "address": addr, "resources": w.get("resources", {}),
-             "nthreads": w.get("nthreads")}
+            {
+                "name": str(w.get("name")),
+                "address": addr,
+                "resources": w.get("resources", {}),
+                "nthreads": w.get("nthreads"),
+            }
             for addr, w in sorted(info.get("workers", {}).items())
         ]
         requested = getattr(cluster, "worker_spec", None)
@@ -141,5 +152,5 @@ class ClusterManager:
 
 def scale_request(body: dict) -> int:
     if not isinstance(body, dict) or "workers" not in body:
-        raise OptionError("expected a JSON body like {\"workers\": 2}")
+        raise OptionError('expected a JSON body like {"workers": 2}')
     return body["workers"]

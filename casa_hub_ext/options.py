@@ -51,8 +51,9 @@ class CasaClusterSettings(LoggingConfigurable):
     def _check_backends(self, proposal):
         bad = [b for b in proposal.value if b not in BACKENDS]
         if bad or not proposal.value:
-            raise TraitError(f"CasaClusterSettings.backends={proposal.value!r}: expected a non-empty subset of "
-                             f"{list(BACKENDS)}")
+            raise TraitError(
+                f"CasaClusterSettings.backends={proposal.value!r}: expected a non-empty subset of {list(BACKENDS)}"
+            )
         return proposal.value
 
     default_workers = Integer(2, min=0, help="Workers a new cluster starts with.").tag(config=True)
@@ -60,10 +61,12 @@ class CasaClusterSettings(LoggingConfigurable):
     default_cores = Integer(1, min=1, help="Cores (threads) per worker by default.").tag(config=True)
     max_cores = Integer(8, min=1, help="Most cores per worker.").tag(config=True)
     default_memory = Unicode("2 GiB", help="Memory per worker by default.").tag(config=True)
-    max_memory = Unicode("16 GiB", help="Most memory per worker, e.g. ``\"32 GiB\"``.").tag(config=True)
+    max_memory = Unicode("16 GiB", help='Most memory per worker, e.g. ``"32 GiB"``.').tag(config=True)
 
     max_gpus_per_worker = Integer(
-        None, allow_none=True, min=0,
+        None,
+        allow_none=True,
+        min=0,
         help="""Most GPUs one worker may request. Default: ``$CASA_GPU_MAX_PER_WORKER`` (set by the hub's GPU
         profile), else (None) the number of GPUs discovered in this server, and 0 for remote backends.
         The local backend is also bounded by the GPUs this server has.""",
@@ -79,13 +82,15 @@ class CasaClusterSettings(LoggingConfigurable):
         try:
             parse_bytes(proposal.value)
         except ValueError:
-            raise TraitError(f"CasaClusterSettings.{proposal.trait.name}={proposal.value!r}: "
-                             "expected a size like '4 GiB'") from None
+            raise TraitError(
+                f"CasaClusterSettings.{proposal.trait.name}={proposal.value!r}: expected a size like '4 GiB'"
+            ) from None
         return proposal.value
 
     # ---- HTCondor (dask-jobqueue)
     htcondor_accounting_group = Unicode(
-        "group_casa", help="""Accounting group prefix; jobs get ``accounting_group = <prefix>.<user>`` and
+        "group_casa",
+        help="""Accounting group prefix; jobs get ``accounting_group = <prefix>.<user>`` and
         ``accounting_group_user = <user>``.""",
     ).tag(config=True)
     htcondor_disk = Unicode("1 GiB", help="Scratch disk requested per worker job.").tag(config=True)
@@ -96,6 +101,7 @@ class CasaClusterSettings(LoggingConfigurable):
     @default("htcondor_python")
     def _default_htcondor_python(self):
         return sys.executable
+
     htcondor_scheduler_options = Dict(
         help="""``scheduler_options`` for the scheduler in this server, e.g. the address execute nodes reach it
         at: ``{"host": "0.0.0.0", "contact_address": "tls://jupyter-alice.casa:8786"}``.""",
@@ -103,7 +109,8 @@ class CasaClusterSettings(LoggingConfigurable):
     htcondor_job_extra_directives = Dict(help="Extra submit-file lines for every worker job.").tag(config=True)
     htcondor_submit_command_extra = List(Unicode(), help="Extra ``condor_submit`` arguments.").tag(config=True)
     htcondor_worker_extra_args = List(
-        Unicode(), help="Extra ``dask worker`` arguments, e.g. ``[\"--host\", \"0.0.0.0\"]``.").tag(config=True)
+        Unicode(), help='Extra ``dask worker`` arguments, e.g. ``["--host", "0.0.0.0"]``.'
+    ).tag(config=True)
     htcondor_log_directory = Unicode(help="Where worker jobs write stdout/stderr/log (default: none).").tag(config=True)
 
     # ---- dask-gateway
@@ -187,8 +194,10 @@ class MemoryField(Field):
         except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             raise OptionError(f"{self.name}={value!r}: expected a size like '4 GiB'") from None
         if not self.min <= number <= self.max:
-            raise OptionError(f"{self.name}={format_bytes(number)} is outside the allowed range "
-                              f"{format_bytes(self.min)}..{format_bytes(self.max)}")
+            raise OptionError(
+                f"{self.name}={format_bytes(number)} is outside the allowed range "
+                f"{format_bytes(self.min)}..{format_bytes(self.max)}"
+            )
         return number
 
     def spec(self):
@@ -250,11 +259,17 @@ class OptionsSpec:
         limit = self.gpu_limits[options.backend]
         if options.gpus_per_worker > limit:
             where = "in this server" if options.backend == "local" else f"on the {options.backend} backend"
-            raise OptionError(f"gpus_per_worker={options.gpus_per_worker} is more than the {limit} GPU(s) per worker "
-                              f"allowed {where}")
-        if options.backend == "local" and options.gpus_per_worker and \
-                workers * options.gpus_per_worker > self.inventory.count:
-            raise OptionError(f"{workers} worker(s) x {options.gpus_per_worker} GPU(s) need "
-                              f"{workers * options.gpus_per_worker} GPUs; this server has {self.inventory.count}")
+            raise OptionError(
+                f"gpus_per_worker={options.gpus_per_worker} is more than the {limit} GPU(s) per worker allowed {where}"
+            )
+        if (
+            options.backend == "local"
+            and options.gpus_per_worker
+            and workers * options.gpus_per_worker > self.inventory.count
+        ):
+            raise OptionError(
+                f"{workers} worker(s) x {options.gpus_per_worker} GPU(s) need "
+                f"{workers * options.gpus_per_worker} GPUs; this server has {self.inventory.count}"
+            )
         if workers > self.settings.max_workers:
             raise OptionError(f"workers={workers} is outside the allowed range 0..{self.settings.max_workers}")

@@ -44,9 +44,11 @@ def servicex_client(**kwargs):
         async def _get_token(self):
             # the client asks /token/refresh when its access token is missing or expires within a minute; Casa
             # has no refresh token: the hub replaces the file before the token expires
-            raise AuthorizationError(f"the Casa ServiceX access token in {token_file} is missing, expired or about "
-                                     "to expire; the hub renews it while your server runs (restart the server "
-                                     "if it does not)")
+            raise AuthorizationError(
+                f"the Casa ServiceX access token in {token_file} is missing, expired or about "
+                "to expire; the hub renews it while your server runs (restart the server "
+                "if it does not)"
+            )
 
     client.servicex = CasaServiceXAdapter(client.servicex.url)
     return client

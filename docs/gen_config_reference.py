@@ -35,8 +35,11 @@ def _own_traits(cls) -> dict:
 
 
 def _default(cls, name, trait) -> str:
-    if any(name in getattr(k, "_trait_default_generators", {}) for k in cls.__mro__
-           if k.__module__.split(".")[0] in ("casa_hub", "casa_hub_ext")):
+    if any(
+        name in getattr(k, "_trait_default_generators", {})
+        for k in cls.__mro__
+        if k.__module__.split(".")[0] in ("casa_hub", "casa_hub_ext")
+    ):
         return "computed at start-up (see help)"
     try:
         value = trait.default_value_repr()
@@ -46,10 +49,14 @@ def _default(cls, name, trait) -> str:
 
 
 def render() -> str:
-    out = ["# Configuration reference", "",
-           "Generated from the traitlets help strings by `docs/gen_config_reference.py`; do not edit by hand.",
-           "Set any of these in `jupyterhub_config.py` as `c.<Class>.<trait> = ...`, or in a Z2JH `values.yaml`",
-           "under `hub.config.<Class>.<trait>`.", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the traitlets help strings by `docs/gen_config_reference.py`; do not edit by hand.",
+        "Set any of these in `jupyterhub_config.py` as `c.<Class>.<trait> = ...`, or in a Z2JH `values.yaml`",
+        "under `hub.config.<Class>.<trait>`.",
+        "",
+    ]
     for module, name in CLASSES:
         try:
             cls = getattr(importlib.import_module(module), name)
@@ -58,8 +65,14 @@ def render() -> str:
         out += [f"## {name}", "", inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0], ""]
         for trait_name, trait in _own_traits(cls).items():
             help_text = inspect.cleandoc(trait.help or "(no help)")
-            out += [f"### `{name}.{trait_name}`", "",
-                    f"*{type(trait).__name__}*, default `{_default(cls, trait_name, trait)}`", "", help_text, ""]
+            out += [
+                f"### `{name}.{trait_name}`",
+                "",
+                f"*{type(trait).__name__}*, default `{_default(cls, trait_name, trait)}`",
+                "",
+                help_text,
+                "",
+            ]
     return "\n".join(out).rstrip() + "\n"
 
 

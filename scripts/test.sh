@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need (pinned, idempotent), then run the whole suite.
+# Install everything the tests need (pinned, idempotent), then run the whole suite (after ruff check + format --check).
 # With no arguments (CI, .ci/run), or with CASA_TEST_Z2JH=1, a second run follows: the hub-tier tests that start
 # real hub processes (tests/hub/hub.py start_hub / running_hub) and the chart-config tier (tests/z2jh, its hub pod),
 # with those hubs on the Z2JH chart's hub environment (requirements/hub-z2jh.txt: JupyterHub 5.5.0 on Python 3.14,
@@ -13,6 +13,12 @@ PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -ra)
 if { (($#)) && [[ ${CASA_TEST_Z2JH:-} != 1 ]]; } || [[ ${CASA_TEST_Z2JH:-} == 0 ]]; then
   exec "${PYTEST[@]}" "$@"
 fi
+
+# the whole suite (CI) starts with lint and format checks: ruff (requirements/test.txt), pyproject.toml [tool.ruff]
+RUFF_PATHS=(casa_hub casa_hub_ext casa_demo tests benchmarks docs/*.py)
+echo "== ruff check and ruff format --check: ${RUFF_PATHS[*]}"
+.venv/bin/ruff check "${RUFF_PATHS[@]}"
+.venv/bin/ruff format --check "${RUFF_PATHS[@]}"
 
 versions() {  # what a Python runs for a hub
   "$@" -c 'import sys, jupyterhub, oauthenticator, kubespawner, kubernetes_asyncio as k

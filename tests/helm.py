@@ -67,5 +67,7 @@ def schema_errors(merged: dict) -> list[str]:
     """What ``helm install`` would refuse (the chart's values.schema), one line per error:
     ``hub.confg: Additional properties are not allowed ('confg' was unexpected)``."""
     validator = _validator()
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
-            for e in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
+        for e in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path)))
+    ]

@@ -91,25 +91,44 @@ def common_name(prefix: str, user: str, suffix: str = "") -> str:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Casa Hub"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Casa Hub"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
-def ca_certificate(ca_key: ec.EllipticCurvePrivateKey, user: str, generation: int = 0,
-                   lifetime: datetime.timedelta = datetime.timedelta(days=3650)) -> bytes:
+def ca_certificate(
+    ca_key: ec.EllipticCurvePrivateKey,
+    user: str,
+    generation: int = 0,
+    lifetime: datetime.timedelta = datetime.timedelta(days=3650),
+) -> bytes:
     """The user's self-signed CA certificate (PEM). Same inputs -> same bytes."""
     name = _name(common_name("Casa Dask CA for ", user, f" (generation {generation})"))
     public = ca_key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(public)
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
         .serial_number(_serial(ski.digest, str(generation).encode()))
-        .not_valid_before(CA_NOT_BEFORE).not_valid_after(CA_NOT_BEFORE + lifetime)
+        .not_valid_before(CA_NOT_BEFORE)
+        .not_valid_after(CA_NOT_BEFORE + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .sign(ca_key, hashes.SHA256(), ecdsa_deterministic=True)
     )
@@ -126,7 +145,7 @@ def dns_label(name: str, max_length: int = 63) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     safe = re.sub("-+", "-", safe)
-    return f"{safe[:max(0, max_length - 10)].strip('-') or 'u'}--{digest}"
+    return f"{safe[: max(0, max_length - 10)].strip('-') or 'u'}--{digest}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -159,8 +178,13 @@ def user_ca(secret: bytes, user: str, generation: int = 0) -> UserCA:
     key = derive_ca_key(secret, user, generation)
     pem = ca_certificate(key, user, generation)
     cert = x509.load_pem_x509_certificate(pem)
-    return UserCA(key, pem, cert.subject, cert.not_valid_after_utc,
-                  x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()))
+    return UserCA(
+        key,
+        pem,
+        cert.subject,
+        cert.not_valid_after_utc,
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+    )
 
 
 @dataclass(frozen=True)
@@ -176,13 +200,22 @@ class LeafCertificate:
 
 _ROLE_EKU = {role: x509.ExtendedKeyUsage(list(usages)) for role, usages in ROLE_USAGES.items()}
 _LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
-_LEAF_KEY_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                crl_sign=False, encipher_only=False, decipher_only=False)
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=True,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
-def issue_leaf(*, ca: UserCA, user: str, role: str, hostnames: Sequence[str], now: datetime.datetime,
-               lifetime: datetime.timedelta) -> LeafCertificate:
+def issue_leaf(
+    *, ca: UserCA, user: str, role: str, hostnames: Sequence[str], now: datetime.datetime, lifetime: datetime.timedelta
+) -> LeafCertificate:
     """A fresh key and a certificate for one Dask role, signed by the user's CA (never past the CA's end)."""
     if role not in ROLE_USAGES:
         raise ValueError(f"unknown Dask TLS role {role!r}; expected one of {ROLES}")
@@ -193,10 +226,12 @@ def issue_leaf(*, ca: UserCA, user: str, role: str, hostnames: Sequence[str], no
     not_after = min(now + lifetime, ca.not_after)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name(f"{role}.", user))).issuer_name(ca.subject)
+        .subject_name(_name(common_name(f"{role}.", user)))
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before).not_valid_after(not_after)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(_LEAF_CONSTRAINTS, critical=True)
         .add_extension(_LEAF_KEY_USAGE, critical=True)
         .add_extension(_ROLE_EKU[role], critical=False)
@@ -208,7 +243,8 @@ def issue_leaf(*, ca: UserCA, user: str, role: str, hostnames: Sequence[str], no
     return LeafCertificate(
         role=role,
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
         expires_at=not_after,
     )

@@ -85,13 +85,22 @@ def scramble_key_file(password: bytes) -> bytes:
         raise ValueError("an HTCondor signing key cannot contain NUL bytes")
     scrambled = bytes(b ^ s for b, s in zip(password, cycle(_SCRAMBLE)))
     if b"\0" in scrambled:  # HTCondor cuts the file at its first NUL: this key would be silently truncated
-        raise ValueError("this HTCondor signing key scrambles to a NUL byte (a byte equals DE AD BE EF at its "
-                         "position); choose another key")
+        raise ValueError(
+            "this HTCondor signing key scrambles to a NUL byte (a byte equals DE AD BE EF at its "
+            "position); choose another key"
+        )
     return scrambled
 
 
-def idtoken_claims(*, trust_domain: str, user: str, now: datetime.datetime, lifetime: datetime.timedelta,
-                   scopes: Sequence[str] = DEFAULT_SCOPES, jti: str | None = None) -> dict:
+def idtoken_claims(
+    *,
+    trust_domain: str,
+    user: str,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+    scopes: Sequence[str] = DEFAULT_SCOPES,
+    jti: str | None = None,
+) -> dict:
     """The claims of ``user``'s IDTOKEN; ``user`` is the hub user name, the identity is
     ``<condor_user(user)>@<trust_domain>``."""
     if lifetime <= datetime.timedelta(0):
@@ -122,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m casa_hub.credentials.htcondor NAME...``: each hub user's HTCondor account name, one a line."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m casa_hub.credentials.htcondor",
-                                     description="Print the HTCondor/POSIX account name Casa maps each hub user "
-                                                 "name to (the Owner of the user's jobs).")
+    parser = argparse.ArgumentParser(
+        prog="python -m casa_hub.credentials.htcondor",
+        description="Print the HTCondor/POSIX account name Casa maps each hub user "
+        "name to (the Owner of the user's jobs).",
+    )
     parser.add_argument("names", nargs="+", metavar="NAME", help="hub user name(s), as JupyterHub shows them")
     args = parser.parse_args(argv)
     for name in args.names:

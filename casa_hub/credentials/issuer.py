@@ -61,8 +61,9 @@ class IssuerKey:
         return dict(public_jwk(self.private_key.public_key()), kid=self.kid, alg=self.algorithm, use="sig")
 
     def sign(self, claims: Mapping[str, Any], typ: str = "JWT") -> str:
-        return jwt.encode(dict(claims), self.private_key, algorithm=self.algorithm,
-                          headers={"kid": self.kid, "typ": typ})
+        return jwt.encode(
+            dict(claims), self.private_key, algorithm=self.algorithm, headers={"kid": self.kid, "typ": typ}
+        )
 
 
 def load_issuer_key(pem: bytes, kid: str | None = None) -> IssuerKey:
@@ -88,8 +89,9 @@ def generate_issuer_key_pem(algorithm: str = "ES256") -> bytes:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     else:
         raise ValueError(f"algorithm must be one of {SUPPORTED_ALGORITHMS}, got {algorithm!r}")
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def jwks_document(keys: list[IssuerKey] | tuple[IssuerKey, ...]) -> dict:

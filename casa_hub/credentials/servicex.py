@@ -22,8 +22,14 @@ import jwt
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
-def servicex_token_claims(*, identity: str, now: datetime.datetime, lifetime: datetime.timedelta,
-                          identity_claim: str = "sub", jti: str | None = None) -> dict:
+def servicex_token_claims(
+    *,
+    identity: str,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+    identity_claim: str = "sub",
+    jti: str | None = None,
+) -> dict:
     """Access-token claims as flask-jwt-extended 4.x creates them (``create_access_token``)."""
     if lifetime <= datetime.timedelta(0):
         raise ValueError("token lifetime must be positive")
@@ -61,6 +67,7 @@ def servicex_yaml(*, endpoint: str, name: str) -> bytes:
     }
     text = json.dumps(doc)
     if "\\ud" in text:  # JSON writes astral characters as surrogate pairs, which YAML would not re-join
-        text = _SURROGATE_PAIR.sub(lambda m: m[1] + "\\U%08x" % (
-            0x10000 + ((int(m[2], 16) - 0xD800) << 10) + int(m[3], 16) - 0xDC00), text)
+        text = _SURROGATE_PAIR.sub(
+            lambda m: m[1] + "\\U%08x" % (0x10000 + ((int(m[2], 16) - 0xD800) << 10) + int(m[3], 16) - 0xDC00), text
+        )
     return text.encode() + b"\n"

@@ -35,11 +35,14 @@ HASH_HEX = 32  # 128 bits of sha256
 STORAGE_KINDS = frozenset({"storage.read", "storage.create", "storage.modify", "storage.stage", "read", "write"})
 WRITE_KINDS = frozenset({"storage.create", "storage.modify", "write"})
 
-_WHY = ("XRootD before 5.7 (SciTokens) and its macaroons match scope paths as plain string prefixes, so "
-        "a scope for /store/user/ali would also cover /store/user/alice")
+_WHY = (
+    "XRootD before 5.7 (SciTokens) and its macaroons match scope paths as plain string prefixes, so "
+    "a scope for /store/user/ali would also cover /store/user/alice"
+)
 
 
 # ---------------------------------------------------------------- user directory names
+
 
 def _escape_units(name: str) -> list[str]:
     units = []
@@ -76,14 +79,14 @@ def user_dir(name: str) -> str:
 
 # ---------------------------------------------------------------- templates
 
+
 def _parse(template: str) -> list[tuple[str, bool]]:
     """``template`` as (text, is_placeholder) pieces; ValueError unless the only field is a bare ``{userdir}``."""
     pieces: list[tuple[str, bool]] = []
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise ValueError(f"{template!r} is not a valid template ({e}); the only placeholder is {{userdir}}") \
-            from None
+        raise ValueError(f"{template!r} is not a valid template ({e}); the only placeholder is {{userdir}}") from None
     for literal, field, spec, conversion in parsed:
         if literal:
             if "{" in literal or "}" in literal:
@@ -92,12 +95,16 @@ def _parse(template: str) -> list[tuple[str, bool]]:
         if field is None:
             continue
         if field == "username":
-            raise ValueError(f"{template!r}: use {{userdir}}, not {{username}}: {_WHY}; {{userdir}} is a "
-                             "prefix-free encoding of the user name (python -m casa_hub.credentials.storage NAME)")
+            raise ValueError(
+                f"{template!r}: use {{userdir}}, not {{username}}: {_WHY}; {{userdir}} is a "
+                "prefix-free encoding of the user name (python -m casa_hub.credentials.storage NAME)"
+            )
         if field != PLACEHOLDER or spec or conversion:
             shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"{template!r}: {shown} is not allowed; the only placeholder is a bare {{userdir}} "
-                             "(no conversion, format spec, attribute or index)")
+            raise ValueError(
+                f"{template!r}: {shown} is not allowed; the only placeholder is a bare {{userdir}} "
+                "(no conversion, format spec, attribute or index)"
+            )
         pieces.append(("", True))
     return pieces
 
@@ -121,18 +128,22 @@ def check_path_template(template: str) -> str | None:
     if "//" in skeleton:
         raise ValueError(f"{template!r}: storage paths may not contain '//'")
     if skeleton != "/" and skeleton.endswith("/"):
-        raise ValueError(f"{template!r}: storage paths may not end with '/' (XRootD strips it, and the rest "
-                         "matches as a plain string prefix)")
+        raise ValueError(
+            f"{template!r}: storage paths may not end with '/' (XRootD strips it, and the rest "
+            "matches as a plain string prefix)"
+        )
     components = skeleton.split("/")[1:] if skeleton != "/" else []
     for comp in components:
         if comp in (".", ".."):
             raise ValueError(f"{template!r}: storage paths may not contain '.' or '..' components")
         if "\0" in comp and comp != "\0":
-            raise ValueError(f"{template!r}: {{userdir}} must be a whole path component (/.../{{userdir}} or "
-                             "/.../{userdir}/...), not part of one: " + _WHY)
+            raise ValueError(
+                f"{template!r}: {{userdir}} must be a whole path component (/.../{{userdir}} or "
+                "/.../{userdir}/...), not part of one: " + _WHY
+            )
     if "\0" not in skeleton:
         return None
-    return skeleton[:skeleton.index("\0")]
+    return skeleton[: skeleton.index("\0")]
 
 
 def render_path(template: str, name: str) -> str:
@@ -161,14 +172,17 @@ def check_scopes(scopes) -> None:
         if not isinstance(scope, str) or not scope:
             raise ValueError(f"{scope!r} is not a scope")
         if any(c.isspace() for c in scope):
-            raise ValueError(f"{scope!r}: one scope per entry, without whitespace (the token's scope claim is "
-                             "space-separated)")
+            raise ValueError(
+                f"{scope!r}: one scope per entry, without whitespace (the token's scope claim is space-separated)"
+            )
         split = _split_scope(scope)
         if split is None:
             if "{" in scope or "}" in scope:
                 _parse(scope)  # {username} and friends get their specific message
-                raise ValueError(f"{scope!r}: {{userdir}} is only allowed in the path of a storage scope "
-                                 f"({', '.join(sorted(STORAGE_KINDS))})")
+                raise ValueError(
+                    f"{scope!r}: {{userdir}} is only allowed in the path of a storage scope "
+                    f"({', '.join(sorted(STORAGE_KINDS))})"
+                )
             continue
         kind, path = split
         try:
@@ -182,12 +196,16 @@ def check_scopes(scopes) -> None:
     for scope, kind, path in static:
         for user_scope, prefix in per_user:
             if kind in WRITE_KINDS and prefix.startswith(path):
-                raise ValueError(f"scope {scope!r} gives every user write access to every user's area "
-                                 f"{prefix}{{userdir}} (of {user_scope!r}); narrow it or drop it")
+                raise ValueError(
+                    f"scope {scope!r} gives every user write access to every user's area "
+                    f"{prefix}{{userdir}} (of {user_scope!r}); narrow it or drop it"
+                )
             if path.startswith(prefix):
-                raise ValueError(f"scope {scope!r} lies inside the per-user areas {prefix}{{userdir}} (of "
-                                 f"{user_scope!r}) and gives every user access to some user's area; keep shared "
-                                 f"paths outside {prefix}")
+                raise ValueError(
+                    f"scope {scope!r} lies inside the per-user areas {prefix}{{userdir}} (of "
+                    f"{user_scope!r}) and gives every user access to some user's area; keep shared "
+                    f"paths outside {prefix}"
+                )
 
 
 def render_scopes(scopes, name: str) -> list[str]:
@@ -216,8 +234,10 @@ def is_per_user(template: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m casa_hub.credentials.storage NAME [NAME ...]\n"
-              "Print the storage directory name ({userdir}) of each hub user NAME, one per line.")
+        print(
+            "usage: python -m casa_hub.credentials.storage NAME [NAME ...]\n"
+            "Print the storage directory name ({userdir}) of each hub user NAME, one per line."
+        )
         return 0 if argv else 2
     for name in argv:
         print(user_dir(name))

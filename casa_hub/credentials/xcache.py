@@ -15,8 +15,16 @@ MACAROON_MAX_LIFETIME = datetime.timedelta(hours=24)  # XRootD refuses macaroons
 MACAROON_READ_ACTIVITIES = ("DOWNLOAD", "READ_METADATA", "LIST")
 
 
-def wlcg_token_claims(*, issuer: str, subject: str, scopes: Sequence[str], audience: str | Sequence[str],
-                      now: datetime.datetime, lifetime: datetime.timedelta, jti: str | None = None) -> dict:
+def wlcg_token_claims(
+    *,
+    issuer: str,
+    subject: str,
+    scopes: Sequence[str],
+    audience: str | Sequence[str],
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+    jti: str | None = None,
+) -> dict:
     """Claims of a WLCG profile 1.0 access token (https://doi.org/10.5281/zenodo.3460258)."""
     if lifetime <= datetime.timedelta(0):
         raise ValueError("token lifetime must be positive")
@@ -43,9 +51,16 @@ def mint_wlcg_token(key: IssuerKey, **claims_kwargs) -> tuple[bytes, datetime.da
     return token.encode() + b"\n", datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
 
 
-def mint_macaroon(*, secret: bytes, location: str, user: str, path: str, now: datetime.datetime,
-                  lifetime: datetime.timedelta,
-                  activities: Sequence[str] = MACAROON_READ_ACTIVITIES) -> tuple[bytes, datetime.datetime]:
+def mint_macaroon(
+    *,
+    secret: bytes,
+    location: str,
+    user: str,
+    path: str,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+    activities: Sequence[str] = MACAROON_READ_ACTIVITIES,
+) -> tuple[bytes, datetime.datetime]:
     """A macaroon in XRootD's (libXrdMacaroons) dialect.
 
     ``secret`` is the raw key (XRootD base64-decodes its ``macaroons.secretkey`` file to get it),

@@ -202,14 +202,36 @@ class Pool:
         u = self.users[user]
         base = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "CONDOR_CONFIG": str(self.client_config)}
         # (nsenter --wd would open the directory outside the root: getcwd() then fails inside; env -C does not)
-        return ["nsenter", "-t", str(self.proc.pid), "-m", "-r", "-S", str(u.uid), "-G", str(u.gid),
-                "--", "/usr/bin/env", "-i", "-C", str(cwd), *[f"{k}={v}" for k, v in {**base, **env}.items()]]
+        return [
+            "nsenter",
+            "-t",
+            str(self.proc.pid),
+            "-m",
+            "-r",
+            "-S",
+            str(u.uid),
+            "-G",
+            str(u.gid),
+            "--",
+            "/usr/bin/env",
+            "-i",
+            "-C",
+            str(cwd),
+            *[f"{k}={v}" for k, v in {**base, **env}.items()],
+        ]
 
-    def run(self, user: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 30,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        user: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        timeout: float = 30,
+        input: bytes | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run one of the root's tools as ``user`` with ``env`` (e.g. its token directory)."""
-        return subprocess.run(self._nsenter(user, env, cwd) + args, input=input, capture_output=True,
-                              timeout=timeout)
+        return subprocess.run(self._nsenter(user, env, cwd) + args, input=input, capture_output=True, timeout=timeout)
 
     def tools(self, bin_dir: Path, user: str, *, env: dict[str, str], cwd: Path) -> Path:
         """condor_submit/condor_q/condor_rm wrappers running the root's tools as ``user``, for dask-jobqueue.
@@ -221,9 +243,11 @@ class Pool:
         prefix = shlex.join(self._nsenter(user, env, cwd))
         for tool in ("condor_submit", "condor_q", "condor_rm"):
             if tool == "condor_submit":  # last argument: the description file outside the root
-                body = ('for f; do :; done\n'
-                        'n=$#; i=1; for a; do [ $i -lt $n ] && set -- "$@" "$a"; i=$((i+1)); done; shift $n\n'
-                        f'exec {prefix} /usr/bin/{tool} "$@" < "$f"\n')
+                body = (
+                    "for f; do :; done\n"
+                    'n=$#; i=1; for a; do [ $i -lt $n ] && set -- "$@" "$a"; i=$((i+1)); done; shift $n\n'
+                    f'exec {prefix} /usr/bin/{tool} "$@" < "$f"\n'
+                )
             else:
                 body = f'exec {prefix} /usr/bin/{tool} "$@"\n'
             path = bin_dir / tool
@@ -280,18 +304,22 @@ def _condor_ids(root: Path) -> tuple[int, int]:
 def probe_token(pool_key: bytes, trust_domain: str) -> str:
     """A READ-only token for the readiness probe (what any pool user could do)."""
     tok, _ = idtokens.mint_idtoken(
-        signing_key=idtokens.signing_key_from_file(pool_key), key_id="POOL", trust_domain=trust_domain,
-        user="casa-probe", now=datetime.datetime.now(datetime.timezone.utc),
-        lifetime=datetime.timedelta(minutes=10), scopes=["condor:/READ"])
+        signing_key=idtokens.signing_key_from_file(pool_key),
+        key_id="POOL",
+        trust_domain=trust_domain,
+        user="casa-probe",
+        now=datetime.datetime.now(datetime.timezone.utc),
+        lifetime=datetime.timedelta(minutes=10),
+        scopes=["condor:/READ"],
+    )
     return tok.decode().strip()
 
 
-def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUST_DOMAIN,
-               timeout: float = 60) -> Pool:
+def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUST_DOMAIN, timeout: float = 60) -> Pool:
     """Start a pool whose signing key is a fresh ``keys.generate("condor")``; the hub's copy goes to
     ``hub_key_file`` (for the minter), the pool's copy exists only inside the pool's namespace. ``users`` are
     local *account* names (``condor_user`` of hub names), added to the pool's private ``/etc/passwd``."""
-    import htcondor2
+    import htcondor2  # noqa: F401 - the bindings must be importable before a pool is worth starting
 
     t0 = time.monotonic()
     pool_key = keys.generate("condor")
@@ -326,11 +354,22 @@ def _launch(pool: Pool, pool_key: bytes, timeout: float) -> None:
     import htcondor2
 
     work = pool.work
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CONDOR_CONFIG": str(work / "condor_config"),
-           "R": str(pool.root), "W": str(work), "VENV": str(VENV), "PYPREFIX": str(PY_PREFIX)}
-    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT],
-                            env=env, stdin=subprocess.PIPE, stdout=open(work / "master.out", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "CONDOR_CONFIG": str(work / "condor_config"),
+        "R": str(pool.root),
+        "W": str(work),
+        "VENV": str(VENV),
+        "PYPREFIX": str(PY_PREFIX),
+    }
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=open(work / "master.out", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     proc.stdin.write(pool_key)
     proc.stdin.close()
     own_ns = os.readlink("/proc/self/ns/mnt")

@@ -31,8 +31,11 @@ def htc(pool):
 
     import htcondor2
 
-    client_env = {"CONDOR_CONFIG": str(pool.client_config), "_CONDOR_TOOL_LOG": str(pool.work / "log" / "ClientLog"),
-                  "_CONDOR_TOOL_DEBUG": "D_SECURITY:2"}
+    client_env = {
+        "CONDOR_CONFIG": str(pool.client_config),
+        "_CONDOR_TOOL_LOG": str(pool.work / "log" / "ClientLog"),
+        "_CONDOR_TOOL_DEBUG": "D_SECURITY:2",
+    }
     saved = {k: os.environ.get(k) for k in client_env}
     os.environ.update(client_env)
     htcondor2.reload_config()
@@ -46,3 +49,36 @@ def htc(pool):
             else:
                 os.environ[k] = v
         htcondor2.reload_config()
+
+
+@pytest.fixture(scope="module")
+def pool_minter(pool, tmp_path_factory):
+    """A minter whose IDTOKENs ``pool`` accepts (it signs with the pool's key, for the pool's trust domain)."""
+    from tests.consumers import condor_pool
+    from tests.support import make_minter
+
+    return make_minter(
+        tmp_path_factory.mktemp("keys"),
+        condor_signing_key_file=str(pool.hub_key_file),
+        condor_trust_domain=condor_pool.TRUST_DOMAIN,
+    )
+
+
+# ---------------------------------------------------------------- XRootD (origin + XCache, xrootd_server.py)
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One XRootD site (an origin and an XCache in front of it) per test module."""
+    import os
+    import shutil
+
+    from tests.consumers import xrootd_server as xs
+    from tests.support import need
+
+    need(shutil.which("xrootd") is not None, "xrootd")
+    need(
+        xs.have_xrootd(),
+        "xrdcp, unshare, the xrootd user and the XRootD SciTokens, macaroons, Pss, Pfc, ztn and http plugins",
+    )
+    need(os.geteuid() == 0, "root (unshare -m and a bind mount over the system CA bundle)")
+    with xs.xrootd_site(tmp_path_factory.mktemp("xrootd")) as s:
+        yield s

@@ -35,8 +35,12 @@ class ContractServer:
 
     def app(self) -> Flask:
         app = Flask("servicex-contract")
-        app.config.update(JWT_SECRET_KEY=self.secret, JWT_ALGORITHM="HS256", JWT_TOKEN_LOCATION=["headers"],
-                          JWT_IDENTITY_CLAIM=self.identity_claim)
+        app.config.update(
+            JWT_SECRET_KEY=self.secret,
+            JWT_ALGORITHM="HS256",
+            JWT_TOKEN_LOCATION=["headers"],
+            JWT_IDENTITY_CLAIM=self.identity_claim,
+        )
         JWTManager(app)
 
         def unauthorized(message):

@@ -14,7 +14,8 @@
   WRITE, condor_q/condor_rm/condor_submit as the user) afterwards; one signed with another key does not.
 
 Every verdict is the daemon's own, asserted on its answer and on its log, as in test_xrootd.py and
-test_htcondor.py (whose fixtures and helpers this module imports).
+test_htcondor.py (their shared fixtures are in conftest.py, their helpers in xrootd_site.py and
+htcondor_client.py).
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from casa_hub.credentials.issuer import generate_issuer_key_pem, load_issuer_key
 from casa_hub.minter import CONDOR_TOKEN
 from tests.consumers import condor_pool
 from tests.consumers import xrootd_server as xs
-from tests.consumers.test_htcondor import AUTH_FAILED, TD, _ping, _refused, _token
-from tests.consumers.test_htcondor import minter  # noqa: F401 - fixture (the pool's; pool, htc: conftest.py)
-from tests.consumers.test_xrootd import Endpoint, assert_refused
-from tests.consumers.test_xrootd import site  # noqa: F401 - fixture
+from tests.consumers.htcondor_client import AUTH_FAILED, TD, _ping, _refused, _token
+from tests.consumers.xrootd_site import Endpoint, assert_refused
 from tests.support import wait_for_port
 
 HOUR = datetime.timedelta(hours=1)
@@ -106,8 +105,15 @@ def issuer_down(site: xs.Site):
         wait_for_port(port, timeout=5)
 
 
-def _read_ok(site: xs.Site, server: xs.XrootdServer, transport: str, token: bytes, tmp_path: Path,
-             path: str = xs.TEST_FILE, expected: bytes = xs.TEST_BYTES) -> str:
+def _read_ok(
+    site: xs.Site,
+    server: xs.XrootdServer,
+    transport: str,
+    token: bytes,
+    tmp_path: Path,
+    path: str = xs.TEST_FILE,
+    expected: bytes = xs.TEST_BYTES,
+) -> str:
     """The read succeeded, granted by the token's scopes for its subject; returns the request's log."""
     dest = tmp_path / f"read-{server.name}-{transport}-{secrets.token_hex(4)}"
     out = Endpoint(site, server, transport).read(token, dest, path=path)
@@ -131,14 +137,17 @@ def _assert_still_refuses_bad_tokens(site: xs.Site, server: xs.XrootdServer, tmp
     for transport in TRANSPORTS:
         endpoint = Endpoint(site, server, transport)
         assert_refused(endpoint, site.token(key=forger), tmp_path, "Invalid signature")
-        assert_refused(endpoint, site.token(now=_now() - 3 * HOUR, lifetime=HOUR), tmp_path,
-                       "token verification failed: token expired")
+        assert_refused(
+            endpoint,
+            site.token(now=_now() - 3 * HOUR, lifetime=HOUR),
+            tmp_path,
+            "token verification failed: token expired",
+        )
 
 
 @xrootd
 @pytest.mark.parametrize("name", ["origin", "cache"])
-def test_xrootd_restart_keeps_the_session_token_and_accepts_a_refreshed_one(site, name, issuer_fetches,
-                                                                             tmp_path):
+def test_xrootd_restart_keeps_the_session_token_and_accepts_a_refreshed_one(site, name, issuer_fetches, tmp_path):
     server: xs.XrootdServer = getattr(site, name)
     before = site.minter.mint("alice").files["xcache.token"].content
     for transport in TRANSPORTS:
@@ -208,7 +217,8 @@ def test_xrootd_restarted_while_the_issuer_is_down_serves_from_its_key_cache(sit
 
 @xrootd
 def test_xrootd_restarted_without_key_cache_while_the_issuer_is_down_refuses_until_it_is_back(
-        site, issuer_fetches, tmp_path):
+    site, issuer_fetches, tmp_path
+):
     before = site.minter.mint("alice").files["xcache.token"].content
     _read_ok(site, site.origin, "roots", before, tmp_path)
     with issuer_down(site):
@@ -220,8 +230,13 @@ def test_xrootd_restarted_without_key_cache_while_the_issuer_is_down_refuses_unt
         # fails closed: the valid token is refused, because the keys cannot be had
         for transport in TRANSPORTS:
             # (ztn fails the login and the session falls through to "unix"; https fails the ACL generation)
-            assert_refused(Endpoint(site, site.origin, transport), before, tmp_path,
-                           "Failed to deserialize SciToken: Couldn't connect to server", r"acc_Audit: \S+ deny ")
+            assert_refused(
+                Endpoint(site, site.origin, transport),
+                before,
+                tmp_path,
+                "Failed to deserialize SciToken: Couldn't connect to server",
+                r"acc_Audit: \S+ deny ",
+            )
         assert issuer_fetches == []  # nothing answered
     # the issuer is back: the same token is accepted again (bounded wait, no negative caching expected)
     t0, attempts = time.monotonic(), 1
@@ -282,13 +297,15 @@ def _condor(pool: condor_pool.Pool, env: dict[str, str], *args: str, input: byte
 
 
 def _granted_write(pool: condor_pool.Pool, offset: int) -> bool:
-    return (f"PERMISSION GRANTED to alice@{TD} from host 127.0.0.1 for command 60021 (DC_NOP_WRITE)"
-            in pool.log("SchedLog")[offset:])
+    return (
+        f"PERMISSION GRANTED to alice@{TD} from host 127.0.0.1 for command 60021 (DC_NOP_WRITE)"
+        in pool.log("SchedLog")[offset:]
+    )
 
 
 @htcondor
-def test_condor_pool_restart_keeps_the_session_token_and_one_minted_while_down(htc, pool, minter):
-    before = minter.mint("alice").files[CONDOR_TOKEN].content
+def test_condor_pool_restart_keeps_the_session_token_and_one_minted_while_down(htc, pool, pool_minter):
+    before = pool_minter.mint("alice").files[CONDOR_TOKEN].content
     assert _ping(htc, pool, before)["MyRemoteUserName"] == f"alice@{TD}"
     env_before = _install_token(pool, before, "tokens-before")
     cluster = int(_condor(pool, env_before, "/usr/bin/condor_submit", "-terse", input=HELD_JOB).split(".")[0])
@@ -305,7 +322,7 @@ def test_condor_pool_restart_keeps_the_session_token_and_one_minted_while_down(h
     with pytest.raises(htc.HTCondorException):
         htc.ping(pool.collector, "WRITE", htc.SecurityContext(token=before.decode().strip()))
     # the hub refreshes the user's credentials while the pool is down
-    during = minter.mint("alice").files[CONDOR_TOKEN].content
+    during = pool_minter.mint("alice").files[CONDOR_TOKEN].content
     assert during != before
 
     started = condor_pool.start_daemons(pool, timeout=RESTART_DEADLINE * 3)
@@ -317,25 +334,40 @@ def test_condor_pool_restart_keeps_the_session_token_and_one_minted_while_down(h
     for token in (before, during):
         offset = len(pool.log("SchedLog"))
         ad = _ping(htc, pool, token, "WRITE")
-        assert (ad["AuthorizationSucceeded"], ad["AuthMethods"], ad["MyRemoteUserName"]) == (True, "IDTOKENS",
-                                                                                           f"alice@{TD}")
-        assert htc.ping(pool.collector, "WRITE", htc.SecurityContext(token=token.decode().strip())
-                        )["MyRemoteUserName"] == f"alice@{TD}"
+        assert (ad["AuthorizationSucceeded"], ad["AuthMethods"], ad["MyRemoteUserName"]) == (
+            True,
+            "IDTOKENS",
+            f"alice@{TD}",
+        )
+        assert (
+            htc.ping(pool.collector, "WRITE", htc.SecurityContext(token=token.decode().strip()))["MyRemoteUserName"]
+            == f"alice@{TD}"
+        )
         deadline = time.monotonic() + 5
         while not _granted_write(pool, offset):  # the schedd's own record of the grant (bounded wait)
             assert time.monotonic() < deadline, pool.log("SchedLog")[offset:][-3000:]
             time.sleep(0.05)
 
     # the job queued before the restart survived it, and the pre-restart token still manages it
-    (job,) = json.loads(_condor(pool, env_before, "/usr/bin/condor_q", "-json", "-attributes",
-                                "ClusterId,Owner,User,JobStatus", str(cluster)))
+    (job,) = json.loads(
+        _condor(
+            pool,
+            env_before,
+            "/usr/bin/condor_q",
+            "-json",
+            "-attributes",
+            "ClusterId,Owner,User,JobStatus",
+            str(cluster),
+        )
+    )
     assert (job["Owner"], job["User"], job["JobStatus"]) == ("alice", f"alice@{TD}", 5)
     _condor(pool, env_before, "/usr/bin/condor_rm", str(cluster))
     # the token minted while the pool was down submits as alice
     env_during = _install_token(pool, during, "tokens-during")
     cluster2 = int(_condor(pool, env_during, "/usr/bin/condor_submit", "-terse", input=HELD_JOB).split(".")[0])
-    (job,) = json.loads(_condor(pool, env_during, "/usr/bin/condor_q", "-json", "-attributes", "Owner,User",
-                                str(cluster2)))
+    (job,) = json.loads(
+        _condor(pool, env_during, "/usr/bin/condor_q", "-json", "-attributes", "Owner,User", str(cluster2))
+    )
     assert (job["Owner"], job["User"]) == ("alice", f"alice@{TD}")
     _condor(pool, env_during, "/usr/bin/condor_rm", str(cluster2))
 

@@ -26,7 +26,7 @@ from distributed import Client, Scheduler, Worker, get_worker
 from distributed.comm import connect
 from distributed.security import Security
 
-from tests.consumers.test_dask_tls_bundle import security_from
+from tests.consumers.dask_security import security_from
 from tests.support import make_minter, write_bundle
 from tests.user_names import HOSTILE_PAIRS, pair_id
 
@@ -65,10 +65,15 @@ class Clusters:
                 # directories by position: user names are not all safe as file names
                 directory = write_bundle(self.minter.mint(user), self.root / f"user{len(self.started)}")
                 security = security_from(directory)
-                scheduler = await Scheduler(host="tls://127.0.0.1", port=0, security=security,
-                                            dashboard_address=":0")
-                worker = await Worker(scheduler.address, security=security, host="127.0.0.1", nthreads=1,
-                                      dashboard=False, death_timeout=TIMEOUT)
+                scheduler = await Scheduler(host="tls://127.0.0.1", port=0, security=security, dashboard_address=":0")
+                worker = await Worker(
+                    scheduler.address,
+                    security=security,
+                    host="127.0.0.1",
+                    nthreads=1,
+                    dashboard=False,
+                    death_timeout=TIMEOUT,
+                )
                 self.started[user] = UserCluster(user, directory, security, scheduler, worker)
             return self.started[user]
 
@@ -132,8 +137,7 @@ async def _client_refused(address: str, security: Security) -> None:
 async def test_own_client_runs_a_task(clusters, pair):
     for user, _other in _directions(pair):
         own = await clusters(user)
-        async with Client(own.scheduler.address, security=own.security, asynchronous=True,
-                          timeout=TIMEOUT) as client:
+        async with Client(own.scheduler.address, security=own.security, asynchronous=True, timeout=TIMEOUT) as client:
             assert await client.submit(_inc_where, 41, pure=False) == (42, own.worker.address)
             assert set((await client.scheduler.identity())["workers"]) == {own.worker.address}
 
@@ -168,22 +172,30 @@ async def join_attempts(clusters) -> dict[tuple[str, str], JoinAttempts]:
     for pair in HOSTILE_PAIRS:
         for victim_user, attacker_user in _directions(pair):
             victim, attacker = await clusters(victim_user), await clusters(attacker_user)
-            plans[victim_user, attacker_user] = (victim, {
-                "its own bundle": _worker(victim, attacker.security),
-                "the victim's CA file": _worker(victim, _with_ca_of(attacker, victim)),
-            }, _worker(victim, victim.security))
+            plans[victim_user, attacker_user] = (
+                victim,
+                {
+                    "its own bundle": _worker(victim, attacker.security),
+                    "the victim's CA file": _worker(victim, _with_ca_of(attacker, victim)),
+                },
+                _worker(victim, victim.security),
+            )
     workers = [w for _victim, intruders, control in plans.values() for w in (*intruders.values(), control)]
-    outcomes = dict(zip(map(id, workers), await asyncio.gather(*(w.start() for w in workers),
-                                                               return_exceptions=True)))
+    outcomes = dict(zip(map(id, workers), await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)))
     seen = {user: set(c.scheduler.workers) for user, c in clusters.started.items()}
     controls = {}
     for (victim_user, _attacker), (victim, _intruders, control) in plans.items():
         if outcomes[id(control)] is control:
             controls.setdefault(victim_user, set()).add(control.address)
-    attempts = {key: JoinAttempts(intruders={how: outcomes[id(w)] for how, w in intruders.items()},
-                                  control=outcomes[id(control)], workers_seen=seen[key[0]],
-                                  allowed={victim.worker.address} | controls.get(key[0], set()))
-                for key, (victim, intruders, control) in plans.items()}
+    attempts = {
+        key: JoinAttempts(
+            intruders={how: outcomes[id(w)] for how, w in intruders.items()},
+            control=outcomes[id(control)],
+            workers_seen=seen[key[0]],
+            allowed={victim.worker.address} | controls.get(key[0], set()),
+        )
+        for key, (victim, intruders, control) in plans.items()
+    }
     await asyncio.gather(*(w.close() for w in workers))
     for c in clusters.started.values():  # back to one worker per scheduler, as the other tests expect
         await _until(lambda c=c: set(c.scheduler.workers) == {c.worker.address})
@@ -191,8 +203,14 @@ async def join_attempts(clusters) -> dict[tuple[str, str], JoinAttempts]:
 
 
 def _worker(victim: UserCluster, security: Security) -> Worker:
-    return Worker(victim.scheduler.address, security=security, host="127.0.0.1", nthreads=1, dashboard=False,
-                  death_timeout=JOIN_WINDOW)
+    return Worker(
+        victim.scheduler.address,
+        security=security,
+        host="127.0.0.1",
+        nthreads=1,
+        dashboard=False,
+        death_timeout=JOIN_WINDOW,
+    )
 
 
 @pytest.mark.parametrize("pair", HOSTILE_PAIRS, ids=pair_id)

@@ -11,20 +11,10 @@ import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.security import Security
 
+from tests.consumers.dask_security import security_from
 from tests.support import write_bundle
 
 TIMEOUT = 20
-
-
-
-def security_from(directory: Path) -> Security:
-    """A Security built from the files and the env names the bundle declares, nothing else."""
-    d = directory / "dask"
-    return Security(
-        require_encryption=True, tls_ca_file=str(d / "ca.pem"),
-        tls_scheduler_cert=str(d / "scheduler.crt"), tls_scheduler_key=str(d / "scheduler.key"),
-        tls_worker_cert=str(d / "worker.crt"), tls_worker_key=str(d / "worker.key"),
-        tls_client_cert=str(d / "client.crt"), tls_client_key=str(d / "client.key"))
 
 
 def _inc(x):
@@ -107,8 +97,7 @@ async def test_rotated_leaves_keep_the_trusted_ca(minter, tmp_path):
     assert (first / "dask/scheduler.crt").read_bytes() != (second / "dask/scheduler.crt").read_bytes()
     assert (first / "dask/ca.pem").read_bytes() == (second / "dask/ca.pem").read_bytes()
     old_client = security_from(first)
-    async with Scheduler(host="tls://127.0.0.1", port=0, security=security_from(second),
-                         dashboard_address=":0") as s:
+    async with Scheduler(host="tls://127.0.0.1", port=0, security=security_from(second), dashboard_address=":0") as s:
         async with Worker(s.address, security=security_from(second), host="127.0.0.1"):
             async with Client(s.address, security=old_client, asynchronous=True, timeout=TIMEOUT) as c:
                 assert await c.submit(_inc, 1) == 2

@@ -17,54 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from casa_hub.credentials import htcondor as idtokens
 from casa_hub.minter import CONDOR_TOKEN, DASK_CA
 from tests.consumers import condor_pool
-from tests.support import make_minter
+from tests.consumers.htcondor_client import AUTH_FAILED, HOUR, TD, _ping, _refused, _token
 
 pytestmark = pytest.mark.consumer("htcondor")
-
-TD = condor_pool.TRUST_DOMAIN
-HOUR = datetime.timedelta(hours=1)
-AUTH_FAILED = "Failed to authenticate using IDTOKENS"
-
-
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def minter(pool, tmp_path_factory):
-    return make_minter(tmp_path_factory.mktemp("keys"), condor_signing_key_file=str(pool.hub_key_file),
-                       condor_trust_domain=TD)
-
-
-def _ping(htc, pool, token: bytes | str, authz: str = "WRITE"):
-    token = token.decode() if isinstance(token, bytes) else token
-    return htc.ping(pool.address("schedd"), authz, htc.SecurityContext(token=token.strip()))
-
-
-def _token(pool, **overrides) -> bytes:
-    """An IDTOKEN built with the pure functions, valid unless ``overrides`` break it."""
-    kw = dict(signing_key=idtokens.signing_key_from_file(pool.hub_key_file.read_bytes()), key_id="POOL",
-              trust_domain=TD, user="alice", now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR,
-              jti="casa-test-" + secrets.token_hex(8))
-    kw.update(overrides)
-    return idtokens.mint_idtoken(**kw)[0]
-
-
-def _refused(htc, pool, token: bytes, authz: str = "WRITE") -> tuple[str, str]:
-    """Ping must fail; returns (new schedd log, new client log) once the schedd has logged the outcome."""
-    schedd0, client0 = len(pool.log("SchedLog")), len(pool.log("ClientLog"))
-    with pytest.raises(htc.HTCondorException, match="Failed to start command"):
-        _ping(htc, pool, token, authz)
-    # the client may give up before the schedd has written its side: wait (bounded) for the verdict
-    deadline = time.monotonic() + 10
-    while True:
-        schedd_log = pool.log("SchedLog")[schedd0:]
-        if "DC_AUTHENTICATE: required authentication of" in schedd_log or "so aborting" in schedd_log:
-            break
-        if time.monotonic() > deadline:
-            pytest.fail(f"the schedd logged no verdict:\n{schedd_log[-3000:]}")
-        time.sleep(0.05)
-    return schedd_log, pool.log("ClientLog")[client0:]
 
 
 # ---------------------------------------------------------------- the pool and its client
@@ -85,8 +42,8 @@ def test_client_cannot_read_the_pool_key_and_has_no_fallback(htc, pool):
 
 
 # ---------------------------------------------------------------- positive
-def test_minted_token_authenticates_as_the_user(htc, pool, minter):
-    token = minter.mint("alice").files[CONDOR_TOKEN].content
+def test_minted_token_authenticates_as_the_user(htc, pool, pool_minter):
+    token = pool_minter.mint("alice").files[CONDOR_TOKEN].content
     ad = _ping(htc, pool, token, "WRITE")
     assert ad["AuthorizationSucceeded"] is True
     assert ad["AuthMethods"] == "IDTOKENS"
@@ -97,8 +54,8 @@ def test_minted_token_authenticates_as_the_user(htc, pool, minter):
     assert ad["MyRemoteUserName"] == f"alice@{TD}"
 
 
-def test_minted_token_submits_and_queries_as_the_user(pool, minter, tmp_path):
-    bundle = minter.mint("alice")
+def test_minted_token_submits_and_queries_as_the_user(pool, pool_minter, tmp_path):
+    bundle = pool_minter.mint("alice")
     home = pool.user_dir("alice")
     mount = home / "casa-plain"
     for rel, f in bundle.files.items():
@@ -113,8 +70,12 @@ def test_minted_token_submits_and_queries_as_the_user(pool, minter, tmp_path):
     assert sub.returncode == 0, sub.stderr.decode()
     cluster = int(sub.stdout.decode().split(".")[0])
     try:
-        q = pool.run("alice", ["/usr/bin/condor_q", "-json", "-attributes", "ClusterId,Owner,User,JobStatus",
-                               str(cluster)], env=env, cwd=home)
+        q = pool.run(
+            "alice",
+            ["/usr/bin/condor_q", "-json", "-attributes", "ClusterId,Owner,User,JobStatus", str(cluster)],
+            env=env,
+            cwd=home,
+        )
         assert q.returncode == 0, q.stderr.decode()
         (job,) = json.loads(q.stdout)
         assert job["Owner"] == "alice" and job["User"] == f"alice@{TD}"
@@ -126,8 +87,13 @@ def test_minted_token_submits_and_queries_as_the_user(pool, minter, tmp_path):
     # control: the same Unix user without the token is refused, so it was the token that authenticated
     empty = home / "no-tokens"
     empty.mkdir(exist_ok=True)
-    sub = pool.run("alice", ["/usr/bin/condor_submit", "-terse"],
-                   env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(empty)}, cwd=home, input=description)
+    sub = pool.run(
+        "alice",
+        ["/usr/bin/condor_submit", "-terse"],
+        env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(empty)},
+        cwd=home,
+        input=description,
+    )
     assert sub.returncode != 0
     assert b"AUTHENTICATE" in sub.stderr or b"authenticat" in sub.stderr.lower(), sub.stderr.decode()
 
@@ -191,30 +157,35 @@ def _cluster_class(tools: Path):
     return CasaCondorCluster
 
 
-async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, minter):
+async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, pool_minter):
     from dask_jobqueue.htcondor import quote_environment
     from distributed import Client
     from distributed.security import Security
 
-    bundle = minter.mint("alice")
+    bundle = pool_minter.mint("alice")
     home = pool.user_dir("alice")
     mount = home / "casa"
     for rel, f in bundle.files.items():
         pool.give("alice", mount / rel, f.content, f.mode)
     env = bundle.env_for(str(mount))
     tls = "DASK_DISTRIBUTED__COMM__TLS__"
-    tools = pool.tools(home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": env["_CONDOR_SEC_TOKEN_DIRECTORY"]},
-                       cwd=home)
+    tools = pool.tools(
+        home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": env["_CONDOR_SEC_TOKEN_DIRECTORY"]}, cwd=home
+    )
     # the worker's files travel with the job; in the job they are in the scratch dir (its cwd)
     shipped = [env[tls + "CA_FILE"], env[tls + "WORKER__CERT"], env[tls + "WORKER__KEY"]]
     worker_env = {k: os.path.basename(env[k]) for k in (tls + "CA_FILE", tls + "WORKER__CERT", tls + "WORKER__KEY")}
     worker_env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"]
     assert env[tls + "CA_FILE"] == str(mount / DASK_CA)
 
-    security = Security(tls_ca_file=env[tls + "CA_FILE"],
-                        tls_scheduler_cert=env[tls + "SCHEDULER__CERT"], tls_scheduler_key=env[tls + "SCHEDULER__KEY"],
-                        tls_client_cert=env[tls + "CLIENT__CERT"], tls_client_key=env[tls + "CLIENT__KEY"],
-                        require_encryption=True)
+    security = Security(
+        tls_ca_file=env[tls + "CA_FILE"],
+        tls_scheduler_cert=env[tls + "SCHEDULER__CERT"],
+        tls_scheduler_key=env[tls + "SCHEDULER__KEY"],
+        tls_client_cert=env[tls + "CLIENT__CERT"],
+        tls_client_key=env[tls + "CLIENT__KEY"],
+        require_encryption=True,
+    )
     cluster_cls = _cluster_class(tools)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
@@ -228,16 +199,28 @@ async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, minter):
         from cryptography import x509
 
         cert = x509.load_pem_x509_certificate(open(dask.config.get("distributed.comm.tls.worker.cert"), "rb").read())
-        return {"gpus": os.environ.get("_CONDOR_AssignedGPUs"), "uid": os.getuid(),
-                "user": pwd.getpwuid(os.getuid()).pw_name, "cwd": os.getcwd(), "files": sorted(os.listdir(".")),
-                "scratch": os.environ.get("_CONDOR_SCRATCH_DIR"), "ad": open(os.environ["_CONDOR_JOB_AD"]).read(),
-                "ca": dask.config.get("distributed.comm.tls.ca-file"), "cert_subject": cert.subject.rfc4514_string()}
+        return {
+            "gpus": os.environ.get("_CONDOR_AssignedGPUs"),
+            "uid": os.getuid(),
+            "user": pwd.getpwuid(os.getuid()).pw_name,
+            "cwd": os.getcwd(),
+            "files": sorted(os.listdir(".")),
+            "scratch": os.environ.get("_CONDOR_SCRATCH_DIR"),
+            "ad": open(os.environ["_CONDOR_JOB_AD"]).read(),
+            "ca": dask.config.get("distributed.comm.tls.ca-file"),
+            "cert_subject": cert.subject.rfc4514_string(),
+        }
 
     t0 = time.monotonic()
     async with cluster_cls(
-        cores=1, processes=1, memory="512MiB", disk="200MiB", nanny=False,
+        cores=1,
+        processes=1,
+        memory="512MiB",
+        disk="200MiB",
+        nanny=False,
         python=str(condor_pool.VENV / "bin" / "python"),
-        protocol="tls://", security=security,
+        protocol="tls://",
+        security=security,
         scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
         worker_extra_args=["--resources", "GPU=1", "--host", "127.0.0.1"],
         log_directory=str(logs),
@@ -262,7 +245,7 @@ async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, minter):
             first_worker = time.monotonic() - t0
             print(f"\nfirst Dask worker (HTCondor job) connected after {first_worker:.1f} s")
             info = await client.scheduler.identity()
-            (addr, worker), = info["workers"].items()
+            ((addr, worker),) = info["workers"].items()
             assert addr.startswith("tls://127.0.0.1:")
             assert worker["resources"] == {"GPU": 1}
             view = await asyncio.wait_for(client.submit(job_view, resources={"GPU": 1}, pure=False), timeout=30)
@@ -272,7 +255,7 @@ async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, minter):
     assert view["gpus"] == condor_pool.GPU_NAME  # the declared GPU, assigned by the startd
     assert ad["Owner"] == "alice" and ad["User"] == f"alice@{TD}"
     assert ad["RequestGPUs"] == "1"
-    assert f'{ad["ClusterId"]}.{ad["ProcId"]}' == job_id
+    assert f"{ad['ClusterId']}.{ad['ProcId']}" == job_id
     assert view["user"] == "alice" and view["uid"] == pool.users["alice"].uid
     assert view["cwd"] == view["scratch"] and view["scratch"].startswith(str(pool.work / "execute"))
     # the worker's TLS identity is the minted worker certificate, transferred with the job (and nothing more)
@@ -283,8 +266,12 @@ async def test_gpu_dask_worker_job_runs_as_the_user_over_tls(pool, minter):
     # closing the cluster ended the job (dask-jobqueue retires the worker and runs condor_rm with alice's token)
     deadline = time.monotonic() + 15
     while True:
-        q = pool.run("alice", ["/usr/bin/condor_q", "-json", "-attributes", "JobStatus", job_id],
-                     env={"_CONDOR_SEC_TOKEN_DIRECTORY": env["_CONDOR_SEC_TOKEN_DIRECTORY"]}, cwd=home)
+        q = pool.run(
+            "alice",
+            ["/usr/bin/condor_q", "-json", "-attributes", "JobStatus", job_id],
+            env={"_CONDOR_SEC_TOKEN_DIRECTORY": env["_CONDOR_SEC_TOKEN_DIRECTORY"]},
+            cwd=home,
+        )
         assert q.returncode == 0, q.stderr.decode()
         statuses = [j["JobStatus"] for j in json.loads(q.stdout or b"[]")]
         if all(s in (3, 4) for s in statuses):  # removed / completed, or already gone from the queue

@@ -37,9 +37,20 @@ NAMES = sorted({n for a, b, _ in HOSTILE_PAIRS for n in (a, b)})
 CONDOR_POOL_USERS = sorted({condor_user(n) for n in NAMES})
 
 # the pairs whose jobs are also checked for cross-user actions (pings cover every pair)
-ACTION_PAIRS = [p for p in HOSTILE_PAIRS if (p[0], p[1]) in {
-    ("bob", "bob@x"), ("bob", "bob@cern.ch"), ("alice.smith", "alice-smith"), ("ali", "alice"),
-    ("x" * 70 + "1", "x" * 70 + "2"), ("用户", "用户二"), ("dörte", "dorte")}]
+ACTION_PAIRS = [
+    p
+    for p in HOSTILE_PAIRS
+    if (p[0], p[1])
+    in {
+        ("bob", "bob@x"),
+        ("bob", "bob@cern.ch"),
+        ("alice.smith", "alice-smith"),
+        ("ali", "alice"),
+        ("x" * 70 + "1", "x" * 70 + "2"),
+        ("用户", "用户二"),
+        ("dörte", "dorte"),
+    }
+]
 assert len(ACTION_PAIRS) == 7
 # users whose jobs must run to completion as their own account (the e-mail-like, unicode and long ones + bob)
 RUN_USERS = ["bob", "bob@x", "bob@cern.ch", "用户", "x" * 70 + "1"]
@@ -50,14 +61,20 @@ JOB_WAIT = 120  # seconds, for all RUN_USERS jobs together
 
 @pytest.fixture(scope="module")
 def minter(pool, tmp_path_factory):
-    return make_minter(tmp_path_factory.mktemp("keys"), condor_signing_key_file=str(pool.hub_key_file),
-                       condor_trust_domain=TD, dask_tls_enabled=False, macaroon_enabled=False,
-                       servicex_enabled=False)
+    return make_minter(
+        tmp_path_factory.mktemp("keys"),
+        condor_signing_key_file=str(pool.hub_key_file),
+        condor_trust_domain=TD,
+        dask_tls_enabled=False,
+        macaroon_enabled=False,
+        servicex_enabled=False,
+    )
 
 
 @dataclass
 class Session:
     """A hub user as their server would be: the Casa bundle's token in a directory the account owns."""
+
     name: str
     account: str
     home: Path
@@ -117,9 +134,11 @@ def test_each_token_authenticates_as_exactly_its_own_account(htc, pool, users, p
 
 # ---------------------------------------------------------------- jobs run as the user's own account
 def test_jobs_of_email_like_unicode_and_long_names_run_as_their_own_account(pool, users):
-    description = (b"executable = /usr/bin/id\narguments = -un\noutput = id.out\nerror = id.err\n"
-                   b"request_cpus = 1\nrequest_memory = 16\nrequest_disk = 1024\n"
-                   b"leave_in_queue = JobStatus == 4\nqueue\n")
+    description = (
+        b"executable = /usr/bin/id\narguments = -un\noutput = id.out\nerror = id.err\n"
+        b"request_cpus = 1\nrequest_memory = 16\nrequest_disk = 1024\n"
+        b"leave_in_queue = JobStatus == 4\nqueue\n"
+    )
     sessions = [users(n) for n in RUN_USERS]
     schedd0 = len(pool.log("SchedLog"))
     clusters = {s.name: _submit(pool, s, description) for s in sessions}
@@ -135,8 +154,10 @@ def test_jobs_of_email_like_unicode_and_long_names_run_as_their_own_account(pool
                     if job["JobStatus"] == 4:
                         done[s.name] = job
             if time.monotonic() - t0 > JOB_WAIT:
-                pytest.fail(f"jobs not completed after {JOB_WAIT} s: {sorted(set(clusters) - set(done))}\n"
-                            + pool.log("SchedLog")[-3000:])
+                pytest.fail(
+                    f"jobs not completed after {JOB_WAIT} s: {sorted(set(clusters) - set(done))}\n"
+                    + pool.log("SchedLog")[-3000:]
+                )
             time.sleep(0.5)
         print(f"\n{len(sessions)} jobs completed in {time.monotonic() - t0:.1f} s")
         for s in sessions:
@@ -157,8 +178,9 @@ def _refused(r, what: str, other: Session, owner: Session) -> None:
     (exit 0, "There are no jobs in the queue"), condor_qedit fails the transaction. Either way nothing changed;
     the caller checks the job itself."""
     out = (r.stdout + r.stderr).decode(errors="replace")
-    assert r.returncode != 0 or "There are no jobs in the queue" in out, \
+    assert r.returncode != 0 or "There are no jobs in the queue" in out, (
         f"{other.name!r} ran condor_{what} on {owner.name!r}'s job: {out}"
+    )
 
 
 @pytest.mark.parametrize("pair", ACTION_PAIRS, ids=[pair_id(p) for p in ACTION_PAIRS])
@@ -200,30 +222,45 @@ def test_old_mapping_made_bob_at_x_into_bob(htc, pool, users):
     The tests above catch both if ``condor_user`` is dropped from the token."""
     bob, bob_x = users("bob"), users("bob@x")
     now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
-    claims = {"iat": now, "exp": now + 600, "iss": TD, "jti": "casa-old-mapping", "sub": f"bob@x@{TD}",
-              "scope": " ".join(idtokens.DEFAULT_SCOPES)}
+    claims = {
+        "iat": now,
+        "exp": now + 600,
+        "iss": TD,
+        "jti": "casa-old-mapping",
+        "sub": f"bob@x@{TD}",
+        "scope": " ".join(idtokens.DEFAULT_SCOPES),
+    }
     key = idtokens.signing_key_from_file(pool.hub_key_file.read_bytes())
     old_token = jwt.encode(claims, key, algorithm="HS256", headers={"kid": "POOL"}).encode() + b"\n"
     old_dir = bob_x.home / "old-tokens"
     pool.give(bob_x.account, old_dir / "casa", old_token, 0o400)
-    old = Session("bob@x (old mapping)", bob_x.account, bob_x.home, old_token,
-                  {"_CONDOR_SEC_TOKEN_DIRECTORY": str(old_dir)})
+    old = Session(
+        "bob@x (old mapping)", bob_x.account, bob_x.home, old_token, {"_CONDOR_SEC_TOKEN_DIRECTORY": str(old_dir)}
+    )
     ad = htc.ping(pool.address("schedd"), "WRITE", htc.SecurityContext(token=old_token.decode().strip()))
     assert ad["AuthorizationSucceeded"] is True
 
     bobs_job = _submit(pool, bob, IDLE_FOREVER)  # the real bob is active (the deterministic one of two cases)
     schedd0, shadow0 = len(pool.log("SchedLog")), len(pool.log("ShadowLog"))
-    cluster = _submit(pool, old, b"executable = /usr/bin/id\narguments = -un\noutput = old-id.out\n"
-                                 b"request_cpus = 1\nrequest_memory = 16\nrequest_disk = 1024\nqueue\n")
+    cluster = _submit(
+        pool,
+        old,
+        b"executable = /usr/bin/id\narguments = -un\noutput = old-id.out\n"
+        b"request_cpus = 1\nrequest_memory = 16\nrequest_disk = 1024\nqueue\n",
+    )
     try:
         job = _job(pool, old, cluster)
         assert job["Owner"] == "bob", job  # another hub user's account
         assert job["User"] == f"bob@x@{TD}"
         deadline = time.monotonic() + 30
-        while not ("bob@x not in passwd file" in pool.log("ShadowLog")[shadow0:]
-                   or "Can't find owner bob in Owners array" in pool.log("SchedLog")[schedd0:]):
-            assert time.monotonic() < deadline, (_job(pool, old, cluster), [
-                line for line in pool.log("SchedLog")[schedd0:].splitlines() if "bob" in line][-40:])
+        while not (
+            "bob@x not in passwd file" in pool.log("ShadowLog")[shadow0:]
+            or "Can't find owner bob in Owners array" in pool.log("SchedLog")[schedd0:]
+        ):
+            assert time.monotonic() < deadline, (
+                _job(pool, old, cluster),
+                [line for line in pool.log("SchedLog")[schedd0:].splitlines() if "bob" in line][-40:],
+            )
             time.sleep(0.5)
         assert _job(pool, old, cluster)["JobStatus"] in (1, 2)  # never completes
         assert not (old.home / "old-id.out").exists()

@@ -10,8 +10,8 @@ import datetime
 from pathlib import Path
 
 import pytest
-from servicex.servicex_client import ServiceXClient
 from servicex.servicex_adapter import AuthorizationError
+from servicex.servicex_client import ServiceXClient
 
 from casa_hub.credentials import servicex as sx
 from casa_hub_ext.servicex import MissingServiceXCredentials, servicex_client
@@ -23,7 +23,7 @@ HOUR = datetime.timedelta(hours=1)
 
 @pytest.fixture
 def server(tmp_path):
-    secret = (tmp_path / "sx-secret")
+    secret = tmp_path / "sx-secret"
     secret.write_bytes(b"contract-" + b"s" * 40)
     with ContractServer(secret=secret.read_bytes().strip()) as s:
         s.secret_file = secret
@@ -31,8 +31,9 @@ def server(tmp_path):
 
 
 def _minter(tmp_path, server, **overrides):
-    return make_minter(tmp_path / "keys", servicex_endpoint=server.url, servicex_secret_file=str(server.secret_file),
-                       **overrides)
+    return make_minter(
+        tmp_path / "keys", servicex_endpoint=server.url, servicex_secret_file=str(server.secret_file), **overrides
+    )
 
 
 async def _info(client: ServiceXClient):
@@ -44,6 +45,7 @@ def _client(config: Path, tmp_path) -> ServiceXClient:
 
 
 # ---------------------------------------------------------------- the access token
+
 
 def _pod_env(monkeypatch, bundle, pod: Path):
     for k, v in bundle.env_for(str(pod)).items():
@@ -101,8 +103,9 @@ def _write_access_token(tmp_path, monkeypatch, server, token: str):
 
 async def test_token_signed_with_another_secret_is_refused(tmp_path, server, monkeypatch):
     server.users["alice"] = User("alice")
-    token, _ = sx.mint_servicex_token(secret=b"x" * 48, identity="alice",
-                                      now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR)
+    token, _ = sx.mint_servicex_token(
+        secret=b"x" * 48, identity="alice", now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR
+    )
     _write_access_token(tmp_path, monkeypatch, server, token)
     with pytest.raises(Exception):
         await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))
@@ -111,8 +114,12 @@ async def test_token_signed_with_another_secret_is_refused(tmp_path, server, mon
 
 async def test_expired_access_token_is_not_accepted(tmp_path, server, monkeypatch):
     server.users["alice"] = User("alice")
-    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice",
-                                      now=datetime.datetime.now(datetime.timezone.utc) - 3 * HOUR, lifetime=HOUR)
+    token, _ = sx.mint_servicex_token(
+        secret=server.secret,
+        identity="alice",
+        now=datetime.datetime.now(datetime.timezone.utc) - 3 * HOUR,
+        lifetime=HOUR,
+    )
     _write_access_token(tmp_path, monkeypatch, server, token)
     with pytest.raises(AuthorizationError, match="Casa ServiceX access token .* expired"):
         await _info(servicex_client(cache_dir=str(tmp_path / "sx-cache")))
@@ -151,8 +158,9 @@ async def test_access_token_is_refused_at_refresh(tmp_path, server):
     import httpx
 
     server.users["alice"] = User("alice", refresh_jti="whatever")
-    token, _ = sx.mint_servicex_token(secret=server.secret, identity="alice",
-                                      now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR)
+    token, _ = sx.mint_servicex_token(
+        secret=server.secret, identity="alice", now=datetime.datetime.now(datetime.timezone.utc), lifetime=HOUR
+    )
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{server.url}/token/refresh", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code in (401, 422)

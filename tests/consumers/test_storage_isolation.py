@@ -36,22 +36,31 @@ MACAROON_PATH = "/store/user/{userdir}"
 PUBLIC_FILE = "/store/public/readme.txt"
 PAIRS = [pytest.param(i, p, id=pair_id(p)) for i, p in enumerate(HOSTILE_PAIRS)]
 # roots:// (ztn + xrdcp/xrdfs processes) for the pairs that matter most; https covers every pair
-ROOTS_REASONS = {"string prefix", "the storage terminator in a name", "an escape sequence spelled out in a name",
-                 "percent-encoded slash", "non-Latin prefix", "very long prefix"}
+ROOTS_REASONS = {
+    "string prefix",
+    "the storage terminator in a name",
+    "an escape sequence spelled out in a name",
+    "percent-encoded slash",
+    "non-Latin prefix",
+    "very long prefix",
+}
 ROOTS_PAIRS = [p for p in PAIRS if p.values[1][2] in ROOTS_REASONS]
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     need(shutil.which("xrootd") is not None, "xrootd")
-    need(xs.have_xrootd(), "xrdcp, unshare, the xrootd user and the XRootD SciTokens, macaroons, Pss, Pfc, "
-                           "ztn and http plugins")
+    need(
+        xs.have_xrootd(),
+        "xrdcp, unshare, the xrootd user and the XRootD SciTokens, macaroons, Pss, Pfc, ztn and http plugins",
+    )
     need(shutil.which("xrdfs") is not None, "xrdfs")
     need(os.geteuid() == 0, "root (unshare -m and a bind mount over the system CA bundle)")
     with xs.xrootd_site(tmp_path_factory.mktemp("xrootd-iso")) as s:
         # the admin guide's scitokens.cfg (base_path = /: scope paths are namespace paths); restart to load it
-        (s.work / "scitokens.cfg").write_text(xs.SCITOKENS_CFG.format(audience=xs.AUDIENCE, issuer=s.issuer_url,
-                                                                      base_path="/"))
+        (s.work / "scitokens.cfg").write_text(
+            xs.SCITOKENS_CFG.format(audience=xs.AUDIENCE, issuer=s.issuer_url, base_path="/")
+        )
         public = s.work / "origin-ns" / PUBLIC_FILE.lstrip("/")
         public.parent.mkdir()
         public.write_bytes(b"public\n")
@@ -78,8 +87,9 @@ def _on_disk(site: xs.Site, path: str) -> Path:
     return site.work / "origin-ns" / path.lstrip("/")
 
 
-def _https_refused(site: xs.Site, server: xs.XrootdServer, method: str, path: str, credential: bytes,
-                   body: bytes | None = None) -> None:
+def _https_refused(
+    site: xs.Site, server: xs.XrootdServer, method: str, path: str, credential: bytes, body: bytes | None = None
+) -> None:
     """XRootD's own authorization refused the request: 403 "permission denied" and a deny for this path in
     *this* server's log (for the cache: the cache refused, not the origin behind it)."""
     since = server.log_size()
@@ -97,6 +107,7 @@ def _https_ok(site, server, method, path, credential, body=None) -> bytes:
 
 
 # ---------------------------------------------------------------- every hostile pair, https, origin + cache
+
 
 @pytest.mark.parametrize(("index", "pair"), PAIRS)
 def test_pair_isolated_over_https(site, index, pair):
@@ -134,10 +145,16 @@ def test_pair_isolated_with_macaroons(site, index, pair):
 
 # ---------------------------------------------------------------- a subset over roots:// (ztn)
 
+
 def _xrdfs(site: xs.Site, server: xs.XrootdServer, token: bytes, *args: str) -> subprocess.CompletedProcess:
     """``xrdfs`` with the token in BEARER_TOKEN_FILE, as Site.xrdcp does for xrdcp."""
-    env = xs._clean_env(X509_CERT_DIR=str(site.work / "certs"), XRD_CONNECTIONRETRY="1", XRD_REQUESTTIMEOUT="20",
-                        XRD_STREAMERRORWINDOW="0", XDG_RUNTIME_DIR=str(site.client_dir))
+    env = xs._clean_env(
+        X509_CERT_DIR=str(site.work / "certs"),
+        XRD_CONNECTIONRETRY="1",
+        XRD_REQUESTTIMEOUT="20",
+        XRD_STREAMERRORWINDOW="0",
+        XDG_RUNTIME_DIR=str(site.client_dir),
+    )
     fd, name = tempfile.mkstemp(dir=site.client_dir, prefix="token-")
     with os.fdopen(fd, "wb") as f:
         f.write(token)
@@ -146,8 +163,11 @@ def _xrdfs(site: xs.Site, server: xs.XrootdServer, token: bytes, *args: str) -> 
 
 
 def _roots_refused(result: subprocess.CompletedProcess, what: str) -> None:
-    assert result.returncode != 0 and "[3010]" in result.stderr and "permission denied" in result.stderr, \
-        (what, result.returncode, result.stderr)
+    assert result.returncode != 0 and "[3010]" in result.stderr and "permission denied" in result.stderr, (
+        what,
+        result.returncode,
+        result.stderr,
+    )
 
 
 @pytest.mark.parametrize(("index", "pair"), ROOTS_PAIRS)
@@ -165,8 +185,10 @@ def test_pair_isolated_over_roots(site, index, pair, tmp_path):
         assert r.returncode == 0 and (tmp_path / "back").read_bytes() == b"roots\n", r.stderr
     for me, other in (users, users[::-1]):
         for server in (site.origin, site.cache):
-            _roots_refused(site.xrdcp(server.root_url + files[other.name], str(tmp_path / "stolen"), me.token),
-                           f"read {files[other.name]} at the {server.name}")
+            _roots_refused(
+                site.xrdcp(server.root_url + files[other.name], str(tmp_path / "stolen"), me.token),
+                f"read {files[other.name]} at the {server.name}",
+            )
             assert not (tmp_path / "stolen").exists()
             _roots_refused(_xrdfs(site, server, me.token, "ls", other.area), f"list {other.area} at {server.name}")
         intruder = f"{other.area}/from-{user_dir(me.name)}-r{index}.txt"
@@ -175,6 +197,7 @@ def test_pair_isolated_over_roots(site, index, pair, tmp_path):
 
 
 # ---------------------------------------------------------------- why {username} was unsafe (server behaviour)
+
 
 def test_xrootd_grants_token_scopes_by_string_prefix(site):
     """With scopes rendered from ``{username}`` (the old documented template), ``ali`` writes and reads

@@ -12,67 +12,22 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from casa_hub.credentials.issuer import IssuerKey, generate_issuer_key_pem, load_issuer_key
 from tests.consumers import xrootd_server as xs
-from tests.support import need
+from tests.consumers.xrootd_site import NOT_AUTHORIZED, XRDCP_NOT_AUTHORIZED, Endpoint, assert_refused
 
 pytestmark = pytest.mark.consumer("xrootd")
 
 HOUR = xs.HOUR
-XRDCP_NOT_AUTHORIZED = 54  # xrdcp's exit status for a server-side error
-NOT_AUTHORIZED = "[3010]"  # kXR_NotAuthorized, as xrdcp prints it
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    need(shutil.which("xrootd") is not None, "xrootd")
-    need(xs.have_xrootd(), "xrdcp, unshare, the xrootd user and the XRootD SciTokens, macaroons, Pss, Pfc, "
-                           "ztn and http plugins")
-    need(os.geteuid() == 0, "root (unshare -m and a bind mount over the system CA bundle)")
-    with xs.xrootd_site(tmp_path_factory.mktemp("xrootd")) as s:
-        yield s
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-@dataclass
-class Outcome:
-    ok: bool
-    detail: str  # HTTP status + body or xrdcp stderr, for assertion messages
-    refused: bool  # XRootD's own "permission denied", not a transport error
-    log_offset: int  # where the server log stood when the request started
-
-
-@dataclass
-class Endpoint:
-    """One server (origin or cache) reached over one transport (https with a Bearer header, or roots+ztn)."""
-
-    site: xs.Site
-    server: xs.XrootdServer
-    transport: str
-
-    def read(self, token: bytes | None, dest: Path, path: str = xs.TEST_FILE) -> Outcome:
-        since = self.server.log_size()
-        if self.transport == "https":
-            status, body = self.site.https(self.server, "GET", path, token)
-            if status == 200:
-                dest.write_bytes(body)
-            ok, refused, detail = status == 200, status == 403 and b"permission denied" in body, f"{status} {body!r}"
-        else:
-            r = self.site.xrdcp(self.server.root_url + path, str(dest), token)
-            ok, detail = r.returncode == 0, f"rc={r.returncode} {r.stderr.strip()}"
-            refused = (r.returncode == XRDCP_NOT_AUTHORIZED and NOT_AUTHORIZED in r.stderr
-                       and "permission denied" in r.stderr)
-        return Outcome(ok, detail, refused, since)
 
 
 ENDPOINTS = [("origin", "https"), ("origin", "roots"), ("cache", "https"), ("cache", "roots")]
@@ -93,19 +48,8 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return True
 
 
-def assert_refused(endpoint: Endpoint, token: bytes | None, tmp_path: Path, *reasons: str) -> str:
-    """XRootD refused the read, and its log (the request's part) matches every regex in ``reasons``."""
-    dest = tmp_path / "refused"
-    out = endpoint.read(token, dest)
-    assert out.refused, f"expected XRootD to refuse, got {out.detail}"
-    assert not dest.exists()
-    log = endpoint.server.wait_for_log("|".join(f"(?:{r})" for r in reasons), out.log_offset)
-    for reason in reasons:
-        assert re.search(reason, log), f"refusal reason {reason!r} not in the {endpoint.server.name} log:\n{log}"
-    return log
-
-
 # ---------------------------------------------------------------- accepted
+
 
 def test_minted_token_reads_file(site, endpoint, tmp_path):
     token = site.minter.mint("alice").files["xcache.token"].content
@@ -162,6 +106,7 @@ def test_minted_write_token_uploads_with_xrdcp(site, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- refused: WLCG tokens, origin and cache
 
+
 def test_no_token_is_refused(endpoint, tmp_path):
     # no token: the request falls through SciTokens to the empty authdb
     assert_refused(endpoint, None, tmp_path, r"acc_Audit: \S+ deny (https|unix) ")
@@ -203,6 +148,7 @@ def test_unknown_key_id_is_refused(site, endpoint, tmp_path):
 
 # ---------------------------------------------------------------- refused: writes
 
+
 def test_read_token_cannot_upload_over_https(site):
     token = site.minter.mint("alice").files["xcache.token"].content
     since = site.origin.log_size()
@@ -230,6 +176,7 @@ def test_create_scope_does_not_reach_another_users_area(site):
 
 # ---------------------------------------------------------------- refused: macaroons (origin, https)
 
+
 @pytest.fixture
 def origin_https(site) -> Endpoint:
     return Endpoint(site, site.origin, "https")
@@ -250,7 +197,13 @@ def test_macaroon_for_another_path_is_refused(site, origin_https, tmp_path):
 
 
 def test_macaroon_signed_with_another_key_is_refused(site, origin_https, tmp_path):
-    log = assert_refused(origin_https, site.macaroon(secret=os.urandom(32)), tmp_path,
-                         "Macaroon verification failed", "Macaroon has not expired", "path request verified")
+    log = assert_refused(
+        origin_https,
+        site.macaroon(secret=os.urandom(32)),
+        tmp_path,
+        "Macaroon verification failed",
+        "Macaroon has not expired",
+        "path request verified",
+    )
     # every caveat held: only the signature can have failed
     assert "NOT allowed" not in log and "expired at" not in log

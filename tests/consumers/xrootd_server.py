@@ -45,8 +45,14 @@ CACHE_FILE = "/store/data/run2.root"  # read through the cache by one test only:
 CACHE_BYTES = b"casa-hub xcache miss payload\n" * 512
 SERVICE_SUBJECT = "xcache-service"
 HOUR = datetime.timedelta(hours=1)
-XRD_LIBS = ("libXrdAccSciTokens-5.so", "libXrdMacaroons-5.so", "libXrdPss-5.so", "libXrdPfc-5.so",
-            "libXrdSecztn-5.so", "libXrdHttp-5.so")
+XRD_LIBS = (
+    "libXrdAccSciTokens-5.so",
+    "libXrdMacaroons-5.so",
+    "libXrdPss-5.so",
+    "libXrdPfc-5.so",
+    "libXrdSecztn-5.so",
+    "libXrdHttp-5.so",
+)
 
 # TLS is needed by ztn and https; tokens (ztn or the http Authorization header) are the only grants:
 # the authdb is empty, so a request without a valid token falls through to "deny".
@@ -73,21 +79,27 @@ xrd.protocol XrdHttp:{http_port} libXrdHttp.so
 http.header2cgi Authorization authz
 """
 
-ORIGIN_CFG = _COMMON + """
+ORIGIN_CFG = (
+    _COMMON
+    + """
 oss.localroot {work}/origin-ns
 ofs.authlib ++ libXrdMacaroons.so
 macaroons.secretkey {work}/macaroon-secret
 macaroons.trace all
 http.exthandler xrdmacaroons libXrdMacaroons.so
 """
+)
 
-CACHE_CFG = _COMMON + """
+CACHE_CFG = (
+    _COMMON
+    + """
 oss.localroot {work}/cache-ns
 ofs.osslib libXrdPss.so
 pss.cachelib libXrdPfc.so
 pss.origin 127.0.0.1:{origin_port}
 pfc.ram 1g  # the minimum XrdPfc accepts (a cap, not an allocation)
 """
+)
 
 SCITOKENS_CFG = """
 [Global]
@@ -123,8 +135,14 @@ class XrootdServer:
         """(Re)start the server with its original command, configuration and ports; bounded wait until it
         listens on both. A restarted xrootd appends to the same log."""
         assert self.proc is None or self.proc.poll() is not None, f"xrootd {self.name} is still running"
-        self.proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_for_port(self.port, proc=self.proc, timeout=timeout)
             wait_for_port(self.http_port, proc=self.proc, timeout=timeout)
@@ -184,15 +202,22 @@ class Site:
         """A WLCG token from the hub's pure functions; ``overrides`` replace single claims inputs."""
         return sign_token(key or self.minter.issuer_keys[0], **{"issuer": self.issuer_url, **overrides})
 
-    def macaroon(self, *, secret: bytes | None = None, path: str = "/store",
-                 now: datetime.datetime | None = None, lifetime=HOUR) -> bytes:
-        mac, _ = xcache.mint_macaroon(secret=self.macaroon_secret if secret is None else secret,
-                                      location=SITE_NAME, user="alice", path=path,
-                                      now=now or _now(), lifetime=lifetime)
+    def macaroon(
+        self, *, secret: bytes | None = None, path: str = "/store", now: datetime.datetime | None = None, lifetime=HOUR
+    ) -> bytes:
+        mac, _ = xcache.mint_macaroon(
+            secret=self.macaroon_secret if secret is None else secret,
+            location=SITE_NAME,
+            user="alice",
+            path=path,
+            now=now or _now(),
+            lifetime=lifetime,
+        )
         return mac
 
-    def https(self, server: XrootdServer, method: str, path: str, token: bytes | None = None,
-              body: bytes | None = None) -> tuple[int, bytes]:
+    def https(
+        self, server: XrootdServer, method: str, path: str, token: bytes | None = None, body: bytes | None = None
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=self.ssl, timeout=20)
         headers = {"Authorization": f"Bearer {token.decode().strip()}"} if token is not None else {}
         try:
@@ -204,16 +229,21 @@ class Site:
 
     def xrdcp(self, src: str, dest: str, token: bytes | None) -> subprocess.CompletedProcess:
         """The real xrootd client; the token goes through BEARER_TOKEN_FILE (ztn), as in a user's session."""
-        env = _clean_env(X509_CERT_DIR=str(self.work / "certs"), XRD_CONNECTIONRETRY="1",
-                         XRD_REQUESTTIMEOUT="20", XRD_STREAMERRORWINDOW="0",
-                         XDG_RUNTIME_DIR=str(self.client_dir))  # ztn also looks for $XDG_RUNTIME_DIR/bt_u<uid>
+        env = _clean_env(
+            X509_CERT_DIR=str(self.work / "certs"),
+            XRD_CONNECTIONRETRY="1",
+            XRD_REQUESTTIMEOUT="20",
+            XRD_STREAMERRORWINDOW="0",
+            XDG_RUNTIME_DIR=str(self.client_dir),
+        )  # ztn also looks for $XDG_RUNTIME_DIR/bt_u<uid>
         if token is not None:
             fd, name = tempfile.mkstemp(dir=self.client_dir, prefix="token-")  # 0600 and ours, as ztn insists
             with os.fdopen(fd, "wb") as f:
                 f.write(token)
             env["BEARER_TOKEN_FILE"] = name
-        return subprocess.run(["xrdcp", "-f", "-s", "-p", src, dest], env=env, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            ["xrdcp", "-f", "-s", "-p", src, dest], env=env, capture_output=True, text=True, timeout=60
+        )
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -227,10 +257,19 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def sign_token(key: IssuerKey, *, issuer: str, subject: str = "alice", scopes=("storage.read:/",),
-               audience: str = AUDIENCE, now: datetime.datetime | None = None, lifetime=HOUR) -> bytes:
-    claims = xcache.wlcg_token_claims(issuer=issuer, subject=subject, scopes=list(scopes), audience=audience,
-                                      now=now or _now(), lifetime=lifetime)
+def sign_token(
+    key: IssuerKey,
+    *,
+    issuer: str,
+    subject: str = "alice",
+    scopes=("storage.read:/",),
+    audience: str = AUDIENCE,
+    now: datetime.datetime | None = None,
+    lifetime=HOUR,
+) -> bytes:
+    claims = xcache.wlcg_token_claims(
+        issuer=issuer, subject=subject, scopes=list(scopes), audience=audience, now=now or _now(), lifetime=lifetime
+    )
     return key.sign(claims).encode() + b"\n"
 
 
@@ -259,13 +298,13 @@ def _prepare_workdir(work: Path, *, pki: TestPKI, minter, issuer_url: str) -> No
     (work / "origin-ns/store/user").mkdir()
     (work / "cache-ns").mkdir()
     (work / "authdb").write_text("")  # no static grants
-    (work / "scitokens.cfg").write_text(SCITOKENS_CFG.format(audience=AUDIENCE, issuer=issuer_url,
-                                                             base_path=BASE_PATH))
+    (work / "scitokens.cfg").write_text(SCITOKENS_CFG.format(audience=AUDIENCE, issuer=issuer_url, base_path=BASE_PATH))
     shutil.copyfile(minter.macaroon_secret_file, work / "macaroon-secret")
     (work / "macaroon-secret").chmod(0o400)
     # the cache's own credential towards the origin (ztn reads it from BEARER_TOKEN_FILE)
-    (work / "cache.token").write_bytes(sign_token(minter.issuer_keys[0], issuer=issuer_url,
-                                                  subject=SERVICE_SUBJECT, lifetime=2 * HOUR))
+    (work / "cache.token").write_bytes(
+        sign_token(minter.issuer_keys[0], issuer=issuer_url, subject=SERVICE_SUBJECT, lifetime=2 * HOUR)
+    )
     (work / "cache.token").chmod(0o600)
     (work / "xdg-cache").mkdir()  # fresh scitokens key cache per run
     for p in (work, *work.rglob("*")):
@@ -278,16 +317,33 @@ def _start_xrootd(work: Path, name: str, template: str, env: dict[str, str], **f
     cfg.write_text(template.format(work=work, name=name, port=port, http_port=http_port, site=SITE_NAME, **fields))
     # our CA bundle replaces the system one for this process tree only
     script = 'mount --bind "$1" /etc/ssl/certs/ca-certificates.crt || exit 99; shift; exec "$@"'
-    command = ["unshare", "-m", "sh", "-c", script, "sh", str(work / "ca-bundle.crt"),
-               "xrootd", "-R", "xrootd", "-c", str(cfg), "-l", str(work / "xrootd.log"), "-n", name]
+    command = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(work / "ca-bundle.crt"),
+        "xrootd",
+        "-R",
+        "xrootd",
+        "-c",
+        str(cfg),
+        "-l",
+        str(work / "xrootd.log"),
+        "-n",
+        name,
+    ]
     server = XrootdServer(name, port, http_port, None, work / name / "xrootd.log", command, env)  # -n: log in <name>/
     server.start()
     return server
 
 
 def _server_env(work: Path, **extra: str) -> dict[str, str]:
-    return _clean_env(XDG_CACHE_HOME=str(work / "xdg-cache"), HOME=str(work), X509_CERT_DIR=str(work / "certs"),
-                      **extra)
+    return _clean_env(
+        XDG_CACHE_HOME=str(work / "xdg-cache"), HOME=str(work), X509_CERT_DIR=str(work / "certs"), **extra
+    )
 
 
 @contextmanager
@@ -305,14 +361,24 @@ def xrootd_site(tmp: Path):
         issuer = stack.enter_context(IssuerServer(tmp / "issuer.crt", tmp / "issuer.key"))
         issuer_url = f"https://127.0.0.1:{issuer.port}/hub/casa-issuer"  # the hub's path layout
         # scopes are relative to the site's base_path (/store): "storage.read:/store" would mean /store/store
-        minter = make_minter(tmp / "keys", issuer_url=issuer_url, xcache_audience=[AUDIENCE],
-                             xcache_scopes=["storage.read:/"], macaroon_location=SITE_NAME)
+        minter = make_minter(
+            tmp / "keys",
+            issuer_url=issuer_url,
+            xcache_audience=[AUDIENCE],
+            xcache_scopes=["storage.read:/"],
+            macaroon_location=SITE_NAME,
+        )
         issuer.documents.update(issuer_documents(minter, issuer_url))
         _prepare_workdir(work, pki=pki, minter=minter, issuer_url=issuer_url)
         origin = _start_xrootd(work, "origin", ORIGIN_CFG, _server_env(work))
         stack.callback(origin.stop)  # whichever process is current (the server may have been restarted)
-        cache = _start_xrootd(work, "cache", CACHE_CFG, _server_env(work, BEARER_TOKEN_FILE=str(work / "cache.token")),
-                              origin_port=origin.port)
+        cache = _start_xrootd(
+            work,
+            "cache",
+            CACHE_CFG,
+            _server_env(work, BEARER_TOKEN_FILE=str(work / "cache.token")),
+            origin_port=origin.port,
+        )
         stack.callback(cache.stop)
         client_dir = tmp / "client"
         client_dir.mkdir()

@@ -13,7 +13,6 @@ from casa_hub_ext.options import CasaClusterSettings
 from tests.support import write_bundle
 
 
-
 def declared_gpus(n: int) -> Inventory:
     return Inventory(tuple(GPU(i, str(i)) for i in range(n)), "CASA_GPU_COUNT")
 
@@ -39,5 +38,9 @@ def expired_bundle_dir(tmp_path, minter) -> Path:
 def settings(monkeypatch) -> CasaClusterSettings:
     for var in ("CASA_DASK_BACKENDS", "CASA_GPU_MAX_PER_WORKER", "DASK_GATEWAY__ADDRESS"):
         monkeypatch.delenv(var, raising=False)
-    return CasaClusterSettings(backends=["local", "htcondor", "gateway"], max_gpus_per_worker=1, max_workers=4,
-                               gateway_address="http://127.0.0.1:1")
+    return CasaClusterSettings(
+        backends=["local", "htcondor", "gateway"],
+        max_gpus_per_worker=1,
+        max_workers=4,
+        gateway_address="http://127.0.0.1:1",
+    )

@@ -43,13 +43,26 @@ def start_gateway(work: Path, hub_api_url: str, hub_api_token: str, timeout: flo
     work.mkdir(parents=True, exist_ok=True)
     api_port, proxy_port = free_port(), free_port()
     config = work / "dask_gateway_config.py"
-    config.write_text(CONFIG.format(api_port=api_port, proxy_port=proxy_port, dask=str(VENV_BIN / "dask"),
-                                    hub_api_url=hub_api_url, hub_api_token=hub_api_token))
+    config.write_text(
+        CONFIG.format(
+            api_port=api_port,
+            proxy_port=proxy_port,
+            dask=str(VENV_BIN / "dask"),
+            hub_api_url=hub_api_url,
+            hub_api_token=hub_api_token,
+        )
+    )
     log = work / "gateway.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dask_gateway_server", "-f", str(config)], cwd=work, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask_gateway_server", "-f", str(config)],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for_port(proxy_port, timeout=timeout, proc=proc)
         _wait_for_api(f"http://127.0.0.1:{proxy_port}/api/health", timeout, proc)

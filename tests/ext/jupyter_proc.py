@@ -46,15 +46,24 @@ def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeo
         "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
         **env,
     }
-    args = [str(VENV_BIN / "jupyter"), app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work / 'root'}",
-            "--ServerApp.port_retries=0", "--allow-root"]
+    args = [
+        str(VENV_BIN / "jupyter"),
+        app,
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work / 'root'}",
+        "--ServerApp.port_retries=0",
+        "--allow-root",
+    ]
     if app == "lab":
         args += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = work / f"{app}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, cwd=work, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=work, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_port(port, timeout=timeout, proc=proc)

@@ -21,13 +21,21 @@ from tests.support import make_minter, need
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT = 60
 
 
 def gpu_task():
     import os
+
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -39,8 +47,16 @@ def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     minter = make_minter(work / "keys")
     bundle_dir = write_bundle(minter.mint("alice"), work / "casa")
-    proc = start_jupyter(work, {"CASA_CREDENTIALS_DIR": str(bundle_dir), "CASA_GPU_COUNT": "2",
-                                "CASA_GPU_MAX_PER_WORKER": "1", "CASA_DASK_BACKENDS": "local"}, app="lab")
+    proc = start_jupyter(
+        work,
+        {
+            "CASA_CREDENTIALS_DIR": str(bundle_dir),
+            "CASA_GPU_COUNT": "2",
+            "CASA_GPU_MAX_PER_WORKER": "1",
+            "CASA_DASK_BACKENDS": "local",
+        },
+        app="lab",
+    )
     proc.bundle_dir, proc.minter = bundle_dir, minter
     yield proc
     stop_jupyter(proc)
@@ -71,8 +87,9 @@ def api(lab, method, path, **kw):
 def test_create_gpu_cluster_from_the_form(browser, lab, tmp_path):
     page = open_lab(browser, lab)
     page.wait_for_selector(".jp-Launcher")
-    page.wait_for_function("document.querySelector('[data-testid=casa-credential-status]').textContent"
-                           ".startsWith('Credentials: 5h')")
+    page.wait_for_function(
+        "document.querySelector('[data-testid=casa-credential-status]').textContent.startsWith('Credentials: 5h')"
+    )
     assert page.locator(".jp-LauncherCard", has_text="New Dask cluster").count() == 1
 
     # command palette entry opens the form

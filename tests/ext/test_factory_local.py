@@ -43,13 +43,22 @@ def two_gpus(monkeypatch):
 
 async def test_gpu_tasks_land_only_on_gpu_workers(mounted, local_settings, two_gpus):
     security = mounted.security()
-    cluster = await asyncio.wait_for(make_cluster({"workers": 2, "gpus_per_worker": 1}, mounted,
-                                                  settings=local_settings, inventory=two_gpus, asynchronous=True),
-                                     TIMEOUT)
+    cluster = await asyncio.wait_for(
+        make_cluster(
+            {"workers": 2, "gpus_per_worker": 1},
+            mounted,
+            settings=local_settings,
+            inventory=two_gpus,
+            asynchronous=True,
+        ),
+        TIMEOUT,
+    )
     try:
         assert cluster.scheduler_address.startswith("tls://")
-        async with Worker(cluster.scheduler_address, security=security, host="127.0.0.1") as cpu_worker, \
-                Client(cluster, security=security, asynchronous=True, timeout=TIMEOUT) as client:
+        async with (
+            Worker(cluster.scheduler_address, security=security, host="127.0.0.1") as cpu_worker,
+            Client(cluster, security=security, asynchronous=True, timeout=TIMEOUT) as client,
+        ):
             await client.wait_for_workers(3, timeout=TIMEOUT)
             resources = await client.run_on_scheduler(worker_resources)
             gpu_workers = {a for a, r in resources.items() if r == {"GPU": 1}}
@@ -84,10 +93,13 @@ def test_sync_cluster_and_labextension_factory(bundle_dir, monkeypatch, local_se
         cluster.close()
 
 
-@pytest.mark.parametrize("request_, message", [
-    ({"workers": 1, "gpus_per_worker": 2}, "gpus_per_worker=2 is outside the allowed range 0..1"),
-    ({"workers": 3, "gpus_per_worker": 1}, "need 3 GPUs; this server has 2"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"workers": 1, "gpus_per_worker": 2}, "gpus_per_worker=2 is outside the allowed range 0..1"),
+        ({"workers": 3, "gpus_per_worker": 1}, "need 3 GPUs; this server has 2"),
+    ],
+)
 def test_too_many_gpus_refused_before_start(mounted, local_settings, two_gpus, request_, message):
     started = time.monotonic()
     with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -97,8 +109,12 @@ def test_too_many_gpus_refused_before_start(mounted, local_settings, two_gpus, r
 
 def test_expired_certificate_refused(expired_bundle_dir, local_settings, two_gpus):
     with pytest.raises(CredentialError) as e:
-        make_cluster({"workers": 1}, MountedBundle.from_directory(expired_bundle_dir),
-                     settings=local_settings, inventory=two_gpus)
+        make_cluster(
+            {"workers": 1},
+            MountedBundle.from_directory(expired_bundle_dir),
+            settings=local_settings,
+            inventory=two_gpus,
+        )
     assert e.value.credential == "dask-scheduler"
     assert "Dask scheduler certificate (dask-scheduler) expired" in str(e.value)
 
@@ -106,8 +122,9 @@ def test_expired_certificate_refused(expired_bundle_dir, local_settings, two_gpu
 def test_missing_key_refused(bundle_dir, local_settings, two_gpus):
     (bundle_dir / "dask/client.key").unlink()
     with pytest.raises(CredentialError, match="key of the Dask client certificate is missing"):
-        make_cluster({"workers": 1}, MountedBundle.from_directory(bundle_dir), settings=local_settings,
-                     inventory=two_gpus)
+        make_cluster(
+            {"workers": 1}, MountedBundle.from_directory(bundle_dir), settings=local_settings, inventory=two_gpus
+        )
 
 
 async def test_dask_labextension_factory_config(bundle_dir, monkeypatch):
@@ -120,8 +137,12 @@ async def test_dask_labextension_factory_config(bundle_dir, monkeypatch):
     monkeypatch.setenv("CASA_GPU_COUNT", "1")
     monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    factory = {"module": "casa_hub_ext.factory", "class": "CasaCluster", "args": [],
-               "kwargs": {"workers": 1, "gpus-per-worker": 1}}
+    factory = {
+        "module": "casa_hub_ext.factory",
+        "class": "CasaCluster",
+        "args": [],
+        "kwargs": {"workers": 1, "gpus-per-worker": 1},
+    }
     with dask.config.set({"labextension.factory": factory, "labextension.default": {"workers": None}}):
         cluster, adaptive = await asyncio.wait_for(labextension_make_cluster({}), TIMEOUT)
     try:

@@ -61,15 +61,27 @@ def alice_token(hub):
 def gateway_settings(gateway, alice_token, monkeypatch):
     monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER", raising=False)
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", alice_token)
-    return CasaClusterSettings(backends=["gateway"], max_gpus_per_worker=1, gateway_address=gateway.address,
-                               gateway_proxy_address=gateway.proxy_address, gateway_auth="jupyterhub")
+    return CasaClusterSettings(
+        backends=["gateway"],
+        max_gpus_per_worker=1,
+        gateway_address=gateway.address,
+        gateway_proxy_address=gateway.proxy_address,
+        gateway_auth="jupyterhub",
+    )
 
 
 async def test_gpu_option_reaches_worker_resources(gateway_settings, mounted):
     # this server has no GPU: the GPUs are the gateway's, bounded by the facility's max_gpus_per_worker
-    cluster = await asyncio.wait_for(make_cluster(
-        {"backend": "gateway", "workers": 2, "gpus_per_worker": 1, "memory": "1 GiB"}, mounted,
-        settings=gateway_settings, inventory=Inventory((), "none"), asynchronous=True), TIMEOUT)
+    cluster = await asyncio.wait_for(
+        make_cluster(
+            {"backend": "gateway", "workers": 2, "gpus_per_worker": 1, "memory": "1 GiB"},
+            mounted,
+            settings=gateway_settings,
+            inventory=Inventory((), "none"),
+            asynchronous=True,
+        ),
+        TIMEOUT,
+    )
     try:
         async with cluster.get_client(set_as_default=False) as client:
             await client.wait_for_workers(2, timeout=TIMEOUT)
@@ -82,16 +94,20 @@ async def test_gpu_option_reaches_worker_resources(gateway_settings, mounted):
 
 def test_over_limit_refused_before_contacting_gateway(gateway_settings, mounted):
     with pytest.raises(OptionError, match="gpus_per_worker=2"):
-        make_cluster({"backend": "gateway", "gpus_per_worker": 2}, mounted, settings=gateway_settings,
-                     inventory=Inventory((), "none"))
-
+        make_cluster(
+            {"backend": "gateway", "gpus_per_worker": 2},
+            mounted,
+            settings=gateway_settings,
+            inventory=Inventory((), "none"),
+        )
 
 
 async def test_token_of_no_user_is_refused(gateway, gateway_settings, monkeypatch):
     from dask_gateway import Gateway
 
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "not-a-token")
-    async with Gateway(gateway.address, proxy_address=gateway.proxy_address, auth="jupyterhub",
-                       asynchronous=True) as gw:
+    async with Gateway(
+        gateway.address, proxy_address=gateway.proxy_address, auth="jupyterhub", asynchronous=True
+    ) as gw:
         with pytest.raises(Exception, match="Permission failure verifying user.s JupyterHub API token|401|403"):
             await gw.list_clusters()

@@ -16,6 +16,7 @@ TIMEOUT = 60
 
 def gpu_task():
     import os
+
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -26,8 +27,12 @@ def server(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("jupyter")
     bundle_dir = write_bundle(make_minter(work / "keys").mint("alice"), work / "casa")
-    env = {"CASA_CREDENTIALS_DIR": str(bundle_dir), "CASA_GPU_COUNT": "2", "CASA_GPU_MAX_PER_WORKER": "1",
-           "CASA_DASK_BACKENDS": "local"}
+    env = {
+        "CASA_CREDENTIALS_DIR": str(bundle_dir),
+        "CASA_GPU_COUNT": "2",
+        "CASA_GPU_MAX_PER_WORKER": "1",
+        "CASA_DASK_BACKENDS": "local",
+    }
     for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
         env[var] = ""
     proc = start_jupyter(work, {k: v for k, v in env.items() if v})
@@ -60,12 +65,15 @@ def test_credentials(server):
     assert {c["name"] for c in body["credentials"] if c["present"]} >= {"xcache", "htcondor", "dask-client"}
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"gpus_per_worker": 2}, 422, "gpus_per_worker=2 is outside the allowed range 0..1"),
-    ({"workers": 3, "gpus_per_worker": 1}, 422, "need 3 GPUs; this server has 2"),
-    ({"backend": "htcondor"}, 422, "backend='htcondor': expected one of ['local']"),
-    ("[1]", 400, "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"gpus_per_worker": 2}, 422, "gpus_per_worker=2 is outside the allowed range 0..1"),
+        ({"workers": 3, "gpus_per_worker": 1}, 422, "need 3 GPUs; this server has 2"),
+        ({"backend": "htcondor"}, 422, "backend='htcondor': expected one of ['local']"),
+        ("[1]", 400, "must be a JSON object"),
+    ],
+)
 def test_bad_requests_are_4xx_with_message(server, body, status, message):
     r = api(server, "POST", "clusters", **({"data": body} if isinstance(body, str) else {"json": body}))
     assert r.status_code == status and message in r.json()["message"]

@@ -31,41 +31,62 @@ def pool(tmp_path_factory):
 
 
 async def test_gpu_worker_job_with_the_users_credentials(pool, tmp_path, monkeypatch):
-    minter = make_minter(tmp_path / "keys", condor_signing_key_file=str(pool.hub_key_file),
-                         condor_trust_domain=pool.trust_domain)
+    minter = make_minter(
+        tmp_path / "keys", condor_signing_key_file=str(pool.hub_key_file), condor_trust_domain=pool.trust_domain
+    )
     home = pool.user_dir("alice")
     mount = home / "casa"
     for rel, f in minter.mint("alice").files.items():
         pool.give("alice", mount / rel, f.content, f.mode)
     bundle = MountedBundle.from_directory(mount)
     # condor_submit/q/rm live in the pool's root: wrappers that run them as alice (the token dir is passed on)
-    tools = pool.tools(home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle.condor_token_dir)},
-                       cwd=home)
+    tools = pool.tools(
+        home / "bin", "alice", env={"_CONDOR_SEC_TOKEN_DIRECTORY": str(bundle.condor_token_dir)}, cwd=home
+    )
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     os.chown(logs, pool.users["alice"].uid, pool.users["alice"].gid)
     settings = CasaClusterSettings(
-        backends=["htcondor"], max_gpus_per_worker=1, htcondor_python=str(condor_pool.VENV / "bin" / "python"),
-        htcondor_disk="200MiB", htcondor_scheduler_options={"host": "127.0.0.1"},
-        htcondor_worker_extra_args=["--host", "127.0.0.1"], htcondor_log_directory=str(logs))
+        backends=["htcondor"],
+        max_gpus_per_worker=1,
+        htcondor_python=str(condor_pool.VENV / "bin" / "python"),
+        htcondor_disk="200MiB",
+        htcondor_scheduler_options={"host": "127.0.0.1"},
+        htcondor_worker_extra_args=["--host", "127.0.0.1"],
+        htcondor_log_directory=str(logs),
+    )
 
     def job_view():  # runs inside the HTCondor job (defined here: pickled by value, tests/ is not on the node)
         import os
 
-        return {"gpus": os.environ.get("_CONDOR_AssignedGPUs"), "files": sorted(os.listdir(".")),
-                "ad": open(os.environ["_CONDOR_JOB_AD"]).read()}
+        return {
+            "gpus": os.environ.get("_CONDOR_AssignedGPUs"),
+            "files": sorted(os.listdir(".")),
+            "ad": open(os.environ["_CONDOR_JOB_AD"]).read(),
+        }
 
-    cluster = await asyncio.wait_for(make_cluster(
-        {"backend": "htcondor", "workers": 1, "cores": 1, "memory": "512 MiB", "gpus_per_worker": 1}, bundle,
-        settings=settings, inventory=Inventory((), "none"), asynchronous=True), TIMEOUT)
+    cluster = await asyncio.wait_for(
+        make_cluster(
+            {"backend": "htcondor", "workers": 1, "cores": 1, "memory": "512 MiB", "gpus_per_worker": 1},
+            bundle,
+            settings=settings,
+            inventory=Inventory((), "none"),
+            asynchronous=True,
+        ),
+        TIMEOUT,
+    )
     try:
         async with Client(cluster, security=bundle.security(), asynchronous=True) as client:
             try:
                 await asyncio.wait_for(client.wait_for_workers(1), timeout=TIMEOUT)
             except (asyncio.TimeoutError, TimeoutError):
-                pytest.fail("no worker\n" + "\n".join(p.read_text()[-1500:] for p in logs.glob("*"))
-                            + pool.log("SchedLog")[-1500:] + pool.log("ShadowLog")[-1500:])
+                pytest.fail(
+                    "no worker\n"
+                    + "\n".join(p.read_text()[-1500:] for p in logs.glob("*"))
+                    + pool.log("SchedLog")[-1500:]
+                    + pool.log("ShadowLog")[-1500:]
+                )
             view = await asyncio.wait_for(client.submit(job_view, resources={"GPU": 1}, pure=False), TIMEOUT)
     finally:
         await cluster.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_docs import user_settings_snippet
+from tests.admin_guide import user_settings_snippet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,18 @@ def _server_settings(tmp_path: Path, files: dict[str, dict], env: dict[str, str]
         (etc / rel).write_text(json.dumps(content))
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("CASA_", "DASK_GATEWAY__", "JUPYTER", "JPY_"))}
-    clean.update(HOME=str(home), JUPYTER_CONFIG_DIR=str(home / ".jupyter"), JUPYTER_DATA_DIR=str(home / "data"),
-                 JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_CONFIG_PATH=str(etc), **(env or {}))
-    result = subprocess.run([sys.executable, "-c", SERVER], cwd=tmp_path, env=clean, capture_output=True, text=True,
-                            timeout=120)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CASA_", "DASK_GATEWAY__", "JUPYTER", "JPY_"))}
+    clean.update(
+        HOME=str(home),
+        JUPYTER_CONFIG_DIR=str(home / ".jupyter"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_CONFIG_PATH=str(etc),
+        **(env or {}),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SERVER], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120
+    )
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("CASA-SETTINGS ")), None)
     assert line, f"the server did not report its settings\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return json.loads(line.removeprefix("CASA-SETTINGS "))

@@ -51,16 +51,19 @@ def test_nvml_first_and_restricted_by_cuda_visible_devices():
     assert [(g.index, g.id) for g in inv.gpus] == [(0, "GPU-2aaaa-0000"), (1, "GPU-3aaaa-0000")]
 
 
-@pytest.mark.parametrize("env, source, ids", [
-    ({"CUDA_VISIBLE_DEVICES": "0,1", "CASA_GPU_COUNT": "8"}, "CUDA_VISIBLE_DEVICES", ["0", "1"]),
-    ({"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES", []),
-    ({"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES", []),
-    ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, "NVIDIA_VISIBLE_DEVICES", ["GPU-a", "GPU-b"]),
-    ({"NVIDIA_VISIBLE_DEVICES": "void"}, "NVIDIA_VISIBLE_DEVICES", []),
-    ({"NVIDIA_VISIBLE_DEVICES": "all", "CASA_GPU_COUNT": "2"}, "CASA_GPU_COUNT", ["0", "1"]),
-    ({"CASA_GPU_COUNT": "3"}, "CASA_GPU_COUNT", ["0", "1", "2"]),
-    ({}, "none", []),
-])
+@pytest.mark.parametrize(
+    "env, source, ids",
+    [
+        ({"CUDA_VISIBLE_DEVICES": "0,1", "CASA_GPU_COUNT": "8"}, "CUDA_VISIBLE_DEVICES", ["0", "1"]),
+        ({"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES", []),
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES", []),
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, "NVIDIA_VISIBLE_DEVICES", ["GPU-a", "GPU-b"]),
+        ({"NVIDIA_VISIBLE_DEVICES": "void"}, "NVIDIA_VISIBLE_DEVICES", []),
+        ({"NVIDIA_VISIBLE_DEVICES": "all", "CASA_GPU_COUNT": "2"}, "CASA_GPU_COUNT", ["0", "1"]),
+        ({"CASA_GPU_COUNT": "3"}, "CASA_GPU_COUNT", ["0", "1", "2"]),
+        ({}, "none", []),
+    ],
+)
 def test_env_fallbacks_when_nvml_is_unusable(env, source, ids):
     inv = discover(env, nvml=FakeNVML(None))
     assert (inv.source, [g.id for g in inv.gpus]) == (source, ids)
@@ -86,18 +89,21 @@ def test_defaults_and_spec(settings):
     assert spec.validate({"memory": "4 GiB", "workers": "3"}).memory == 4 * 2**30
 
 
-@pytest.mark.parametrize("request_, message", [
-    ({"backend": "kubernetes"}, "backend='kubernetes': expected one of"),
-    ({"workers": 5}, "workers=5 is outside the allowed range 0..4"),
-    ({"workers": -1}, "workers=-1 is outside"),
-    ({"workers": True}, "expected a whole number"),
-    ({"cores": 99}, "cores=99 is outside the allowed range 1..8"),
-    ({"memory": "1 TiB"}, "memory=1.00 TiB is outside"),
-    ({"memory": "lots"}, "expected a size"),
-    ({"gpus_per_worker": 2}, "gpus_per_worker=2 is outside the allowed range 0..1"),
-    ({"gpus": 1}, "unknown cluster option"),
-    ({"workers": 3, "gpus_per_worker": 1}, "3 worker(s) x 1 GPU(s) need 3 GPUs; this server has 2"),
-])
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        ({"backend": "kubernetes"}, "backend='kubernetes': expected one of"),
+        ({"workers": 5}, "workers=5 is outside the allowed range 0..4"),
+        ({"workers": -1}, "workers=-1 is outside"),
+        ({"workers": True}, "expected a whole number"),
+        ({"cores": 99}, "cores=99 is outside the allowed range 1..8"),
+        ({"memory": "1 TiB"}, "memory=1.00 TiB is outside"),
+        ({"memory": "lots"}, "expected a size"),
+        ({"gpus_per_worker": 2}, "gpus_per_worker=2 is outside the allowed range 0..1"),
+        ({"gpus": 1}, "unknown cluster option"),
+        ({"workers": 3, "gpus_per_worker": 1}, "3 worker(s) x 1 GPU(s) need 3 GPUs; this server has 2"),
+    ],
+)
 def test_refusals_name_the_option(settings, request_, message):
     with pytest.raises(OptionError) as e:
         OptionsSpec(settings, declared_gpus(2)).validate(request_)
@@ -227,7 +233,10 @@ def test_htcondor_refused_without_token(bundle_dir, settings):
 
 def test_gateway_options():
     assert gateway_options(ClusterOptions("gateway", 2, 2, 3 * 2**30, 1)) == {
-        "worker_cores": 2, "worker_memory": 3.0, "worker_gpus": 1}
+        "worker_cores": 2,
+        "worker_memory": 3.0,
+        "worker_gpus": 1,
+    }
     assert "worker_gpus" not in gateway_options(ClusterOptions("gateway"))
 
 

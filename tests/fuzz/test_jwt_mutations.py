@@ -36,17 +36,25 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from casa_hub.oidc import JWKSCache, OIDCError, verify_id_token
-from tests.hub.test_oidc_verification import CLIENT, _claims, _header
+from tests.hub.id_tokens import CLIENT, _claims, _header
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 ISSUER = "https://idp.casa.test/realms/casa"
 NONCE = "n-0123456789abcdef"
 NOW = 1_800_000_000.0
 LEEWAY = 30.0
-BASE_CLAIMS = {"iss": ISSUER, "aud": CLIENT, "sub": "alice-sub", "iat": int(NOW) - 5, "exp": int(NOW) + 600,
-               "nonce": NONCE, "preferred_username": "alice"}
+BASE_CLAIMS = {
+    "iss": ISSUER,
+    "aud": CLIENT,
+    "sub": "alice-sub",
+    "iat": int(NOW) - 5,
+    "exp": int(NOW) + 600,
+    "nonce": NONCE,
+    "preferred_username": "alice",
+}
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -76,8 +84,9 @@ async def _verify(token: str) -> dict:
     async def fetch():
         return JWKS
 
-    return await verify_id_token(token, JWKSCache(fetch), issuer=ISSUER, audience=CLIENT, nonce=NONCE, now=NOW,
-                                 leeway=LEEWAY)
+    return await verify_id_token(
+        token, JWKSCache(fetch), issuer=ISSUER, audience=CLIENT, nonce=NONCE, now=NOW, leeway=LEEWAY
+    )
 
 
 def run(token: str):
@@ -143,31 +152,61 @@ def acceptable(claims) -> bool:
 # ------------------------------------------------------------------ claim-wise mutations
 CLAIMS = ("iss", "aud", "azp", "exp", "iat", "nbf", "sub", "nonce", "jti")
 wild_values = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63, max_value=10**400).map(lambda n: n),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30), st.text(st.characters(codec="utf-8")),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**63, max_value=10**400).map(lambda n: n),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.text(st.characters(codec="utf-8")),
     st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none()), max_size=4),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
-times = st.one_of(st.integers(int(NOW) - 10**6, int(NOW) + 10**6),
-                  st.floats(NOW - 100, NOW + 100), st.sampled_from([int(NOW - LEEWAY), int(NOW + LEEWAY),
-                                                                     int(NOW - LEEWAY) - 1, int(NOW + LEEWAY) + 1]),
-                  st.just(str(int(NOW) + 600)), st.just(float("nan")), st.just(float("inf")), st.just(10**400))
+times = st.one_of(
+    st.integers(int(NOW) - 10**6, int(NOW) + 10**6),
+    st.floats(NOW - 100, NOW + 100),
+    st.sampled_from([int(NOW - LEEWAY), int(NOW + LEEWAY), int(NOW - LEEWAY) - 1, int(NOW + LEEWAY) + 1]),
+    st.just(str(int(NOW) + 600)),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.just(10**400),
+)
 plausible = {
     "iss": st.sampled_from([ISSUER, ISSUER + "/", ISSUER.upper(), "https://evil.example.org", ISSUER + "\u200b"]),
-    "aud": st.one_of(st.sampled_from([CLIENT, [CLIENT], [CLIENT, "other"], ["other", CLIENT], ["other"], [],
-                                      CLIENT + " ", [CLIENT, 1], CLIENT.upper()])),
+    "aud": st.one_of(
+        st.sampled_from(
+            [
+                CLIENT,
+                [CLIENT],
+                [CLIENT, "other"],
+                ["other", CLIENT],
+                ["other"],
+                [],
+                CLIENT + " ",
+                [CLIENT, 1],
+                CLIENT.upper(),
+            ]
+        )
+    ),
     "azp": st.sampled_from([CLIENT, "other", None]),
-    "exp": times, "iat": times, "nbf": times,
+    "exp": times,
+    "iat": times,
+    "nbf": times,
     "sub": st.one_of(st.text(max_size=20), st.sampled_from(["bob-sub", "alice-sub"])),
     "nonce": st.sampled_from([NONCE, NONCE + "x", NONCE.upper(), "", None]),
     "jti": st.one_of(st.text(max_size=8), st.integers()),
 }
-claim_ops = st.lists(st.one_of(
-    st.tuples(st.just("drop"), st.sampled_from(CLAIMS), st.none()),
-    st.sampled_from(CLAIMS).flatmap(lambda c: st.tuples(st.just("set"), st.just(c), st.one_of(plausible[c],
-                                                                                                 wild_values))),
-    st.tuples(st.just("extra"), st.text(min_size=1, max_size=10), wild_values),
-), min_size=1, max_size=4)
+claim_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("drop"), st.sampled_from(CLAIMS), st.none()),
+        st.sampled_from(CLAIMS).flatmap(
+            lambda c: st.tuples(st.just("set"), st.just(c), st.one_of(plausible[c], wild_values))
+        ),
+        st.tuples(st.just("extra"), st.text(min_size=1, max_size=10), wild_values),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def apply_ops(claims: dict, ops) -> dict:
@@ -203,8 +242,11 @@ def test_claim_mutations_are_refused_unless_benign(ops):
 
 
 @settings(FUZZ, max_examples=50)
-@given(payload=st.one_of(st.lists(st.integers(), max_size=3), st.text(max_size=10), st.integers(), st.none(),
-                         st.floats(allow_nan=True)))
+@given(
+    payload=st.one_of(
+        st.lists(st.integers(), max_size=3), st.text(max_size=10), st.integers(), st.none(), st.floats(allow_nan=True)
+    )
+)
 def test_non_object_payloads_are_refused(payload):
     """A validly signed token whose payload is JSON but not an object is refused."""
     assert run(sign(payload, {"alg": "RS256", "kid": "rsa-1"}, RSA_KEY))[0] == "refused"
@@ -212,18 +254,30 @@ def test_non_object_payloads_are_refused(payload):
 
 # ------------------------------------------------------------------ header mutations
 def _hs256_with_public_key(claims: dict, header: dict) -> str:
-    secret = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    secret = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
     return signing_input + "." + b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
 
 
-headers = st.fixed_dictionaries({
-    "alg": st.one_of(st.sampled_from(["RS256", "ES256", "RS384", "PS256", "ES384", "EdDSA", "none", "None",
-                                      "HS256", "HS512", "", "rs256"]), wild_values),
-    "kid": st.one_of(st.sampled_from(["rsa-1", "ec-1", "rotated-away", "", "rsa-1 "]), wild_values),
-}, optional={"typ": st.sampled_from(["JWT", "at+jwt", "", "JWE"]), "crit": st.lists(st.text(max_size=5), max_size=2),
-             "jku": st.just("https://evil.example.org/jwks"), "x5u": st.just("https://evil.example.org/x5c")})
+headers = st.fixed_dictionaries(
+    {
+        "alg": st.one_of(
+            st.sampled_from(
+                ["RS256", "ES256", "RS384", "PS256", "ES384", "EdDSA", "none", "None", "HS256", "HS512", "", "rs256"]
+            ),
+            wild_values,
+        ),
+        "kid": st.one_of(st.sampled_from(["rsa-1", "ec-1", "rotated-away", "", "rsa-1 "]), wild_values),
+    },
+    optional={
+        "typ": st.sampled_from(["JWT", "at+jwt", "", "JWE"]),
+        "crit": st.lists(st.text(max_size=5), max_size=2),
+        "jku": st.just("https://evil.example.org/jwks"),
+        "x5u": st.just("https://evil.example.org/x5c"),
+    },
+)
 signers = st.sampled_from(["rsa", "ec", "other-rsa", "hs-public", "unsigned"])
 
 
@@ -249,9 +303,14 @@ def test_header_mutations_are_refused_unless_benign(header, signer):
         token = f"{b64(json.dumps(header).encode())}.{GENUINE.split('.', 1)[1]}"
         signer = "transplanted"
     outcome, value = run(token)
-    benign = (signer in ("rsa", "ec") and alg in ("RS256", "ES256") and isinstance(kid, str)
-              and KEYS.get(kid) is {"rsa": RSA_KEY, "ec": EC_KEY}[signer]
-              and alg[:2] == ("RS" if signer == "rsa" else "ES") and "crit" not in header)
+    benign = (
+        signer in ("rsa", "ec")
+        and alg in ("RS256", "ES256")
+        and isinstance(kid, str)
+        and KEYS.get(kid) is {"rsa": RSA_KEY, "ec": EC_KEY}[signer]
+        and alg[:2] == ("RS" if signer == "rsa" else "ES")
+        and "crit" not in header
+    )
     if benign:
         assert outcome == "ok" and value == BASE_CLAIMS, value
     else:
@@ -268,8 +327,12 @@ def _b64decode(segment: str) -> bytes | None:
 
 def byte_benign(token: str) -> bool:
     parts, original = token.split("."), GENUINE.split(".")
-    return (len(parts) == 3 and parts[:2] == original[:2]
-            and _b64decode(parts[2]) is not None and _b64decode(parts[2]) == _b64decode(original[2]))
+    return (
+        len(parts) == 3
+        and parts[:2] == original[:2]
+        and _b64decode(parts[2]) is not None
+        and _b64decode(parts[2]) == _b64decode(original[2])
+    )
 
 
 byte_mutations = st.one_of(
@@ -277,8 +340,11 @@ byte_mutations = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, len(GENUINE) - 1), st.none()),
     st.tuples(st.just("insert"), st.integers(0, len(GENUINE)), st.text(min_size=1, max_size=4)),
     st.tuples(st.just("delete"), st.integers(0, len(GENUINE) - 1), st.integers(1, 8)),
-    st.tuples(st.just("segments"), st.lists(st.sampled_from([0, 1, 2]), min_size=0, max_size=5),
-              st.text(st.sampled_from("abcAB09-_.="), max_size=8)),
+    st.tuples(
+        st.just("segments"),
+        st.lists(st.sampled_from([0, 1, 2]), min_size=0, max_size=5),
+        st.text(st.sampled_from("abcAB09-_.="), max_size=8),
+    ),
 )
 
 
@@ -289,13 +355,13 @@ def mutate(token: str, mutation) -> str:
             return token if op != "insert" else b
         a %= len(token) + (op == "insert")
     if op == "flip":
-        return token[:a] + chr(ord(token[a]) ^ (1 << b)) + token[a + 1:]
+        return token[:a] + chr(ord(token[a]) ^ (1 << b)) + token[a + 1 :]
     if op == "truncate":
         return token[:a]
     if op == "insert":
         return token[:a] + b + token[a:]
     if op == "delete":
-        return token[:a] + token[a + b:]
+        return token[:a] + token[a + b :]
     parts = token.split(".")
     return ".".join([parts[i % len(parts)] for i in a] + ([b] if b else []))
 

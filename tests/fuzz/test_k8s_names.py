@@ -9,35 +9,32 @@ with the spawner's names and labels, exactly as ``_casa_put_secret`` / ``_casa_c
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import logging
 import re
 import unicodedata
-from types import SimpleNamespace
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pytest
 from cryptography import x509
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from jupyterhub import orm
-from jupyterhub.objects import Hub, Server
 from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.client import Configuration
-from kubernetes_asyncio.config import kube_config
 from kubespawner.objects import make_owner_reference
 from traitlets.config import Config
 
 from casa_hub import objects
 from casa_hub.authenticator import CasaAuthenticator
 from casa_hub.credentials import dask_tls
-from casa_hub.credentials.bundle import BundleFile, CredentialBundle
 from casa_hub.spawner import CasaSpawner
+from tests.fuzz.spawners import Spawners
 from tests.support import make_minter, write_keys
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 # Kubernetes' own validation rules (k8s.io/apimachinery/pkg/util/validation), written out independently of
 # KubeSpawner's slug module so that the test does not grade KubeSpawner with its own yardstick
@@ -74,17 +71,7 @@ def is_label_key(k: str) -> bool:
     return (not prefix or is_subdomain(prefix)) and len(name) <= 63 and LABEL_NAME.fullmatch(name) is not None
 
 
-# ------------------------------------------------------------------ fixtures: authenticator and spawners
-EXP = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "http://127.0.0.1:9"}}]
-users: [{name: none, user: {token: unused}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-"""
-
-
+# ------------------------------------------------------------------ fixtures: authenticator (spawners: conftest.py)
 @pytest.fixture(scope="module")
 def authenticator(tmp_path_factory):
     keys = write_keys(tmp_path_factory.mktemp("names-keys"))
@@ -96,56 +83,6 @@ def authenticator(tmp_path_factory):
     c.CasaMinter.issuer_key_file = str(keys["issuer"])
     c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
     return CasaAuthenticator(config=c)
-
-
-class Spawners:
-    """Builds CasaSpawners on a private event loop (KubeSpawner's client needs one; nothing is ever sent)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.hub = Hub()  # one hub (its port is random per Hub object)
-
-    def make(self, username: str, server: str = "", groups=()) -> CasaSpawner:
-        async def build():
-            user = SimpleNamespace(name=username, id=7, url=f"/user/{quote(username, safe='')}/",
-                                   escaped_name=quote(username, safe=""), groups=[], spawners={},
-                                   authenticator=SimpleNamespace(credential_refresh_margin=600))
-            spawner = CasaSpawner(
-                user=user, orm_spawner=orm.Spawner(name=server), hub=self.hub, api_token="test-token",
-                oauth_client_id="jupyterhub-user-x", namespace="casa", k8s_api_host="http://127.0.0.1:9",
-                image="registry.example.org/casa/notebook:test", fs_gid=100, casa_dask_service_enabled=True,
-                casa_dask_route_host_template="dask-{user_server}.hub.example.org",
-                log=logging.getLogger("fuzz.names"))
-            spawner.server = Server(ip="127.0.0.1", port=8888, base_url=user.url)
-            user.spawners[server] = spawner
-            spawner.casa_bundle = CredentialBundle(user=username, issued_at=EXP, files={
-                "xcache.token": BundleFile(b"t\n", 0o400, EXP), "dask/ca.pem": BundleFile(b"CA", 0o444)},
-                env={"CASA_CREDENTIALS_DIR": "{mount}"})
-            spawner.casa_groups = list(groups)
-            return spawner
-
-        return self.loop.run_until_complete(build())
-
-    def pod(self, spawner: CasaSpawner):
-        return self.loop.run_until_complete(spawner.get_pod_manifest())
-
-
-@pytest.fixture(scope="module")
-def spawners(tmp_path_factory):
-    kubeconfig = tmp_path_factory.mktemp("kube") / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    old_location, old_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION, Configuration.get_default_copy()
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-    loop = asyncio.new_event_loop()
-    try:
-        yield Spawners(loop)
-    finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_location
-        Configuration.set_default(old_default)  # other tests' spawners configure their own API host
 
 
 _SERIALIZER = object.__new__(ApiClient)  # kubernetes_asyncio's JSON serializer needs no connection
@@ -162,14 +99,31 @@ def k8s_objects(spawners: Spawners, spawner: CasaSpawner) -> dict[str, dict]:
     host = spawner._expand_user_properties(spawner.casa_dask_route_host_template)
     return {
         "pod": api_json(spawners.pod(spawner)),
-        "secret": api_json(objects.make_credentials_secret(spawner.casa_secret_name, spawner.namespace,
-                                                           spawner.casa_bundle, labels, [owner])),
-        "service": api_json(objects.make_dask_scheduler_service(
-            spawner.casa_service_name, spawner.namespace, spawner._build_pod_labels({}),
-            spawner.casa_dask_scheduler_port, [owner], labels)),
-        "route": objects.make_dask_route(spawner.casa_service_name, spawner.namespace, host,
-                                         spawner.casa_service_name, spawner.casa_dask_scheduler_port, [owner],
-                                         labels, spawner.casa_dask_route_entry_point),
+        "secret": api_json(
+            objects.make_credentials_secret(
+                spawner.casa_secret_name, spawner.namespace, spawner.casa_bundle, labels, [owner]
+            )
+        ),
+        "service": api_json(
+            objects.make_dask_scheduler_service(
+                spawner.casa_service_name,
+                spawner.namespace,
+                spawner._build_pod_labels({}),
+                spawner.casa_dask_scheduler_port,
+                [owner],
+                labels,
+            )
+        ),
+        "route": objects.make_dask_route(
+            spawner.casa_service_name,
+            spawner.namespace,
+            host,
+            spawner.casa_service_name,
+            spawner.casa_dask_scheduler_port,
+            [owner],
+            labels,
+            spawner.casa_dask_route_entry_point,
+        ),
         "host": {"metadata": {"name": host}},
     }
 
@@ -179,15 +133,17 @@ def k8s_objects(spawners: Spawners, spawner: CasaSpawner) -> dict[str, dict]:
 # punctuation, other scripts), ASCII punctuation, very long names, and names that look like slugs already
 _unicode_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=80)
 _punctuated = st.text(st.sampled_from("abcXYZ019.-_@+~!$%&*'()=,;:#?[]{}|^`\"\\ "), min_size=1, max_size=70)
-_long = st.builds(lambda c, n: c * n, st.sampled_from(["a", "Z", "é", "-", ".", "ab-", "名"]),
-                  st.integers(40, 255))
+_long = st.builds(lambda c, n: c * n, st.sampled_from(["a", "Z", "é", "-", ".", "ab-", "名"]), st.integers(40, 255))
 _sluglike = st.from_regex(r"[a-z][a-z0-9-]{0,70}[a-z0-9]", fullmatch=True)
 raw_usernames = st.one_of(_unicode_names, _punctuated, _long, _sluglike)
 
 # server names: JupyterHub 6 creates only safe slugs (1-30 of [a-z0-9-]), but servers made by older hubs keep
 # whatever name they had, so any text is checked as well
-server_names = st.one_of(st.just(""), st.from_regex(r"[a-z]([a-z0-9]|-(?!-)){0,28}[a-z0-9]", fullmatch=True),
-                         st.text(st.characters(codec="utf-8", exclude_characters="/"), max_size=60))
+server_names = st.one_of(
+    st.just(""),
+    st.from_regex(r"[a-z]([a-z0-9]|-(?!-)){0,28}[a-z0-9]", fullmatch=True),
+    st.text(st.characters(codec="utf-8", exclude_characters="/"), max_size=60),
+)
 
 
 def accepted(authenticator, raw: str) -> str | None:
@@ -205,10 +161,15 @@ def test_accepted_user_names_are_stable_and_refusals_are_the_documented_ones(aut
     characters, not NFKC-stable; JupyterHub: names that are only dots, also once URL-unquoted)."""
     name = authenticator.normalize_username(raw)
     ok = authenticator.validate_username(name)
-    expected_refusal = (not name or len(name) > 255 or "/" in name
-                        or any(unicodedata.category(c)[0] in "CZ" for c in name)
-                        or unicodedata.normalize("NFKC", name) != name
-                        or set(name) == {"."} or set(unquote(name)) == {"."})
+    expected_refusal = (
+        not name
+        or len(name) > 255
+        or "/" in name
+        or any(unicodedata.category(c)[0] in "CZ" for c in name)
+        or unicodedata.normalize("NFKC", name) != name
+        or set(name) == {"."}
+        or set(unquote(name)) == {"."}
+    )
     assert ok is (not expected_refusal)
     if ok:
         assert authenticator.normalize_username(name) == name
@@ -250,8 +211,12 @@ def test_every_name_and_label_is_valid_for_kubernetes(authenticator, spawners, r
 
 # ------------------------------------------------------------------ collisions
 def _names(spawner: CasaSpawner) -> dict[str, str]:
-    return {"pod": spawner.pod_name, "secret": spawner.casa_secret_name, "service": spawner.casa_service_name,
-            "host": spawner._expand_user_properties(spawner.casa_dask_route_host_template)}
+    return {
+        "pod": spawner.pod_name,
+        "secret": spawner.casa_secret_name,
+        "service": spawner.casa_service_name,
+        "host": spawner._expand_user_properties(spawner.casa_dask_route_host_template),
+    }
 
 
 @settings(FUZZ, max_examples=80)
@@ -264,8 +229,10 @@ def test_distinct_users_and_servers_never_share_a_name(authenticator, spawners, 
     # add every user's slugs as further (hostile) user names, where the authenticator accepts them
     for u in list(users):
         slug_spawner = spawners.make(u)
-        for squat in (slug_spawner._expand_user_properties("{username}"),
-                      slug_spawner._casa_labels()["hub.jupyter.org/username"]):
+        for squat in (
+            slug_spawner._expand_user_properties("{username}"),
+            slug_spawner._casa_labels()["hub.jupyter.org/username"],
+        ):
             if accepted(authenticator, squat) == squat:
                 users.add(squat)
     assume(len(users) >= 2)
@@ -308,8 +275,9 @@ def test_group_names_never_reach_certificates():
 # ------------------------------------------------------------------ Dask certificate SANs
 @pytest.fixture(scope="module")
 def dask_minter(tmp_path_factory):
-    return make_minter(tmp_path_factory.mktemp("sans-keys"), macaroon_enabled=False, condor_enabled=False,
-                       servicex_enabled=False)
+    return make_minter(
+        tmp_path_factory.mktemp("sans-keys"), macaroon_enabled=False, condor_enabled=False, servicex_enabled=False
+    )
 
 
 @settings(FUZZ, max_examples=60)

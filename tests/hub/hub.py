@@ -27,8 +27,8 @@ HUB_PYTHON = shlex.split(os.environ.get("CASA_HUB_PYTHON", "")) or [sys.executab
 
 # the hub tests run the facility's own configuration, plus an API token for the test and their extras
 TEST_CONFIG = """
-c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers", "tokens",
-                                                          "read:users", "list:users"],
+c.JupyterHub.load_roles = [{{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "admin:servers",
+                                                          "tokens", "read:users", "list:users"],
                              "services": ["casa-test"]}}]
 c.JupyterHub.services = [{{"name": "casa-test", "api_token": "{api_token}"}}]
 c.Spawner.start_timeout = 60
@@ -60,8 +60,9 @@ class Hub:
     provider: object
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/hub/api", headers={"Authorization": f"token {self.api_token}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.url + "/hub/api", headers={"Authorization": f"token {self.api_token}"}, timeout=30
+        )
 
     def log(self) -> str:
         return (self.work / "hub.log").read_text(errors="replace")
@@ -75,15 +76,33 @@ def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60,
     key_dir = prepare_state(work)
     port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
     api_token = secrets.token_hex(16)
-    (work / "jupyterhub_config.py").write_text(render_hub_config(
-        port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=str(CHP), state=work,
-        oidc_issuer=provider.url, key_dir=key_dir, singleuser=str(VENV_BIN / "jupyterhub-singleuser"),
-        extra=TEST_CONFIG.format(api_token=api_token, extra=extra_config)))
-    env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=(work / "crypt_key").read_text().strip(),
-               PATH=f"{VENV_BIN}:{os.environ['PATH']}", **(env or {}))
-    proc = subprocess.Popen([*HUB_PYTHON, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
-                            cwd=work, env=env, stdout=open(work / "hub.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    (work / "jupyterhub_config.py").write_text(
+        render_hub_config(
+            port=port,
+            hub_port=hub_port,
+            proxy_api_port=proxy_api_port,
+            chp=str(CHP),
+            state=work,
+            oidc_issuer=provider.url,
+            key_dir=key_dir,
+            singleuser=str(VENV_BIN / "jupyterhub-singleuser"),
+            extra=TEST_CONFIG.format(api_token=api_token, extra=extra_config),
+        )
+    )
+    env = dict(
+        os.environ,
+        JUPYTERHUB_CRYPT_KEY=(work / "crypt_key").read_text().strip(),
+        PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+        **(env or {}),
+    )
+    proc = subprocess.Popen(
+        [*HUB_PYTHON, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
+        cwd=work,
+        env=env,
+        stdout=open(work / "hub.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     hub = Hub(f"http://127.0.0.1:{port}", work, proc, api_token, provider)
     try:
         wait_for_port(port, proc=proc, timeout=timeout)

@@ -66,9 +66,16 @@ def _guess_k8s(k8s, method, query):
 
 parsing.guess_k8s = _guess_k8s  # kmock looks it up at call time; harmless for every other kmock user
 
-CORE = (("pods", "Pod", True), ("secrets", "Secret", True), ("events", "Event", True),
-        ("services", "Service", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
-        ("serviceaccounts", "ServiceAccount", True), ("nodes", "Node", False), ("namespaces", "Namespace", False))
+CORE = (
+    ("pods", "Pod", True),
+    ("secrets", "Secret", True),
+    ("events", "Event", True),
+    ("services", "Service", True),
+    ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+    ("serviceaccounts", "ServiceAccount", True),
+    ("nodes", "Node", False),
+    ("namespaces", "Namespace", False),
+)
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
 
@@ -95,7 +102,8 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
         for plural, kind, namespaced in CORE:
             self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS)
         self.resources["traefik.io/v1alpha1/ingressroutetcps"] = kmock.ResourceInfo(
-            kind="IngressRouteTCP", namespaced=True, verbs=VERBS)
+            kind="IngressRouteTCP", namespaced=True, verbs=VERBS
+        )
 
     def fail(self, action, plural: str, status: int, times: int = 1, group_version: str = "v1"):
         """The next ``times`` requests ``action`` on ``plural`` are answered ``status`` (kmock rule DSL)."""
@@ -105,6 +113,7 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
     def delay(self, action, plural: str, seconds: float, times: int = 1, lost: bool = False) -> None:
         """The next ``times`` requests ``action`` on ``plural`` are answered after ``seconds`` (applied at once,
         or with ``lost`` not applied at all and answered 504)."""
+
         def match(request):
             return request.action == action and request.resource is not None and request.resource.plural == plural
 
@@ -204,9 +213,13 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
             old_meta = obj.raw.get("metadata", {})
             body = json.loads(json.dumps(request.data))
             meta = body.setdefault("metadata", {})
-            meta.update(uid=old_meta.get("uid"), creationTimestamp=old_meta.get("creationTimestamp"),
-                        namespace=request.namespace, name=request.name,
-                        resourceVersion=str(next(self._versions)))
+            meta.update(
+                uid=old_meta.get("uid"),
+                creationTimestamp=old_meta.get("creationTimestamp"),
+                namespace=request.namespace,
+                name=request.name,
+                resourceVersion=str(next(self._versions)),
+            )
             obj.patch({k: None for k in obj.raw})  # a replacement, not a merge
             obj.patch(body)
             raw = obj.raw
@@ -218,8 +231,14 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
         while True:
             async with self._lock:
                 alive = {o.raw.get("metadata", {}).get("uid") for o in self._objects.values() if not o.deleted}
-                orphans = [(key, o) for key, o in self._objects.items() if not o.deleted and any(
-                    ref.get("uid") not in alive for ref in o.raw.get("metadata", {}).get("ownerReferences") or [])]
+                orphans = [
+                    (key, o)
+                    for key, o in self._objects.items()
+                    if not o.deleted
+                    and any(
+                        ref.get("uid") not in alive for ref in o.raw.get("metadata", {}).get("ownerReferences") or []
+                    )
+                ]
                 for (resource, _, _), o in orphans:
                     raw = o.raw
                     o.delete()
@@ -229,8 +248,11 @@ class CasaKubeEmulator(kmock.KubernetesEmulator):
 
     # ------------------------------------------------------------------ reading the state (tests)
     def stored(self, plural: str, namespace: str | None = "default") -> list[dict]:
-        return [json.loads(json.dumps(o.raw)) for (r, ns, _), o in list(self._objects.items())
-                if r.plural == plural and (namespace is None or ns == namespace) and not o.deleted]
+        return [
+            json.loads(json.dumps(o.raw))
+            for (r, ns, _), o in list(self._objects.items())
+            if r.plural == plural and (namespace is None or ns == namespace) and not o.deleted
+        ]
 
     def get(self, plural: str, name: str, namespace: str | None = "default") -> dict | None:
         return next((o for o in self.stored(plural, namespace) if o["metadata"]["name"] == name), None)
@@ -262,8 +284,9 @@ class Kubelet:
         await self._http.close()
 
     async def _watch(self, plural: str) -> None:
-        async with self._http.get(f"{self.url}/api/v1/{plural}?watch=true",
-                                  timeout=aiohttp.ClientTimeout(total=None)) as watch:
+        async with self._http.get(
+            f"{self.url}/api/v1/{plural}?watch=true", timeout=aiohttp.ClientTimeout(total=None)
+        ) as watch:
             async for line in watch.content:
                 if line.strip():
                     await self._event(plural, json.loads(line))
@@ -293,11 +316,24 @@ class Kubelet:
                 self._servers[key] = await _stand_in(port, key[1])
             except OSError as e:
                 print(f"kubelet: cannot serve pod {key} on {port}: {e}", flush=True)
-        statuses = [{"name": c["name"], "image": c.get("image", ""), "imageID": f"{c.get('image', '')}@sha256:{0:064}",
-                     "ready": True, "started": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
-                    for c in pod["spec"]["containers"]]
-        await self._http.patch(f"{self.url}/api/v1/namespaces/{key[0]}/pods/{key[1]}/status", json={"status": {
-            "phase": "Running", "podIP": "127.0.0.1", "startTime": _now(), "containerStatuses": statuses}})
+        statuses = [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": f"{c.get('image', '')}@sha256:{0:064}",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": _now()}},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        await self._http.patch(
+            f"{self.url}/api/v1/namespaces/{key[0]}/pods/{key[1]}/status",
+            json={
+                "status": {"phase": "Running", "podIP": "127.0.0.1", "startTime": _now(), "containerStatuses": statuses}
+            },
+        )
 
 
 async def _stand_in(port: int, name: str) -> web.AppRunner:
@@ -410,14 +446,22 @@ class ControlledEmulator(CasaKubeEmulator):
             self.kubelet.delay = float(body["kubelet_delay"])
         elif "delay" in body:
             method, plural = body["method"].upper(), body["plural"]
-            self.delays.append([lambda r: r.method == method and r.resource is not None
-                                and r.resource.plural == plural, float(body["delay"]), bool(body.get("lost")),
-                                int(body.get("count", 1))])
+            self.delays.append(
+                [
+                    lambda r: r.method == method and r.resource is not None and r.resource.plural == plural,
+                    float(body["delay"]),
+                    bool(body.get("lost")),
+                    int(body.get("count", 1)),
+                ]
+            )
         else:
-            answers = iter([kmock.Response(status=body["status"], payload=_status(body["status"], "injected fault"))]
-                           * int(body.get("count", 1)))
+            answers = iter(
+                [kmock.Response(status=body["status"], payload=_status(body["status"], "injected fault"))]
+                * int(body.get("count", 1))
+            )
             self.faults[kmock.method(body["method"].upper()), kmock.resource("v1", body["plural"])] << (
-                lambda: next(answers, NotImplemented))
+                lambda: next(answers, NotImplemented)
+            )
         return web.json_response({"faults": len(self.faults._payloads)})
 
 
@@ -449,19 +493,19 @@ async def _main(port: int, tls: tuple[int, str, str] | None = None) -> None:
             if tls is None:
                 await asyncio.Event().wait()
             else:
-                async with kmock.Server(k8s, host="127.0.0.1", port=tls[0],
-                                        server_cls=_tls_server_cls(tls[1], tls[2])) as secure:
+                async with kmock.Server(
+                    k8s, host="127.0.0.1", port=tls[0], server_cls=_tls_server_cls(tls[1], tls[2])
+                ) as secure:
                     print(f"kube emulator on {secure.url}", flush=True)
                     await asyncio.Event().wait()
         finally:
             await kubelet.stop()
 
 
-
 # ------------------------------------------------------------------ the emulator as a subprocess
 # (tests/hub/test_kube_spawner.py: a hub in its own process; faults over HTTP, see ControlledEmulator)
-from dataclasses import dataclass  # noqa: E402
 import subprocess  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -485,14 +529,20 @@ class Kube:
         return r.json()["items"]
 
     def fault(self, method: str, plural: str, status: int, count: int = 1) -> None:
-        httpx.post(self.url + "/casa-test/faults", timeout=10, json={
-            "method": method, "plural": plural, "status": status, "count": count}).raise_for_status()
+        httpx.post(
+            self.url + "/casa-test/faults",
+            timeout=10,
+            json={"method": method, "plural": plural, "status": status, "count": count},
+        ).raise_for_status()
 
     def delay(self, method: str, plural: str, seconds: float, count: int = 1, lost: bool = False) -> None:
         """The next ``count`` ``method`` requests on ``plural`` are answered after ``seconds`` (applied at once;
         with ``lost`` not applied and answered 504)."""
-        httpx.post(self.url + "/casa-test/faults", timeout=10, json={
-            "method": method, "plural": plural, "delay": seconds, "count": count, "lost": lost}).raise_for_status()
+        httpx.post(
+            self.url + "/casa-test/faults",
+            timeout=10,
+            json={"method": method, "plural": plural, "delay": seconds, "count": count, "lost": lost},
+        ).raise_for_status()
 
     def kubelet_delay(self, seconds: float) -> None:
         httpx.post(self.url + "/casa-test/faults", json={"kubelet_delay": seconds}, timeout=10).raise_for_status()
@@ -526,7 +576,8 @@ def assert_credentials_mounted(pod: dict, secret: dict, bundle, user: str) -> tu
 
     assert pod is not None and secret is not None
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
-        secret_key(p): f.content for p, f in bundle.files.items()}
+        secret_key(p): f.content for p, f in bundle.files.items()
+    }
     (owner,) = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", f"jupyter-{user}", pod["metadata"]["uid"])
     container = pod["spec"]["containers"][0]
@@ -561,8 +612,9 @@ def start_kube(tmp: Path, tls: bool = False) -> Kube:
         key_file.chmod(0o600)
         tls_port = free_port()
         argv += ["--tls", str(tls_port), str(cert_file), str(key_file)]
-    proc = subprocess.Popen(argv, cwd=REPO,
-                            stdout=open(tmp / "kube.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=open(tmp / "kube.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_for_port(port, proc=proc, timeout=30)
         if tls_port:

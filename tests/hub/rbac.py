@@ -28,8 +28,11 @@ class Rule:
     def allows(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
         if namespace is None and not self.cluster_wide:
             return False
-        return (verb in self.verbs or "*" in self.verbs) and (group in self.api_groups or "*" in self.api_groups) \
+        return (
+            (verb in self.verbs or "*" in self.verbs)
+            and (group in self.api_groups or "*" in self.api_groups)
             and (resource in self.resources or "*" in self.resources)
+        )
 
 
 def _rules(text: str) -> list[Rule]:
@@ -40,8 +43,14 @@ def _rules(text: str) -> list[Rule]:
         if not doc or doc.get("kind") not in ("Role", "ClusterRole"):
             continue
         for r in doc.get("rules") or []:
-            rules.append(Rule(frozenset(r.get("apiGroups", [])), frozenset(r.get("resources", [])),
-                              frozenset(r.get("verbs", [])), doc["kind"] == "ClusterRole"))
+            rules.append(
+                Rule(
+                    frozenset(r.get("apiGroups", [])),
+                    frozenset(r.get("resources", [])),
+                    frozenset(r.get("verbs", [])),
+                    doc["kind"] == "ClusterRole",
+                )
+            )
     return rules
 
 
@@ -82,10 +91,20 @@ def forbidden(verb: str, group: str, resource: str, namespace: str | None, name:
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
     qualified = f"{resource}.{group}" if group else resource
     what = f'{qualified} "{name}"' if name else qualified
-    message = (f'{what} is forbidden: User "{SERVICE_ACCOUNT}" cannot {verb} resource "{resource}" in API group '
-               f'"{group}"{where}')
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": "Forbidden", "details": {"name": name or "", "kind": resource}, "code": 403}
+    message = (
+        f'{what} is forbidden: User "{SERVICE_ACCOUNT}" cannot {verb} resource "{resource}" in API group '
+        f'"{group}"{where}'
+    )
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "Forbidden",
+        "details": {"name": name or "", "kind": resource},
+        "code": 403,
+    }
 
 
 _BEARER = re.compile(r"^Bearer\s+(\S+)$", re.I)

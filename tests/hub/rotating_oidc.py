@@ -45,8 +45,17 @@ class SigningKeys:
         return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key)), "kid": self.kid}
 
     def jwks(self) -> dict:
-        return {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": kid,
-                          "use": "sig", "alg": "RS256"} for kid, key in self.published]}
+        return {
+            "keys": [
+                {
+                    **json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())),
+                    "kid": kid,
+                    "use": "sig",
+                    "alg": "RS256",
+                }
+                for kid, key in self.published
+            ]
+        }
 
 
 def _b64(data: bytes) -> str:
@@ -67,18 +76,21 @@ def tamper(id_token: str, spec: dict, key: rsa.RSAPrivateKey, kid: str) -> str:
         return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
     if "header" in spec:
         return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid, **spec["header"]})
-    body = f"{_b64(json.dumps(header | {'alg': spec.get('alg', header['alg'])}).encode())}.{_b64(json.dumps(claims).encode())}"
+    signed_header = header | {"alg": spec.get("alg", header["alg"])}
+    body = f"{_b64(json.dumps(signed_header).encode())}.{_b64(json.dumps(claims).encode())}"
     if spec.get("alg") == "none":
         return body + "."
     if spec.get("alg") == "HS256-public-key":
-        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return f"{body}.{_b64(hmac.new(public, body.encode(), hashlib.sha256).digest())}"
     parts = id_token.split(".")
     if "flip" in spec:
         segment, index = spec["flip"]
         text = parts[segment]
         index %= len(text)
-        parts[segment] = text[:index] + ("A" if text[index] != "A" else "B") + text[index + 1:]
+        parts[segment] = text[:index] + ("A" if text[index] != "A" else "B") + text[index + 1 :]
         return ".".join(parts)
     n = spec["segments"]
     return ".".join((parts + [""] * n)[:n])
@@ -101,18 +113,31 @@ def make_rotating_app(users):
         request = flask.request
         if request.path == "/jwks":
             response.set_data(json.dumps(keys.jwks()))
-        elif (request.path == "/oauth2/token" and request.form.get("grant_type") == "refresh_token"
-              and response.status_code == 200):
+        elif (
+            request.path == "/oauth2/token"
+            and request.form.get("grant_type") == "refresh_token"
+            and response.status_code == 200
+        ):
             body = json.loads(response.get_data())
             user = storage.get_user(storage.get_access_token(body["access_token"]).user_id)
             client_id = request.form.get("client_id") or getattr(request.authorization, "username", None)
             now = int(time.time())
-            claims = {**user.claims, "iss": request.host_url.rstrip("/"), "sub": user.sub, "aud": client_id,
-                      "iat": now, "exp": now + 3600}
+            claims = {
+                **user.claims,
+                "iss": request.host_url.rstrip("/"),
+                "sub": user.sub,
+                "aud": client_id,
+                "iat": now,
+                "exp": now + 3600,
+            }
             body["id_token"] = jwt.encode(claims, keys.key, algorithm="RS256", headers={"kid": keys.kid})
             response.set_data(json.dumps(body))
-        elif (request.path == "/oauth2/token" and request.form.get("grant_type") == "authorization_code"
-              and response.status_code == 200 and tampering):
+        elif (
+            request.path == "/oauth2/token"
+            and request.form.get("grant_type") == "authorization_code"
+            and response.status_code == 200
+            and tampering
+        ):
             body = json.loads(response.get_data())
             body["id_token"] = tamper(body["id_token"], tampering, keys.key, keys.kid)
             response.set_data(json.dumps(body))

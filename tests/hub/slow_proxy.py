@@ -27,7 +27,8 @@ class SlowProxy:
     def __enter__(self) -> "SlowProxy":
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop).result(10)
+            asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop
+        ).result(10)
         return self
 
     def __exit__(self, *exc) -> None:

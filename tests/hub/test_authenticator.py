@@ -65,13 +65,20 @@ def test_defaults_suit_a_facility(tmp_path):
 
 
 # ---------------------------------------------------------------- groups claims
-@pytest.mark.parametrize("claim,value,expected", [
-    ("groups", ["cms", " gpu-users ", "", 7], {"cms", "gpu-users"}),
-    ("groups", "cms, atlas", {"cms", "atlas"}),
-    ("wlcg.groups", ["/cms", "/cms/uscms", "/atlas"], {"cms", "cms/uscms", "atlas"}),
-    ("eduperson_entitlement", ["urn:mace:casa:cms", "urn:mace:casa:gpu"], {"urn:mace:casa:cms", "urn:mace:casa:gpu"}),
-    ("groups", None, set()),
-])
+@pytest.mark.parametrize(
+    "claim,value,expected",
+    [
+        ("groups", ["cms", " gpu-users ", "", 7], {"cms", "gpu-users"}),
+        ("groups", "cms, atlas", {"cms", "atlas"}),
+        ("wlcg.groups", ["/cms", "/cms/uscms", "/atlas"], {"cms", "cms/uscms", "atlas"}),
+        (
+            "eduperson_entitlement",
+            ["urn:mace:casa:cms", "urn:mace:casa:gpu"],
+            {"urn:mace:casa:cms", "urn:mace:casa:gpu"},
+        ),
+        ("groups", None, set()),
+    ],
+)
 async def test_groups_claim_forms(tmp_path, claim, value, expected):
     auth = CasaAuthenticator(config=_config(tmp_path, groups_claim=claim))
     user_info = {"sub": "u"} if value is None else {"sub": "u", claim: value}
@@ -80,8 +87,10 @@ async def test_groups_claim_forms(tmp_path, claim, value, expected):
 
 async def test_groups_fall_back_to_the_verified_id_token(tmp_path):
     auth = CasaAuthenticator(config=_config(tmp_path, groups_claim="wlcg.groups"))
-    state = {auth.user_auth_state_key: {"sub": "u"},
-             "token_response": {"id_token_claims": {"sub": "u", "wlcg.groups": ["/cms"]}}}
+    state = {
+        auth.user_auth_state_key: {"sub": "u"},
+        "token_response": {"id_token_claims": {"sub": "u", "wlcg.groups": ["/cms"]}},
+    }
     assert await auth.get_user_groups(state) == {"cms"}
 
 
@@ -89,6 +98,7 @@ async def test_groups_fall_back_to_the_verified_id_token(tmp_path):
 @dataclasses.dataclass
 class _Address:
     """Where the provider will be (nothing listens there yet)."""
+
     url: str
     port: int
 
@@ -98,8 +108,12 @@ def test_hub_without_crypt_key_refuses_to_start_with_a_clear_message(tmp_path):
     port = free_port()
     with pytest.raises(RuntimeError, match="did not start") as failed:
         # as if JUPYTERHUB_CRYPT_KEY were unset (the helper always sets it)
-        H.start_hub(tmp_path / "hub", _Address(f"http://127.0.0.1:{port}", port),
-                    extra_config="c.CryptKeeper.keys = []", timeout=30)
+        H.start_hub(
+            tmp_path / "hub",
+            _Address(f"http://127.0.0.1:{port}", port),
+            extra_config="c.CryptKeeper.keys = []",
+            timeout=30,
+        )
     assert "auth_state is enabled, but encryption is not available" in str(failed.value)
 
 

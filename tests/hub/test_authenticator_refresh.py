@@ -104,7 +104,7 @@ async def test_casa_refresh_persists_then_delivers(tmp_path, provider):
     user.spawners[""] = Server(user)
     bundle = await auth.casa_refresh_credentials(user)
     assert bundle is not None and bundle.user == "alice"
-    (written, state_when_written), = delivered
+    ((written, state_when_written),) = delivered
     assert written == bundle
     assert CredentialBundle.from_dict(state_when_written["casa"]) == bundle  # saved before delivery
 
@@ -145,15 +145,15 @@ async def test_no_token_or_secret_is_logged_during_login_refresh_and_outage(tmp_
     user = await _logged_in(auth, provider)
     seen = [user._state]
     _at(auth, _bundle(user).expires_at - datetime.timedelta(minutes=10))
-    seen.append((await auth.refresh_user(user))["auth_state"])          # refresh with the provider up
+    seen.append((await auth.refresh_user(user))["auth_state"])  # refresh with the provider up
     httpx.post(f"{provider.url}/users/alice/revoke-tokens", timeout=10).raise_for_status()
-    assert await auth.refresh_user(user) is False                       # refresh grant refused
+    assert await auth.refresh_user(user) is False  # refresh grant refused
     provider.set_user("alice", {"preferred_username": "alice", "groups": ["visitors"]})
     auth.blocked_users = {"alice"}
-    assert await auth.refresh_user(user) is False                       # refused: blocked
+    assert await auth.refresh_user(user) is False  # refused: blocked
     auth.blocked_users = set()
     stop_provider(provider)
-    assert await auth.refresh_user(user) is True                        # outage, credentials still valid
+    assert await auth.refresh_user(user) is True  # outage, credentials still valid
 
     secrets = {auth.client_secret}
     for state in seen:

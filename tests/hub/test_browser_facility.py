@@ -19,8 +19,15 @@ from tests.support import REPO, free_port, need, wait_for_port
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 # screenshots for the guides: regenerated into docs/ with CASA_UPDATE_SCREENSHOTS=1, else kept as artifacts
 SHOTS = REPO / ("docs/screenshots" if os.environ.get("CASA_UPDATE_SCREENSHOTS") else "test-artifacts/screenshots")
 
@@ -32,9 +39,24 @@ def facility(tmp_path_factory):
     state = tmp_path_factory.mktemp("browser-facility") / "state"
     port, oidc_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "casa_demo.facility", "--port", str(port), "--oidc-port", str(oidc_port),
-         "--state", str(state), "--gpus", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "casa_demo.facility",
+            "--port",
+            str(port),
+            "--oidc-port",
+            str(oidc_port),
+            "--state",
+            str(state),
+            "--gpus",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for_port(port, proc=proc, timeout=60)
         import httpx

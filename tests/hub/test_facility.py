@@ -29,9 +29,24 @@ def start_facility(tmp_path):
         need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
         port, oidc_port = free_port(), free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "casa_demo.facility", "--port", str(port), "--oidc-port", str(oidc_port),
-             "--state", str(tmp_path / "state"), *map(str, args)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "casa_demo.facility",
+                "--port",
+                str(port),
+                "--oidc-port",
+                str(oidc_port),
+                "--state",
+                str(tmp_path / "state"),
+                *map(str, args),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(proc)
         wait_for_port(port, proc=proc, timeout=60)
         return proc, port, tmp_path / "state"
@@ -131,8 +146,22 @@ def test_a_config_file_changes_what_the_facility_does(start_facility, tmp_path):
 def test_a_broken_config_file_is_refused_before_anything_starts(tmp_path):
     config = tmp_path / "my-facility.py"
     config.write_text("c.CasaMinter.xcache_lifetime = = 1\n")
-    result = subprocess.run([sys.executable, "-m", "casa_demo.facility", "--state", str(tmp_path / "state"),
-                             "--config", str(config), "--config", str(tmp_path / "missing.py")],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "casa_demo.facility",
+            "--state",
+            str(tmp_path / "state"),
+            "--config",
+            str(config),
+            "--config",
+            str(tmp_path / "missing.py"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "--config" in result.stderr and "my-facility.py" in result.stderr, result
     assert not (tmp_path / "state").exists()

@@ -26,11 +26,12 @@ from casa_hub.objects import EXPIRY_ANNOTATION, secret_key
 from tests.hub import hub as H
 from tests.hub.kube import KubeThread, start_kube, stop_kube
 from tests.hub.oidc import start_provider, stop_provider
-from tests.hub.test_spawner_k8s import bundle, decoded, expected_data, make_spawner, start, use_kubeconfig
+from tests.hub.spawners import bundle, decoded, expected_data, make_spawner, start, use_kubeconfig
 from tests.support import free_port, need, wait_until
 
-USER_ERROR = ("The cluster's Kubernetes is not answering (while preparing your credentials); "
-              "please try again in a few minutes.")
+USER_ERROR = (
+    "The cluster's Kubernetes is not answering (while preparing your credentials); please try again in a few minutes."
+)
 # the client gives up after 1 s; the emulator's slow answers take 2 s
 FAST = dict(k8s_api_request_timeout=1, k8s_api_request_retry_timeout=6)
 SLOW = 2
@@ -50,8 +51,10 @@ async def _clean(kube):
 
 
 def _nothing_left(kube, name: str) -> bool:
-    return all(kube.get(plural, f"{prefix}-{name}") is None
-               for plural, prefix in (("pods", "jupyter"), ("secrets", "casa"), ("services", "casa-dask")))
+    return all(
+        kube.get(plural, f"{prefix}-{name}") is None
+        for plural, prefix in (("pods", "jupyter"), ("secrets", "casa"), ("services", "casa-dask"))
+    )
 
 
 # ------------------------------------------------------------------ spawn: Secret and Service create
@@ -101,8 +104,9 @@ async def test_a_slow_dask_service_create_is_retried_and_taken_over(kube, caplog
 
 async def test_a_dask_service_create_that_keeps_failing_fails_clearly_and_leaves_nothing(kube, caplog):
     kube.fail(kmock.action.CREATE, "services", 500, times=1000)
-    spawner = make_spawner(kube, name="nodask", casa_dask_service_enabled=True,
-                           **dict(FAST, k8s_api_request_retry_timeout=2))
+    spawner = make_spawner(
+        kube, name="nodask", casa_dask_service_enabled=True, **dict(FAST, k8s_api_request_retry_timeout=2)
+    )
     with caplog.at_level(logging.WARNING), pytest.raises(SpawnRefused) as failed:
         await start(spawner, profile="cpu")
     assert (failed.value.status_code, failed.value.jupyterhub_message) == (503, USER_ERROR)
@@ -184,12 +188,13 @@ async def test_a_secret_delete_that_keeps_failing_does_not_block_stop(kube, capl
 
 # ------------------------------------------------------------------ a real hub restarted while a server runs
 # credentials are refreshed ~30 s after login, i.e. after the restart; Kubernetes calls time out after 1 s
-RESTART_CONFIG = H.KUBE_SPAWNER_CONFIG + """
+RESTART_CONFIG = (
+    H.KUBE_SPAWNER_CONFIG
+    + """
 c.KubeSpawner.k8s_api_request_timeout = 1
 c.KubeSpawner.k8s_api_request_retry_timeout = 8
 """
-
-
+)
 
 
 def _user(hub, name: str) -> dict:
@@ -198,8 +203,11 @@ def _user(hub, name: str) -> dict:
 
 
 def _user_secrets(kube, name: str) -> list[dict]:
-    return [s for s in kube.objects("secrets")
-            if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == name]
+    return [
+        s
+        for s in kube.objects("secrets")
+        if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == name
+    ]
 
 
 def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret(tmp_path):
@@ -228,9 +236,13 @@ def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret(tmp_pat
 
         kube.delay("POST", "secrets", 2, lost=True)  # and the first refresh's create after the restart times out
         hub = H.start_hub(tmp_path / "hub", provider, extra_config=config, env=env)  # same state dir and db
-        refreshed = wait_until(lambda: next((s for s in _user_secrets(kube, "alice")
-                                        if s["data"][token_key] != first["data"][token_key]), None),
-                          60, f"Secret refreshed after the restart\n{hub.log()[-3000:]}")
+        refreshed = wait_until(
+            lambda: next(
+                (s for s in _user_secrets(kube, "alice") if s["data"][token_key] != first["data"][token_key]), None
+            ),
+            60,
+            f"Secret refreshed after the restart\n{hub.log()[-3000:]}",
+        )
         assert len(_user_secrets(kube, "alice")) == 1  # no duplicate
         assert refreshed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
         old_expiry = first["metadata"]["annotations"][EXPIRY_ANNOTATION]

@@ -19,8 +19,8 @@ from tornado import web
 from casa_hub.authenticator import CasaAuthenticator
 from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.oidc import JWKSCache
-from tests.hub.auth_support import CLIENT, CLIENT_SECRET, HubUser, make_authenticator
 from tests.hub import hub as H
+from tests.hub.auth_support import CLIENT, CLIENT_SECRET, HubUser, make_authenticator
 from tests.hub.oidc import start_provider, stop_provider
 from tests.hub.slow_proxy import SlowProxy
 from tests.support import free_port, need
@@ -41,8 +41,9 @@ class Clock:
 def _authenticator(tmp_path, issuer: str, **traits) -> tuple[CasaAuthenticator, Clock, list]:
     """CasaAuthenticator for ``issuer``, its JWKS cache on a test clock, and the list of its JWKS fetches."""
     # credentials within the default 30 min refresh margin: every refresh re-mints
-    auth = make_authenticator(tmp_path, issuer, allowed_groups={"cms", "atlas"}, CasaMinter__xcache_lifetime=600,
-                              **traits)
+    auth = make_authenticator(
+        tmp_path, issuer, allowed_groups={"cms", "atlas"}, CasaMinter__xcache_lifetime=600, **traits
+    )
     clock, fetches = Clock(), []
 
     async def fetch():
@@ -58,14 +59,31 @@ async def _login(auth: CasaAuthenticator, issuer: str, sub: str) -> HubUser:
     verified against the provider's JWKS), then userinfo and the mint."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    query = urlencode({"response_type": "code", "client_id": CLIENT, "redirect_uri": REDIRECT, "state": "s",
-                       "scope": "openid profile email", "code_challenge": challenge, "code_challenge_method": "S256"})
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": CLIENT,
+            "redirect_uri": REDIRECT,
+            "state": "s",
+            "scope": "openid profile email",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
     async with httpx.AsyncClient(timeout=10) as http:
         r = await http.post(f"{issuer}/oauth2/authorize?{query}", data={"sub": sub})
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
-    token_info = await auth.get_token_info(None, {
-        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier,
-        "client_id": CLIENT, "client_secret": CLIENT_SECRET})
+    token_info = await auth.get_token_info(
+        None,
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            "client_id": CLIENT,
+            "client_secret": CLIENT_SECRET,
+        },
+    )
     model = await auth.run_post_auth_hook(None, await auth._token_to_auth_model(token_info))
     return HubUser(model["name"], model["auth_state"])
 

@@ -31,8 +31,10 @@ def test_the_hub_process_runs_the_expected_jupyterhub_and_python(tmp_path):
         root = httpx.get(hub.url + "/hub/api", timeout=10)
         with hub.api() as api:
             info = api.get("/info").json()
-    print(f"hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
-          f"({info['sys_executable']}); spawner {info['spawner']}, authenticator {info['authenticator']}")
+    print(
+        f"hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
+        f"({info['sys_executable']}); spawner {info['spawner']}, authenticator {info['authenticator']}"
+    )
     assert root.headers["X-JupyterHub-Version"] == root.json()["version"] == info["version"] == want["jupyterhub"]
     assert info["python"].split()[0].startswith(want["python"] + ".")
     assert info["spawner"]["class"] == "casa_hub.local.CasaLocalSpawner"

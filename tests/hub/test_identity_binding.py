@@ -12,19 +12,29 @@ import jwt
 import pytest
 from tornado import web
 
+from casa_demo.oidc_provider import DEMO_USERS
 from casa_hub.authenticator import CredentialsRefused
 from casa_hub.credentials.bundle import CredentialBundle
-from casa_demo.oidc_provider import DEMO_USERS
 from casa_hub.local import CasaLocalSpawner
 from tests.hub.auth_support import CLIENT, HubUser, LoginHandler, admitted, make_authenticator
 from tests.hub.oidc import code_flow_tokens, start_provider, stop_provider
 
 USERS = DEMO_USERS + [
     # another person at the provider who set their (user-editable) preferred_username to alice's
-    {"sub": "mallory", "preferred_username": "alice", "email": "mallory@casa.test", "email_verified": True,
-     "groups": ["cms"]},
-    {"sub": "carol", "preferred_username": "carol", "email": "carol@casa.test", "email_verified": False,
-     "groups": ["cms"]},
+    {
+        "sub": "mallory",
+        "preferred_username": "alice",
+        "email": "mallory@casa.test",
+        "email_verified": True,
+        "groups": ["cms"],
+    },
+    {
+        "sub": "carol",
+        "preferred_username": "carol",
+        "email": "carol@casa.test",
+        "email_verified": False,
+        "groups": ["cms"],
+    },
 ]
 
 
@@ -70,8 +80,8 @@ def near_expiry(auth, user):
 # ------------------------------------------------------------------ mint only after admission
 async def test_refused_users_make_the_hub_mint_nothing(tmp_path, provider, mints):
     auth = make_authenticator(tmp_path, provider.url, blocked_users={"bob"}, allowed_groups={"cms", "atlas"})
-    assert await login(auth, provider, "eve") is None      # outside the allowed groups
-    assert await login(auth, provider, "bob") is None      # in an allowed group, but blocked
+    assert await login(auth, provider, "eve") is None  # outside the allowed groups
+    assert await login(auth, provider, "bob") is None  # in an allowed group, but blocked
     assert mints == []
     model = await login(auth, provider, "alice")
     assert mints == ["alice"] and CredentialBundle.from_dict(model["auth_state"]["casa"]).user == "alice"
@@ -115,8 +125,9 @@ async def test_a_rename_at_the_provider_mints_nothing_for_the_new_name(tmp_path,
     auth = make_authenticator(tmp_path, provider.url)
     user = await logged_in(auth, provider)
     before = user._state["casa"]
-    provider.set_user("alice", {"preferred_username": "bob", "email": "alice@casa.test", "email_verified": True,
-                                "groups": ["cms"]})
+    provider.set_user(
+        "alice", {"preferred_username": "bob", "email": "alice@casa.test", "email_verified": True, "groups": ["cms"]}
+    )
     near_expiry(auth, user)
     mints.clear()
     with caplog.at_level(logging.WARNING):
@@ -154,9 +165,11 @@ async def test_a_user_the_hub_no_longer_admits_gets_no_fresh_credentials(tmp_pat
     auth = make_authenticator(tmp_path, provider.url, allowed_users={"alice"}, allowed_groups={"cms"})
     user = await logged_in(auth, provider)
     # the admin changes the configuration and restarts the hub: a new authenticator, the same stored state
-    traits = {"blocked": dict(blocked_users={"alice"}, allowed_users={"alice"}, allowed_groups={"cms"}),
-              "removed from allowed_users": dict(allowed_users={"bob"}, allowed_groups={"atlas"}),
-              "allowed group dropped": dict(allowed_groups={"atlas"})}[change]
+    traits = {
+        "blocked": dict(blocked_users={"alice"}, allowed_users={"alice"}, allowed_groups={"cms"}),
+        "removed from allowed_users": dict(allowed_users={"bob"}, allowed_groups={"atlas"}),
+        "allowed group dropped": dict(allowed_groups={"atlas"}),
+    }[change]
     restarted = make_authenticator(tmp_path / "restarted", provider.url, **traits)
     mints.clear()
     with caplog.at_level(logging.WARNING):
@@ -186,9 +199,12 @@ async def test_the_timer_of_a_refused_user_stops_for_good(tmp_path, provider, ca
 
 # ------------------------------------------------------------------ verified identities only
 async def test_an_unverified_email_never_becomes_the_servicex_identity(tmp_path, provider, mints):
-    traits = {"CasaMinter__servicex_enabled": True, "CasaMinter__servicex_identity": "email",
-              "CasaMinter__servicex_secret_file": str(tmp_path / "keys" / "servicex"),
-              "CasaMinter__servicex_endpoint": "http://127.0.0.1:1"}
+    traits = {
+        "CasaMinter__servicex_enabled": True,
+        "CasaMinter__servicex_identity": "email",
+        "CasaMinter__servicex_secret_file": str(tmp_path / "keys" / "servicex"),
+        "CasaMinter__servicex_endpoint": "http://127.0.0.1:1",
+    }
     auth = make_authenticator(tmp_path, provider.url, **traits)
     with pytest.raises(web.HTTPError) as refused:
         await login(auth, provider, "carol")  # the provider says carol's e-mail is not verified

@@ -22,12 +22,22 @@ from tests.support import free_port, need, wait_until
 
 
 def _person(sub, name, groups=("cms",)):
-    return {"sub": sub, "preferred_username": name, "email": f"{name}@casa.test", "email_verified": True,
-            "groups": list(groups)}
+    return {
+        "sub": sub,
+        "preferred_username": name,
+        "email": f"{name}@casa.test",
+        "email_verified": True,
+        "groups": list(groups),
+    }
 
 
-USERS = [_person("sub-alice", "alice"), _person("sub-dave", "dave"), _person("sub-frank", "frank"),
-         _person("sub-grace", "grace"), _person("sub-mallory", "mallory")]
+USERS = [
+    _person("sub-alice", "alice"),
+    _person("sub-dave", "dave"),
+    _person("sub-frank", "frank"),
+    _person("sub-grace", "grace"),
+    _person("sub-mallory", "mallory"),
+]
 
 TOKEN = secret_key("xcache.token")
 
@@ -43,8 +53,11 @@ def _user(hub, name) -> dict:
 
 
 def _secret_token(kube, name) -> str:
-    (secret,) = [s for s in kube.objects("secrets")
-                 if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == name]
+    (secret,) = [
+        s
+        for s in kube.objects("secrets")
+        if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == name
+    ]
     return secret["data"][TOKEN]
 
 
@@ -79,10 +92,16 @@ def test_rename_lost_group_and_block_across_a_hub_restart(tmp_path):
         hub = H.start_hub(tmp_path / "hub", provider, extra_config=blocked, env=env)
 
         # the control: grace's restored timer fires and her Secret gets fresh credentials
-        wait_until(lambda: _secret_token(kube, "grace") != first["grace"], 60,
-                   f"grace refreshed after the restart\n{hub.log()[-3000:]}")
-        wait_until(lambda: all(f"No fresh credentials for {n}" in hub.log() for n in ("alice", "dave")),
-                   20, f"refusals logged\n{hub.log()[-3000:]}")
+        wait_until(
+            lambda: _secret_token(kube, "grace") != first["grace"],
+            60,
+            f"grace refreshed after the restart\n{hub.log()[-3000:]}",
+        )
+        wait_until(
+            lambda: all(f"No fresh credentials for {n}" in hub.log() for n in ("alice", "dave")),
+            20,
+            f"refusals logged\n{hub.log()[-3000:]}",
+        )
         time.sleep(1)
         log = hub.log()
         assert "No fresh credentials for alice: the provider now gives this identity another user name" in log
@@ -96,12 +115,18 @@ def test_rename_lost_group_and_block_across_a_hub_restart(tmp_path):
         assert "Traceback" not in log
         with hub.api() as api:  # frank, blocked, gets no server (and so no credentials)
             assert api.post("/users/frank/server", json={}).status_code >= 400
-        assert not [s for s in kube.objects("secrets")
-                    if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == "frank"]
+        assert not [
+            s
+            for s in kube.objects("secrets")
+            if (s["metadata"].get("labels") or {}).get("hub.jupyter.org/username") == "frank"
+        ]
 
         # none of them gets back in, nor does mallory as alice
-        for sub, message in (("sub-dave", "not in a group allowed"), ("sub-frank", ""),
-                             ("sub-mallory", "belongs to another identity")):
+        for sub, message in (
+            ("sub-dave", "not in a group allowed"),
+            ("sub-frank", ""),
+            ("sub-mallory", "belongs to another identity"),
+        ):
             callback = H.oauth_login(hub, sub).last_callback
             assert callback.status_code == 403, (sub, callback.status_code)
             assert message in H.page_message(callback.text)

@@ -28,8 +28,11 @@ async def issuer(tmp_path):
     port = free_port()
     retired = tmp_path / "retired.pem"
     retired.write_bytes(keys.generate("issuer", "RS256"))
-    minter = make_minter(tmp_path / "keys", issuer_url=f"http://127.0.0.1:{port}{PREFIX}/casa-issuer",
-                         issuer_retired_key_files=[str(retired)])
+    minter = make_minter(
+        tmp_path / "keys",
+        issuer_url=f"http://127.0.0.1:{port}{PREFIX}/casa-issuer",
+        issuer_retired_key_files=[str(retired)],
+    )
     app = web.Application([(PREFIX + route, handler, kwargs) for route, handler, kwargs in issuer_handlers(minter)])
     server = HTTPServer(app)
     server.listen(port, "127.0.0.1")
@@ -84,11 +87,17 @@ async def test_a_minted_token_verifies_the_way_a_consumer_does_it(issuer):
 
     def consumer():
         with httpx.Client(timeout=10) as http:
-            config = http.get(jwt.decode(token, options={"verify_signature": False})["iss"]
-                              + "/.well-known/openid-configuration").json()
+            config = http.get(
+                jwt.decode(token, options={"verify_signature": False})["iss"] + "/.well-known/openid-configuration"
+            ).json()
         signing_key = jwt.PyJWKClient(config["jwks_uri"], cache_keys=True).get_signing_key_from_jwt(token)
-        return jwt.decode(token, signing_key.key, algorithms=["ES256", "RS256"],
-                          audience=minter.xcache_audience[0], issuer=config["issuer"])
+        return jwt.decode(
+            token,
+            signing_key.key,
+            algorithms=["ES256", "RS256"],
+            audience=minter.xcache_audience[0],
+            issuer=config["issuer"],
+        )
 
     claims = await asyncio.to_thread(consumer)
     assert claims["sub"] == "alice" and claims["iss"] == base
@@ -97,8 +106,12 @@ async def test_a_minted_token_verifies_the_way_a_consumer_does_it(issuer):
 async def test_a_token_signed_by_a_retired_key_still_verifies(issuer):
     minter, _ = issuer
     retired = minter.issuer_keys[1]
-    token = jwt.encode({"sub": "alice", "iss": minter.issuer_url}, retired.private_key, algorithm=retired.algorithm,
-                       headers={"kid": retired.kid})
+    token = jwt.encode(
+        {"sub": "alice", "iss": minter.issuer_url},
+        retired.private_key,
+        algorithm=retired.algorithm,
+        headers={"kid": retired.kid},
+    )
 
     def verify():
         key = jwt.PyJWKClient(minter.issuer_url + "/jwks.json").get_signing_key_from_jwt(token)
@@ -114,8 +127,11 @@ def test_authenticator_serves_the_documents_of_its_own_minter(tmp_path):
     c.CasaAuthenticator.client_id = "casa-test"
     c.CasaMinter = minter.config.CasaMinter
     auth = CasaAuthenticator(config=c)
-    routes = {route: (handler, kwargs) for route, handler, *rest in auth.get_handlers(None)
-              for kwargs in (rest[0] if rest else {},)}
+    routes = {
+        route: (handler, kwargs)
+        for route, handler, *rest in auth.get_handlers(None)
+        for kwargs in (rest[0] if rest else {},)
+    }
     for route in (r"/casa-issuer/\.well-known/openid-configuration", r"/casa-issuer/jwks\.json"):
         assert routes[route][1]["minter"] is auth.minter
     assert json.dumps(auth.minter.jwks())  # serialisable, keys loaded at construction

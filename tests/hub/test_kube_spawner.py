@@ -17,19 +17,39 @@ from tests.support import free_port, wait_until
 
 PROFILES = [
     {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
-    {"display_name": "GPU", "slug": "gpu", "casa_allowed_groups": ["gpu-users"],
-     "kubespawner_override": {"node_selector": {"nvidia.com/gpu.present": "true"},
-                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                               "effect": "NoSchedule"}]},
-     "profile_options": {"gpus": {"display_name": "GPUs", "choices": {
-         "one": {"display_name": "1 GPU", "default": True,
-                 "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}}},
-         "two": {"display_name": "2 GPUs", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "2"}}},
-         "mig": {"display_name": "MIG 1g.10gb",
-                 "kubespawner_override": {"extra_resource_limits": {"nvidia.com/mig-1g.10gb": "1"}}},
-         "lots": {"display_name": "16 GPUs (over the limit)",
-                  "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "16"}}},
-     }}}},
+    {
+        "display_name": "GPU",
+        "slug": "gpu",
+        "casa_allowed_groups": ["gpu-users"],
+        "kubespawner_override": {
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "profile_options": {
+            "gpus": {
+                "display_name": "GPUs",
+                "choices": {
+                    "one": {
+                        "display_name": "1 GPU",
+                        "default": True,
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}},
+                    },
+                    "two": {
+                        "display_name": "2 GPUs",
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "2"}},
+                    },
+                    "mig": {
+                        "display_name": "MIG 1g.10gb",
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/mig-1g.10gb": "1"}},
+                    },
+                    "lots": {
+                        "display_name": "16 GPUs (over the limit)",
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "16"}},
+                    },
+                },
+            }
+        },
+    },
 ]
 
 KUBE_CONFIG = """
@@ -68,8 +88,6 @@ def _user(hub, name):
 def _spawn(hub, name, options: dict) -> httpx.Response:
     with hub.api() as api:
         return api.post(f"/users/{name}/server", json=options)
-
-
 
 
 def _ready(hub, name):
@@ -139,8 +157,15 @@ def test_respawn_does_not_duplicate_volumes_and_takes_over_stale_secret(site):
     hub, kube = site
     H.oauth_login(hub, "alice")
     # a leftover Secret of an earlier server: create answers 409, the spawner takes it over
-    kube.create("secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "casa-alice"},
-                            "data": {"stale.key": base64.b64encode(b"old").decode()}})
+    kube.create(
+        "secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "casa-alice"},
+            "data": {"stale.key": base64.b64encode(b"old").decode()},
+        },
+    )
     for _ in range(2):
         assert _spawn(hub, "alice", {"profile": "cpu"}).status_code in (201, 202)
         _ready(hub, "alice")
@@ -212,8 +237,11 @@ def test_refreshed_credentials_reach_the_secret_with_the_charts_rights(site):
     _ready(hub, "bob")
     first = _secret(kube, "bob")
     token_key = secret_key("xcache.token")
-    changed = wait_until(lambda: (lambda s: s if s and s["data"][token_key] != first["data"][token_key] else None)(
-        _secret(kube, "bob")), timeout=40, what="Secret refreshed")
+    changed = wait_until(
+        lambda: (lambda s: s if s and s["data"][token_key] != first["data"][token_key] else None)(_secret(kube, "bob")),
+        timeout=40,
+        what="Secret refreshed",
+    )
     assert changed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
     assert len([s for s in kube.objects("secrets") if s["metadata"]["name"] == changed["metadata"]["name"]]) == 1
     persisted = CredentialBundle.from_dict(_user(hub, "bob")["auth_state"]["casa"])
@@ -224,9 +252,16 @@ def test_refreshed_credentials_reach_the_secret_with_the_charts_rights(site):
 def test_spawn_form_shows_only_allowed_profiles_with_live_gpu_count(site):
     hub, kube = site
     kube.set_rbac("chart+extras")  # listing nodes and pods cluster-wide: helm-values/extra-rbac.yaml
-    httpx.post(kube.url + "/api/v1/nodes", timeout=10, json={
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"},
-        "status": {"allocatable": {"nvidia.com/gpu": "4", "cpu": "32"}}}).raise_for_status()
+    httpx.post(
+        kube.url + "/api/v1/nodes",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "gpu-node-1"},
+            "status": {"allocatable": {"nvidia.com/gpu": "4", "cpu": "32"}},
+        },
+    ).raise_for_status()
     alice = H.oauth_login(hub, "alice")
     form = H.follow(alice, alice.get(hub.url + "/hub/spawn"))
     assert form.status_code == 200
@@ -236,7 +271,6 @@ def test_spawn_form_shows_only_allowed_profiles_with_live_gpu_count(site):
     bob_form = H.page_message(H.follow(bob, bob.get(hub.url + "/hub/spawn")).text)
     assert "CPU" in bob_form and "GPUs free now" not in bob_form and "MIG" not in bob_form
     kube.set_rbac("chart")
-
 
 
 def test_no_credential_in_hub_log_events_or_pod_env(site):
@@ -249,12 +283,18 @@ def test_no_credential_in_hub_log_events_or_pod_env(site):
         if not state.get("casa"):
             continue
         bundle = CredentialBundle.from_dict(state["casa"])
-        secrets_ += [f.content.decode().strip() for p, f in bundle.files.items()
-                     if p.endswith((".token", ".key", ".macaroon")) or p.startswith("condor-tokens/")]
+        secrets_ += [
+            f.content.decode().strip()
+            for p, f in bundle.files.items()
+            if p.endswith((".token", ".key", ".macaroon")) or p.startswith("condor-tokens/")
+        ]
         secrets_ += [state["access_token"], state["refresh_token"], state["id_token"]]
     assert secrets_, "no credentials to look for"
-    haystacks = {"hub log": hub.log(), "events": json.dumps(kube.objects("events")),
-                 "pods": json.dumps(kube.objects("pods"))}
+    haystacks = {
+        "hub log": hub.log(),
+        "events": json.dumps(kube.objects("events")),
+        "pods": json.dumps(kube.objects("pods")),
+    }
     for where, text in haystacks.items():
         for s in secrets_:
             assert s[:40] not in text, f"a credential appears in the {where}"
@@ -269,8 +309,11 @@ def test_progress_shows_casa_steps(site):
     try:
         poster = threading.Thread(target=_spawn, args=(hub, "admin", {"profile": "cpu"}))
         poster.start()
-        wait_until(lambda: (_user(hub, "admin")["servers"].get("") or {}).get("pending") == "spawn", timeout=20,
-              what="spawn pending")
+        wait_until(
+            lambda: (_user(hub, "admin")["servers"].get("") or {}).get("pending") == "spawn",
+            timeout=20,
+            what="spawn pending",
+        )
         messages = []
         with hub.api() as api:
             with api.stream("GET", "/users/admin/server/progress", timeout=60) as r:

@@ -28,12 +28,23 @@ EXP = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
 
 
 def _bundle(user="alice", token=b"token-1\n", extra=None, exp=EXP) -> CredentialBundle:
-    files = {"xcache.token": BundleFile(token, 0o400, exp), "condor-tokens/casa": BundleFile(b"idtoken", 0o400, exp),
-             "dask/ca.pem": BundleFile(b"CA", 0o444), "casa.json": BundleFile(b"{}", 0o444)}
+    files = {
+        "xcache.token": BundleFile(token, 0o400, exp),
+        "condor-tokens/casa": BundleFile(b"idtoken", 0o400, exp),
+        "dask/ca.pem": BundleFile(b"CA", 0o444),
+        "casa.json": BundleFile(b"{}", 0o444),
+    }
     files.update(extra or {})
-    return CredentialBundle(user=user, issued_at=EXP - datetime.timedelta(hours=1), files=files,
-                            env={"BEARER_TOKEN_FILE": "{mount}/xcache.token", "CASA_CREDENTIALS_DIR": "{mount}",
-                                 "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens"})
+    return CredentialBundle(
+        user=user,
+        issued_at=EXP - datetime.timedelta(hours=1),
+        files=files,
+        env={
+            "BEARER_TOKEN_FILE": "{mount}/xcache.token",
+            "CASA_CREDENTIALS_DIR": "{mount}",
+            "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens",
+        },
+    )
 
 
 def _mode(path: Path) -> int:
@@ -41,8 +52,10 @@ def _mode(path: Path) -> int:
 
 
 def _tree(directory: Path) -> dict[str, tuple[bytes | None, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None, _mode(p))
-            for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None, _mode(p))
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 # ------------------------------------------------------------------ the directory itself
@@ -111,14 +124,26 @@ class _User(SimpleNamespace):
 
 
 def _spawner(tmp_path, name="alice", **traits) -> CasaLocalSpawner:
-    user = _User(name=name, id=1, url=f"/user/{name}/", escaped_name=name, groups=[], spawners={},
-                 authenticator=SimpleNamespace(credential_refresh_margin=60),
-                 server=Server(base_url=f"/user/{name}/"))
+    user = _User(
+        name=name,
+        id=1,
+        url=f"/user/{name}/",
+        escaped_name=name,
+        groups=[],
+        spawners={},
+        authenticator=SimpleNamespace(credential_refresh_margin=60),
+        server=Server(base_url=f"/user/{name}/"),
+    )
     traits.setdefault("run_as_hub_user", True)
     traits.setdefault("home_dir_template", str(tmp_path / "home" / "{username}"))
-    spawner = CasaLocalSpawner(user=user, hub=traits.pop("hub", Hub(ip="127.0.0.1", port=1, base_url="/hub/")),
-                               api_token="test-token", oauth_client_id=f"jupyterhub-user-{name}",
-                               log=logging.getLogger("test_local_spawner"), **traits)
+    spawner = CasaLocalSpawner(
+        user=user,
+        hub=traits.pop("hub", Hub(ip="127.0.0.1", port=1, base_url="/hub/")),
+        api_token="test-token",
+        oauth_client_id=f"jupyterhub-user-{name}",
+        log=logging.getLogger("test_local_spawner"),
+        **traits,
+    )
     spawner.server = user.server
     user.spawners[""] = spawner
     return spawner
@@ -138,11 +163,13 @@ async def _wait_file(path: Path, timeout: float = 20) -> str:
 
 async def test_started_process_sees_env_pointing_at_the_files_and_stop_removes_them(tmp_path):
     out = tmp_path / "seen.json"
-    probe = ("import json, os, pathlib, sys, time\n"
-             "d = os.environ['CASA_CREDENTIALS_DIR']\n"
-             "seen = {'env': dict(os.environ), 'token': pathlib.Path(os.environ['BEARER_TOKEN_FILE']).read_text()}\n"
-             f"pathlib.Path({str(out)!r}).write_text(json.dumps(seen))\n"
-             "time.sleep(60)\n")
+    probe = (
+        "import json, os, pathlib, sys, time\n"
+        "d = os.environ['CASA_CREDENTIALS_DIR']\n"
+        "seen = {'env': dict(os.environ), 'token': pathlib.Path(os.environ['BEARER_TOKEN_FILE']).read_text()}\n"
+        f"pathlib.Path({str(out)!r}).write_text(json.dumps(seen))\n"
+        "time.sleep(60)\n"
+    )
     spawner = _spawner(tmp_path, cmd=[sys.executable, "-c", probe])
     spawner.casa_bundle = _bundle()
     await spawner.start()
@@ -150,8 +177,9 @@ async def test_started_process_sees_env_pointing_at_the_files_and_stop_removes_t
         seen = await _wait_file(out)
         d = spawner.credentials_dir
         assert d == tmp_path / "home" / "alice" / ".casa" / "credentials"
-        assert {k: seen["env"][k] for k in ("BEARER_TOKEN_FILE", "CASA_CREDENTIALS_DIR",
-                                            "_CONDOR_SEC_TOKEN_DIRECTORY")} == _bundle().env_for(str(d))
+        assert {
+            k: seen["env"][k] for k in ("BEARER_TOKEN_FILE", "CASA_CREDENTIALS_DIR", "_CONDOR_SEC_TOKEN_DIRECTORY")
+        } == _bundle().env_for(str(d))
         assert seen["token"] == "token-1\n"
         assert "token-1" not in json.dumps(seen["env"])  # paths in the env, never the credential itself
         assert await spawner.poll() is None
@@ -191,8 +219,9 @@ async def test_refresh_timer_calls_the_authenticator_before_expiry(tmp_path):
         await spawner.casa_apply_bundle(fresh)
         return fresh
 
-    spawner.user.authenticator = SimpleNamespace(credential_refresh_margin=3600 - 0.3,
-                                                 casa_refresh_credentials=casa_refresh_credentials)
+    spawner.user.authenticator = SimpleNamespace(
+        credential_refresh_margin=3600 - 0.3, casa_refresh_credentials=casa_refresh_credentials
+    )
     spawner.casa_bundle = _bundle()
     await spawner.casa_write_bundle(spawner.casa_bundle)
     try:
@@ -216,15 +245,21 @@ async def test_start_without_credentials_is_refused(tmp_path):
 
 PROFILES = [
     {"display_name": "CPU", "slug": "cpu", "environment": {"CASA_GPU_COUNT": "0"}},
-    {"display_name": "GPU", "slug": "gpu", "casa_allowed_groups": ["gpu-users"],
-     "environment": {"CASA_GPU_COUNT": "2"}},
+    {
+        "display_name": "GPU",
+        "slug": "gpu",
+        "casa_allowed_groups": ["gpu-users"],
+        "environment": {"CASA_GPU_COUNT": "2"},
+    },
 ]
 
 
 async def test_profiles_are_gated_by_group_and_a_tampered_choice_is_refused(tmp_path):
     out = tmp_path / "seen.json"
-    probe = (f"import json, os, pathlib, time; pathlib.Path({str(out)!r}).write_text(json.dumps(dict(os.environ)));"
-             " time.sleep(60)")
+    probe = (
+        f"import json, os, pathlib, time; pathlib.Path({str(out)!r}).write_text(json.dumps(dict(os.environ)));"
+        " time.sleep(60)"
+    )
     spawner = _spawner(tmp_path, profiles=PROFILES, cmd=[sys.executable, "-c", probe])
     spawner.casa_bundle = _bundle()
     spawner.casa_groups = ["cms"]
@@ -234,8 +269,7 @@ async def test_profiles_are_gated_by_group_and_a_tampered_choice_is_refused(tmp_
     with pytest.raises(HTTPError) as e:
         await spawner.start()
     assert e.value.status_code == 403
-    assert e.value.jupyterhub_message == ("The profile 'gpu' is not available to your account; "
-                                          "you may choose: cpu.")
+    assert e.value.jupyterhub_message == ("The profile 'gpu' is not available to your account; you may choose: cpu.")
     assert not spawner.credentials_dir.exists()  # refused before anything was written
 
     spawner.casa_groups = ["cms", "gpu-users"]
@@ -261,9 +295,13 @@ async def test_real_jupyterhub_singleuser_starts_with_the_credentials(tmp_path):
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", hub_port).start()
     args = ["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []
-    spawner = _spawner(tmp_path, hub=Hub(ip="127.0.0.1", port=hub_port, base_url="/hub/"),
-                       cmd=[str(VENV_BIN / "jupyterhub-singleuser")], args=args,
-                       environment={"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")})
+    spawner = _spawner(
+        tmp_path,
+        hub=Hub(ip="127.0.0.1", port=hub_port, base_url="/hub/"),
+        cmd=[str(VENV_BIN / "jupyterhub-singleuser")],
+        args=args,
+        environment={"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config")},
+    )
     spawner.casa_bundle = _bundle()
     try:
         ip, port = await spawner.start()

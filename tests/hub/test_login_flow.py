@@ -62,8 +62,9 @@ def test_issued_token_verifies_against_the_hubs_own_jwks(facility):
     jwks = httpx.get(config["jwks_uri"], timeout=10).json()
     token = bundle.files["xcache.token"].content.decode().strip()
     key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
-    claims = jwt.decode(token, key.key, algorithms=["ES256"], audience="https://wlcg.cern.ch/jwt/v1/any",
-                        issuer=config["issuer"])
+    claims = jwt.decode(
+        token, key.key, algorithms=["ES256"], audience="https://wlcg.cern.ch/jwt/v1/any", issuer=config["issuer"]
+    )
     assert claims["sub"] == "alice" and claims["scope"] == "storage.read:/store"
 
 
@@ -148,8 +149,11 @@ def test_no_secret_in_hub_log(facility):
         secrets_ |= {state.get("access_token"), state.get("refresh_token"), state.get("id_token")}
         if state.get("casa"):
             bundle = CredentialBundle.from_dict(state["casa"])
-            secrets_ |= {f.content.decode(errors="ignore").strip() for p, f in bundle.files.items()
-                         if not p.endswith((".pem", ".crt", ".json"))}
+            secrets_ |= {
+                f.content.decode(errors="ignore").strip()
+                for p, f in bundle.files.items()
+                if not p.endswith((".pem", ".crt", ".json"))
+            }
     secrets_ |= {k.read_bytes().decode(errors="ignore").strip() for k in facility.key_files()}
     secrets_ |= {(facility.work / "crypt_key").read_text().strip(), facility.api_token}
     secrets_.discard(None)
@@ -160,13 +164,16 @@ def test_no_secret_in_hub_log(facility):
     assert not leaked, f"secrets in the hub log: {leaked}"
 
 
-@pytest.mark.parametrize("claimed,expected", [
-    ("Carol.UPPER", "carol.upper"),
-    ("dörte", "dörte"),
-    ("Do\u0308rte", "dörte"),  # decomposed (NFD): the same user as the composed spelling
-    ("frank@cern.ch", "frank@cern.ch"),
-    ("g" * 120, "g" * 120),
-])
+@pytest.mark.parametrize(
+    "claimed,expected",
+    [
+        ("Carol.UPPER", "carol.upper"),
+        ("dörte", "dörte"),
+        ("Do\u0308rte", "dörte"),  # decomposed (NFD): the same user as the composed spelling
+        ("frank@cern.ch", "frank@cern.ch"),
+        ("g" * 120, "g" * 120),
+    ],
+)
 def test_unusual_but_valid_usernames_log_in(facility, claimed, expected):
     sub = f"sub-{abs(hash(expected))}"  # one person per hub user: a second identity could not take the name
     facility.provider.set_user(sub, {"preferred_username": claimed, "groups": ["cms"]})
@@ -176,15 +183,18 @@ def test_unusual_but_valid_usernames_log_in(facility, claimed, expected):
     assert CredentialBundle.from_dict(model["auth_state"]["casa"]).user == expected
 
 
-@pytest.mark.parametrize("claimed,message", [
-    ("ａｌｉｃｅ", "User name not allowed"),  # full-width: NFKC would fold it onto "alice"
-    ("evil\u0000name", "User name not allowed"),
-    ("tab\tname", "User name not allowed"),
-    ("zero\u200bwidth", "User name not allowed"),
-    ("a/b", "User name not allowed"),
-    ("x" * 300, "User name not allowed"),
-    ("", "Your identity provider sent no user name"),
-])
+@pytest.mark.parametrize(
+    "claimed,message",
+    [
+        ("ａｌｉｃｅ", "User name not allowed"),  # full-width: NFKC would fold it onto "alice"
+        ("evil\u0000name", "User name not allowed"),
+        ("tab\tname", "User name not allowed"),
+        ("zero\u200bwidth", "User name not allowed"),
+        ("a/b", "User name not allowed"),
+        ("x" * 300, "User name not allowed"),
+        ("", "Your identity provider sent no user name"),
+    ],
+)
 def test_hostile_usernames_are_refused_with_a_clear_403(facility, claimed, message):
     with facility.api() as api:
         before = {u["name"] for u in api.get("/users").json()}

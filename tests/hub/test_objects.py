@@ -16,14 +16,28 @@ from casa_hub.credentials.bundle import BundleFile, CredentialBundle
 
 EXP = datetime.datetime(2026, 11, 23, 18, 0, tzinfo=datetime.timezone.utc)
 BUNDLE = CredentialBundle(
-    user="alice", issued_at=EXP - datetime.timedelta(hours=6),
-    files={"xcache.token": BundleFile(b"tok\n", 0o400, EXP), "dask/ca.pem": BundleFile(b"CA", 0o444),
-           "condor-tokens/casa": BundleFile(b"\x00\xffbin", 0o400, EXP + datetime.timedelta(hours=1))},
-    env={"BEARER_TOKEN_FILE": "{mount}/xcache.token", "CASA_CREDENTIALS_DIR": "{mount}",
-         "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens"})
+    user="alice",
+    issued_at=EXP - datetime.timedelta(hours=6),
+    files={
+        "xcache.token": BundleFile(b"tok\n", 0o400, EXP),
+        "dask/ca.pem": BundleFile(b"CA", 0o444),
+        "condor-tokens/casa": BundleFile(b"\x00\xffbin", 0o400, EXP + datetime.timedelta(hours=1)),
+    },
+    env={
+        "BEARER_TOKEN_FILE": "{mount}/xcache.token",
+        "CASA_CREDENTIALS_DIR": "{mount}",
+        "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens",
+    },
+)
 OWNER = make_owner_reference("jupyter-alice", "uid-1")
-OWNER_JSON = {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "uid-1",
-              "blockOwnerDeletion": True, "controller": False}
+OWNER_JSON = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "name": "jupyter-alice",
+    "uid": "uid-1",
+    "blockOwnerDeletion": True,
+    "controller": False,
+}
 
 
 def b64(data: bytes) -> str:
@@ -41,10 +55,16 @@ _SERIALIZER = object.__new__(ApiClient)  # its serializer needs no connection
 def test_credentials_secret():
     secret = objects.make_credentials_secret("casa-alice", "jhub", BUNDLE, {"app": "jupyterhub"}, [OWNER])
     assert api(secret) == {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "casa-alice", "namespace": "jhub", "labels": {"app": "jupyterhub"},
-                     "annotations": {"casa-hub/expires-at": "2026-11-23T18:00:00+00:00"},
-                     "ownerReferences": [OWNER_JSON]},
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": "casa-alice",
+            "namespace": "jhub",
+            "labels": {"app": "jupyterhub"},
+            "annotations": {"casa-hub/expires-at": "2026-11-23T18:00:00+00:00"},
+            "ownerReferences": [OWNER_JSON],
+        },
         "data": {"condor-tokens__casa": b64(b"\x00\xffbin"), "dask__ca.pem": b64(b"CA"), "xcache.token": b64(b"tok\n")},
     }
 
@@ -52,9 +72,10 @@ def test_credentials_secret():
 def test_credentials_secret_without_owner_or_expiry():
     bundle = CredentialBundle(user="alice", issued_at=EXP, files={"dask/ca.pem": BundleFile(b"CA", 0o444)})
     assert api(objects.make_credentials_secret("casa-alice", "jhub", bundle)) == {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "casa-alice", "namespace": "jhub", "labels": {}, "annotations": {},
-                     "ownerReferences": []},
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": "casa-alice", "namespace": "jhub", "labels": {}, "annotations": {}, "ownerReferences": []},
         "data": {"dask__ca.pem": b64(b"CA")},
     }
 
@@ -67,8 +88,7 @@ def test_paths_that_cannot_be_secret_keys_are_refused(path):
 
 
 def test_two_paths_mapping_to_one_key_are_refused():
-    bundle = CredentialBundle(user="alice", issued_at=EXP,
-                              files={"a/b": BundleFile(b"1"), "a__b": BundleFile(b"2")})
+    bundle = CredentialBundle(user="alice", issued_at=EXP, files={"a/b": BundleFile(b"1"), "a__b": BundleFile(b"2")})
     with pytest.raises(ValueError, match="two bundle paths map to the Secret key 'a__b'"):
         objects.make_credentials_secret("casa-alice", "jhub", bundle)
 
@@ -77,32 +97,54 @@ def test_two_paths_mapping_to_one_key_are_refused():
 def test_volume_items_carry_each_files_mode(group_readable, owner_only):
     assert api(objects.make_credentials_volume("casa-alice", BUNDLE, group_readable)) == {
         "name": "casa-credentials",
-        "secret": {"secretName": "casa-alice", "defaultMode": 0o400, "items": [
-            {"key": "condor-tokens__casa", "path": "condor-tokens/casa", "mode": owner_only},
-            {"key": "dask__ca.pem", "path": "dask/ca.pem", "mode": 0o444},
-            {"key": "xcache.token", "path": "xcache.token", "mode": owner_only}]}}
+        "secret": {
+            "secretName": "casa-alice",
+            "defaultMode": 0o400,
+            "items": [
+                {"key": "condor-tokens__casa", "path": "condor-tokens/casa", "mode": owner_only},
+                {"key": "dask__ca.pem", "path": "dask/ca.pem", "mode": 0o444},
+                {"key": "xcache.token", "path": "xcache.token", "mode": owner_only},
+            ],
+        },
+    }
 
 
-@pytest.mark.parametrize("mode,group_readable,expected", [
-    (0o400, True, 0o440), (0o400, False, 0o400), (0o444, True, 0o444), (0o600, True, 0o640),
-    (0o666, False, 0o644), (0o000, True, 0o000)])
+@pytest.mark.parametrize(
+    "mode,group_readable,expected",
+    [
+        (0o400, True, 0o440),
+        (0o400, False, 0o400),
+        (0o444, True, 0o444),
+        (0o600, True, 0o640),
+        (0o666, False, 0o644),
+        (0o000, True, 0o000),
+    ],
+)
 def test_pod_file_mode_never_group_or_world_writable(mode, group_readable, expected):
     assert objects.pod_file_mode(mode, group_readable) == expected
 
 
 def test_mount_and_env():
     assert api(objects.make_credentials_mount("/etc/casa")) == {
-        "name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
+        "name": "casa-credentials",
+        "mountPath": "/etc/casa",
+        "readOnly": True,
+    }
     assert api(objects.make_credentials_env(BUNDLE, "/etc/casa/")) == [
         {"name": "BEARER_TOKEN_FILE", "value": "/etc/casa/xcache.token"},
         {"name": "CASA_CREDENTIALS_DIR", "value": "/etc/casa"},
-        {"name": "_CONDOR_SEC_TOKEN_DIRECTORY", "value": "/etc/casa/condor-tokens"}]
+        {"name": "_CONDOR_SEC_TOKEN_DIRECTORY", "value": "/etc/casa/condor-tokens"},
+    ]
 
 
 def _pod(**container):
-    return V1Pod(metadata=V1ObjectMeta(name="jupyter-alice"), spec=V1PodSpec(
-        volumes=[V1Volume(name="home")],
-        containers=[V1Container(name="notebook", image="nb", **container), V1Container(name="sidecar", image="s")]))
+    return V1Pod(
+        metadata=V1ObjectMeta(name="jupyter-alice"),
+        spec=V1PodSpec(
+            volumes=[V1Volume(name="home")],
+            containers=[V1Container(name="notebook", image="nb", **container), V1Container(name="sidecar", image="s")],
+        ),
+    )
 
 
 def test_add_credentials_to_pod_is_idempotent():
@@ -117,7 +159,8 @@ def test_add_credentials_to_pod_is_idempotent():
         {"name": "KEEP", "value": "1"},
         {"name": "BEARER_TOKEN_FILE", "value": "/etc/casa/xcache.token"},
         {"name": "CASA_CREDENTIALS_DIR", "value": "/etc/casa"},
-        {"name": "_CONDOR_SEC_TOKEN_DIRECTORY", "value": "/etc/casa/condor-tokens"}]
+        {"name": "_CONDOR_SEC_TOKEN_DIRECTORY", "value": "/etc/casa/condor-tokens"},
+    ]
     assert "env" not in sidecar and "volumeMounts" not in sidecar
 
 
@@ -130,42 +173,97 @@ def test_add_credentials_to_a_named_container():
 
 
 def test_dask_scheduler_service():
-    service = objects.make_dask_scheduler_service("casa-dask-alice", "jhub", {"hub.jupyter.org/username": "alice"},
-                                                  8786, [OWNER], {"component": "casa-credentials"},
-                                                  dashboard_port=8787)
+    service = objects.make_dask_scheduler_service(
+        "casa-dask-alice",
+        "jhub",
+        {"hub.jupyter.org/username": "alice"},
+        8786,
+        [OWNER],
+        {"component": "casa-credentials"},
+        dashboard_port=8787,
+    )
     assert api(service) == {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "casa-dask-alice", "namespace": "jhub", "labels": {"component": "casa-credentials"},
-                     "ownerReferences": [OWNER_JSON]},
-        "spec": {"type": "ClusterIP", "selector": {"hub.jupyter.org/username": "alice"}, "ports": [
-            {"name": "dask-scheduler", "port": 8786, "targetPort": 8786, "protocol": "TCP"},
-            {"name": "dask-dashboard", "port": 8787, "targetPort": 8787, "protocol": "TCP"}]},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "casa-dask-alice",
+            "namespace": "jhub",
+            "labels": {"component": "casa-credentials"},
+            "ownerReferences": [OWNER_JSON],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"hub.jupyter.org/username": "alice"},
+            "ports": [
+                {"name": "dask-scheduler", "port": 8786, "targetPort": 8786, "protocol": "TCP"},
+                {"name": "dask-dashboard", "port": 8787, "targetPort": 8787, "protocol": "TCP"},
+            ],
+        },
     }
 
 
 def test_dask_route_passes_tls_through_by_sni():
-    assert objects.make_dask_route("casa-dask-alice", "jhub", "dask-alice.hub.example.org", "casa-dask-alice",
-                                   8786, [OWNER], {"component": "casa-credentials"}) == {
-        "apiVersion": "traefik.io/v1alpha1", "kind": "IngressRouteTCP",
-        "metadata": {"name": "casa-dask-alice", "namespace": "jhub", "labels": {"component": "casa-credentials"},
-                     "ownerReferences": [OWNER_JSON]},
-        "spec": {"entryPoints": ["dask"], "tls": {"passthrough": True}, "routes": [{
-            "match": "HostSNI(`dask-alice.hub.example.org`)",
-            "services": [{"name": "casa-dask-alice", "port": 8786}]}]},
+    assert objects.make_dask_route(
+        "casa-dask-alice",
+        "jhub",
+        "dask-alice.hub.example.org",
+        "casa-dask-alice",
+        8786,
+        [OWNER],
+        {"component": "casa-credentials"},
+    ) == {
+        "apiVersion": "traefik.io/v1alpha1",
+        "kind": "IngressRouteTCP",
+        "metadata": {
+            "name": "casa-dask-alice",
+            "namespace": "jhub",
+            "labels": {"component": "casa-credentials"},
+            "ownerReferences": [OWNER_JSON],
+        },
+        "spec": {
+            "entryPoints": ["dask"],
+            "tls": {"passthrough": True},
+            "routes": [
+                {
+                    "match": "HostSNI(`dask-alice.hub.example.org`)",
+                    "services": [{"name": "casa-dask-alice", "port": 8786}],
+                }
+            ],
+        },
     }
 
 
 def test_dask_dashboard_ingress():
-    ingress = objects.make_dask_dashboard_ingress("casa-dask-alice", "jhub", "dask-alice.hub.example.org",
-                                                  "casa-dask-alice", 8787, [OWNER], ingress_class="nginx",
-                                                  tls_secret="hub-tls")
+    ingress = objects.make_dask_dashboard_ingress(
+        "casa-dask-alice",
+        "jhub",
+        "dask-alice.hub.example.org",
+        "casa-dask-alice",
+        8787,
+        [OWNER],
+        ingress_class="nginx",
+        tls_secret="hub-tls",
+    )
     assert api(ingress) == {
-        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": "casa-dask-alice", "namespace": "jhub", "labels": {},
-                     "ownerReferences": [OWNER_JSON]},
-        "spec": {"ingressClassName": "nginx",
-                 "tls": [{"hosts": ["dask-alice.hub.example.org"], "secretName": "hub-tls"}],
-                 "rules": [{"host": "dask-alice.hub.example.org", "http": {"paths": [{
-                     "path": "/", "pathType": "Prefix",
-                     "backend": {"service": {"name": "casa-dask-alice", "port": {"number": 8787}}}}]}}]},
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "casa-dask-alice", "namespace": "jhub", "labels": {}, "ownerReferences": [OWNER_JSON]},
+        "spec": {
+            "ingressClassName": "nginx",
+            "tls": [{"hosts": ["dask-alice.hub.example.org"], "secretName": "hub-tls"}],
+            "rules": [
+                {
+                    "host": "dask-alice.hub.example.org",
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": "casa-dask-alice", "port": {"number": 8787}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
     }

@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from casa_hub.oidc import JWKSCache, OIDCError, parse_discovery, verify_id_token
+from tests.hub.id_tokens import CLIENT, _claims, _header
 from tests.hub.oidc import code_flow_tokens, start_provider, stop_provider
-
-CLIENT = "casa-test"
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +37,13 @@ def keys(metadata):
     async def fetch():
         async with httpx.AsyncClient(timeout=10) as http:
             return (await http.get(metadata.jwks_uri)).json()
+
     return JWKSCache(fetch)
 
 
 @pytest.fixture(scope="module")
 def genuine(provider):
     return code_flow_tokens(provider, "alice", client_id=CLIENT)["id_token"]
-
-
-def _claims(token: str) -> dict:
-    return jwt.decode(token, options={"verify_signature": False})
-
-
-def _header(token: str) -> dict:
-    return jwt.get_unverified_header(token)
 
 
 async def _verify(token, keys, metadata, **kw):
@@ -71,8 +63,9 @@ def test_discovery_issuer_mismatch_is_refused(provider):
 
 def _resign(token: str, key, alg: str, **changes) -> str:
     claims = {**_claims(token), **changes}
-    return jwt.encode(claims, key, algorithm=alg, headers={k: v for k, v in _header(token).items()
-                                                           if k not in ("alg", "typ")})
+    return jwt.encode(
+        claims, key, algorithm=alg, headers={k: v for k, v in _header(token).items() if k not in ("alg", "typ")}
+    )
 
 
 async def test_forged_signature_is_refused(genuine, keys, metadata):
@@ -91,10 +84,11 @@ async def test_alg_none_is_refused(genuine, keys, metadata):
 async def test_hs256_with_the_public_key_is_refused(genuine, keys, metadata, provider):
     """Key confusion: an attacker signs HS256 using the provider's public key as the HMAC secret."""
     jwks = provider.get_json("/jwks")
-    public_pem = jwt.PyJWK(jwks["keys"][0]).key.public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    import hmac
+    public_pem = jwt.PyJWK(jwks["keys"][0]).key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     import hashlib
+    import hmac
 
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()).rstrip(b"=")
     body = genuine.split(".")[1].encode()
@@ -124,6 +118,7 @@ async def test_wrong_audience_is_refused(genuine, keys, metadata):
 async def test_wrong_issuer_is_refused(genuine, keys):
     class Meta:
         issuer = "https://other-provider.example.org"
+
     with pytest.raises(OIDCError, match="issuer"):
         await verify_id_token(genuine, keys, issuer=Meta.issuer, audience=CLIENT)
 
@@ -201,8 +196,14 @@ def _authorize(provider, pkce: dict, redirect_uri="http://127.0.0.1:1/callback")
     """POST the provider's login form for alice; the parameters it redirects back with."""
     from urllib.parse import parse_qs, urlencode, urlsplit
 
-    params = {"response_type": "code", "client_id": CLIENT, "redirect_uri": redirect_uri, "scope": "openid",
-              "state": "s", **pkce}
+    params = {
+        "response_type": "code",
+        "client_id": CLIENT,
+        "redirect_uri": redirect_uri,
+        "scope": "openid",
+        "state": "s",
+        **pkce,
+    }
     r = httpx.post(f"{provider.url}/oauth2/authorize?{urlencode(params)}", data={"sub": "alice"}, timeout=10)
     if r.status_code != 302:
         return {"error": [f"HTTP {r.status_code}"]}
@@ -215,11 +216,14 @@ def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize("pkce", [
-    {},                                                          # no PKCE at all
-    {"code_challenge": _challenge("v" * 50)},                    # method omitted: would mean "plain"
-    {"code_challenge": "v" * 50, "code_challenge_method": "plain"},
-])
+@pytest.mark.parametrize(
+    "pkce",
+    [
+        {},  # no PKCE at all
+        {"code_challenge": _challenge("v" * 50)},  # method omitted: would mean "plain"
+        {"code_challenge": "v" * 50, "code_challenge_method": "plain"},
+    ],
+)
 def test_demo_provider_refuses_authorize_without_s256_pkce(provider, pkce):
     answer = _authorize(provider, pkce)
     assert "code" not in answer and answer["error"] == ["invalid_request"]
@@ -230,20 +234,34 @@ def test_demo_provider_refuses_authorize_without_s256_pkce(provider, pkce):
 @pytest.mark.parametrize("verifier", [None, "not-the-right-verifier-" + "x" * 30])
 def test_demo_provider_refuses_a_code_without_its_verifier(provider, verifier):
     code = _authorize(provider, {"code_challenge": _challenge("v" * 50), "code_challenge_method": "S256"})["code"][0]
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:1/callback",
-            "client_id": CLIENT, "client_secret": "x", **({"code_verifier": verifier} if verifier else {})}
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": "http://127.0.0.1:1/callback",
+        "client_id": CLIENT,
+        "client_secret": "x",
+        **({"code_verifier": verifier} if verifier else {}),
+    }
     r = httpx.post(f"{provider.url}/oauth2/token", data=data, timeout=10)
     assert r.status_code == 400 and r.json()["error"] in ("invalid_request", "invalid_grant"), r.text
 
 
 def test_demo_provider_refreshes_with_client_secret_post_and_serves_groups(provider):
     tokens = code_flow_tokens(provider, "alice", client_id=CLIENT)
-    r = httpx.post(f"{provider.url}/oauth2/token", timeout=10, data={
-        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": CLIENT,
-        "client_secret": "x"})
+    r = httpx.post(
+        f"{provider.url}/oauth2/token",
+        timeout=10,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": CLIENT,
+            "client_secret": "x",
+        },
+    )
     assert r.status_code == 200, r.text
-    info = httpx.get(f"{provider.url}/userinfo", timeout=10,
-                     headers={"Authorization": f"Bearer {r.json()['access_token']}"}).json()
+    info = httpx.get(
+        f"{provider.url}/userinfo", timeout=10, headers={"Authorization": f"Bearer {r.json()['access_token']}"}
+    ).json()
     assert info["groups"] == ["cms", "gpu-users"] and info["preferred_username"] == "alice"
 
 
@@ -269,15 +287,19 @@ async def _check(token, keys, **kw):
     return await verify_id_token(token, keys, issuer="https://op.test", audience=CLIENT, **kw)
 
 
-@pytest.mark.parametrize("members", [{}, {"use": "sig"}, {"key_ops": ["verify"]}, {"alg": "ES256"},
-                                     {"use": "sig", "key_ops": ["sign", "verify"]}])
+@pytest.mark.parametrize(
+    "members",
+    [{}, {"use": "sig"}, {"key_ops": ["verify"]}, {"alg": "ES256"}, {"use": "sig", "key_ops": ["sign", "verify"]}],
+)
 async def test_keys_published_for_signatures_verify(members):
     private, keys = _own_key_jwks(**members)
     assert (await _check(_token(private), keys))["sub"] == "alice"
 
 
-@pytest.mark.parametrize("members", [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"key_ops": "verify"},
-                                     {"use": "sig", "key_ops": ["verify", "encrypt"]}])
+@pytest.mark.parametrize(
+    "members",
+    [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"key_ops": "verify"}, {"use": "sig", "key_ops": ["verify", "encrypt"]}],
+)
 async def test_keys_not_published_for_verification_are_never_used(members):
     """RFC 7517 4.2/4.3: a key for encryption, without ``verify`` in its operations, or with ``use`` and
     ``key_ops`` that disagree does not verify signatures, even when it would."""
@@ -299,11 +321,14 @@ async def test_critical_header_extensions_are_refused():
         await _check(_token(private, headers={"crit": ["exp"], "exp": 1}), keys)
 
 
-@pytest.mark.parametrize("claims,reason", [
-    ({"azp": "someone-else"}, "another authorized party"),
-    ({"aud": [CLIENT, "other-client"], "azp": CLIENT}, "audience this client does not trust"),
-    ({"aud": [CLIENT, "trusted-api"]}, "names no authorized party"),
-])
+@pytest.mark.parametrize(
+    "claims,reason",
+    [
+        ({"azp": "someone-else"}, "another authorized party"),
+        ({"aud": [CLIENT, "other-client"], "azp": CLIENT}, "audience this client does not trust"),
+        ({"aud": [CLIENT, "trusted-api"]}, "names no authorized party"),
+    ],
+)
 async def test_audience_and_authorized_party_rules(claims, reason):
     private, keys = _own_key_jwks()
     with pytest.raises(OIDCError, match=reason):
@@ -312,6 +337,7 @@ async def test_audience_and_authorized_party_rules(claims, reason):
 
 async def test_a_trusted_extra_audience_with_our_azp_verifies():
     private, keys = _own_key_jwks()
-    claims = await _check(_token(private, aud=[CLIENT, "trusted-api"], azp=CLIENT), keys,
-                          trusted_audiences=["trusted-api"])
+    claims = await _check(
+        _token(private, aud=[CLIENT, "trusted-api"], azp=CLIENT), keys, trusted_audiences=["trusted-api"]
+    )
     assert claims["azp"] == CLIENT

@@ -9,32 +9,56 @@ import pytest
 from casa_hub import profiles
 from casa_hub.profiles import ProfileRefused
 
-GPU = profiles.gpu_profile("gpu", "GPU", gpus=[1, 4], mig=["1g.5gb"], allowed_groups=["gpu-users", "gpu-power"],
-                           choice_groups={"4": ["gpu-power"]}, description="A100")
+GPU = profiles.gpu_profile(
+    "gpu",
+    "GPU",
+    gpus=[1, 4],
+    mig=["1g.5gb"],
+    allowed_groups=["gpu-users", "gpu-power"],
+    choice_groups={"4": ["gpu-power"]},
+    description="A100",
+)
 PROFILES = [{"display_name": "CPU", "slug": "cpu", "default": True}, GPU]
 
 
 def test_gpu_profile_exact():
     assert GPU == {
-        "display_name": "GPU", "slug": "gpu", "description": "A100",
+        "display_name": "GPU",
+        "slug": "gpu",
+        "description": "A100",
         "casa_allowed_groups": ["gpu-power", "gpu-users"],
         "kubespawner_override": {
             "node_selector": {"nvidia.com/gpu.present": "true"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-        "profile_options": {"gpus": {"display_name": "GPUs", "choices": {
-            "1": {"display_name": "1 GPU", "default": True,
-                  "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}}},
-            "4": {"display_name": "4 GPUs", "casa_allowed_groups": ["gpu-power"],
-                  "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "4"}}},
-            "mig-1g.5gb": {"display_name": "MIG slice 1g.5gb",
-                           "kubespawner_override": {"extra_resource_limits": {"nvidia.com/mig-1g.5gb": "1"}}},
-        }}},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        "profile_options": {
+            "gpus": {
+                "display_name": "GPUs",
+                "choices": {
+                    "1": {
+                        "display_name": "1 GPU",
+                        "default": True,
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}},
+                    },
+                    "4": {
+                        "display_name": "4 GPUs",
+                        "casa_allowed_groups": ["gpu-power"],
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "4"}},
+                    },
+                    "mig-1g.5gb": {
+                        "display_name": "MIG slice 1g.5gb",
+                        "kubespawner_override": {"extra_resource_limits": {"nvidia.com/mig-1g.5gb": "1"}},
+                    },
+                },
+            }
+        },
     }
 
 
 def test_gpu_profile_custom_node_placement_and_refusals():
-    p = profiles.gpu_profile("t4", "T4", gpus=[1], node_selector={"gpu": "t4"}, tolerations=[],
-                             kubespawner_override={"cpu_limit": 4})
+    p = profiles.gpu_profile(
+        "t4", "T4", gpus=[1], node_selector={"gpu": "t4"}, tolerations=[], kubespawner_override={"cpu_limit": 4}
+    )
     assert p["kubespawner_override"] == {"node_selector": {"gpu": "t4"}, "tolerations": [], "cpu_limit": 4}
     assert "casa_allowed_groups" not in p
     with pytest.raises(ValueError, match="at least one"):
@@ -71,18 +95,33 @@ def _initialized(profile_list):
     return out
 
 
-@pytest.mark.parametrize("groups,options,message", [
-    (["cms"], {"profile": "gpu"}, "The profile 'gpu' is not available to your account; you may choose: cpu."),
-    (["cms"], {"profile": "nope"}, "There is no profile 'nope'."),
-    (["gpu-users"], {"profile": "gpu", "gpus": "4"},
-     "4 GPUs is not available to your account; for GPUs you may choose: 1, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "gpu", "gpus": "3"},
-     "'3' is not a choice for GPUs in profile 'gpu'; choose one of: 1, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "gpu", "gpus": ["1"]},
-     "\"['1']\" is not a choice for GPUs in profile 'gpu'; choose one of: 1, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "gpu", "gpus--unlisted-choice": "64"},
-     "GPUs in profile 'gpu' takes no value of your own; choose one of: 1, mig-1g.5gb."),
-])
+@pytest.mark.parametrize(
+    "groups,options,message",
+    [
+        (["cms"], {"profile": "gpu"}, "The profile 'gpu' is not available to your account; you may choose: cpu."),
+        (["cms"], {"profile": "nope"}, "There is no profile 'nope'."),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus": "4"},
+            "4 GPUs is not available to your account; for GPUs you may choose: 1, mig-1g.5gb.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus": "3"},
+            "'3' is not a choice for GPUs in profile 'gpu'; choose one of: 1, mig-1g.5gb.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus": ["1"]},
+            "\"['1']\" is not a choice for GPUs in profile 'gpu'; choose one of: 1, mig-1g.5gb.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus--unlisted-choice": "64"},
+            "GPUs in profile 'gpu' takes no value of your own; choose one of: 1, mig-1g.5gb.",
+        ),
+    ],
+)
 def test_tampered_options_are_refused_with_a_clear_message(groups, options, message):
     everything = _initialized(PROFILES)
     visible = _initialized(profiles.visible_profiles(PROFILES, groups))
@@ -91,13 +130,20 @@ def test_tampered_options_are_refused_with_a_clear_message(groups, options, mess
     assert str(e.value) == message
 
 
-@pytest.mark.parametrize("groups,options", [
-    (["cms"], {}), (["cms"], {"profile": "cpu"}), (["gpu-users"], {"profile": "gpu"}),
-    (["gpu-users"], {"profile": "gpu", "gpus": "mig-1g.5gb"}), (["gpu-power"], {"profile": "gpu", "gpus": "4"}),
-])
+@pytest.mark.parametrize(
+    "groups,options",
+    [
+        (["cms"], {}),
+        (["cms"], {"profile": "cpu"}),
+        (["gpu-users"], {"profile": "gpu"}),
+        (["gpu-users"], {"profile": "gpu", "gpus": "mig-1g.5gb"}),
+        (["gpu-power"], {"profile": "gpu", "gpus": "4"}),
+    ],
+)
 def test_allowed_options_pass(groups, options):
-    profiles.check_user_options(_initialized(PROFILES), _initialized(profiles.visible_profiles(PROFILES, groups)),
-                                options)
+    profiles.check_user_options(
+        _initialized(PROFILES), _initialized(profiles.visible_profiles(PROFILES, groups)), options
+    )
 
 
 def test_an_enabled_unlisted_choice_is_accepted():
@@ -106,19 +152,30 @@ def test_an_enabled_unlisted_choice_is_accepted():
     profiles.check_user_options([p], [p], {"profile": "gpu", "gpus--unlisted-choice": "2"})
 
 
-@pytest.mark.parametrize("limits,cap,total", [
-    ({"nvidia.com/gpu": "2"}, 4, 2), ({"nvidia.com/gpu": "2", "nvidia.com/mig-1g.5gb": 2}, 4, 4),
-    ({"cpu": "64", "memory": "1Ti"}, 0, 0), ({}, 0, 0)])
+@pytest.mark.parametrize(
+    "limits,cap,total",
+    [
+        ({"nvidia.com/gpu": "2"}, 4, 2),
+        ({"nvidia.com/gpu": "2", "nvidia.com/mig-1g.5gb": 2}, 4, 4),
+        ({"cpu": "64", "memory": "1Ti"}, 0, 0),
+        ({}, 0, 0),
+    ],
+)
 def test_gpu_limits_within_the_cap(limits, cap, total):
     assert sum(profiles.check_gpu_limits(limits, cap).values()) == total
 
 
-@pytest.mark.parametrize("limits,message", [
-    ({"nvidia.com/gpu": "2", "nvidia.com/mig-1g.10gb": "3"},
-     "This server asks for 5 GPU(s); the facility allows at most 4 per server."),
-    ({"nvidia.com/gpu": "-1"}, "This server asks for -1 GPU(s); the facility allows at most 4 per server."),
-    ({"nvidia.com/gpu": "many"}, "Invalid GPU count 'many' for nvidia.com/gpu."),
-])
+@pytest.mark.parametrize(
+    "limits,message",
+    [
+        (
+            {"nvidia.com/gpu": "2", "nvidia.com/mig-1g.10gb": "3"},
+            "This server asks for 5 GPU(s); the facility allows at most 4 per server.",
+        ),
+        ({"nvidia.com/gpu": "-1"}, "This server asks for -1 GPU(s); the facility allows at most 4 per server."),
+        ({"nvidia.com/gpu": "many"}, "Invalid GPU count 'many' for nvidia.com/gpu."),
+    ],
+)
 def test_gpu_limits_refused(limits, message):
     with pytest.raises(ProfileRefused) as e:
         profiles.check_gpu_limits(limits, 4)
@@ -139,25 +196,31 @@ def test_offers_gpus():
 
 
 NODES = [
-    {"metadata": {"name": "a"}, "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7",
-                                                           "cpu": "32"}}},
+    {
+        "metadata": {"name": "a"},
+        "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7", "cpu": "32"}},
+    },
     {"metadata": {"name": "b"}, "spec": {"unschedulable": True}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}},
     {"metadata": {"name": "c"}, "status": {"allocatable": {"cpu": "8"}}},
 ]
 
 
 def _pod(node, phase="Running", **resources):
-    return {"spec": {"nodeName": node, "containers": [{"name": "c", "resources": resources}]},
-            "status": {"phase": phase}}
+    return {
+        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": resources}]},
+        "status": {"phase": phase},
+    }
 
 
 def test_free_resources_is_allocatable_minus_requests():
-    pods = [_pod("a", limits={"nvidia.com/gpu": "1"}),  # requests default to limits
-            _pod("a", requests={"nvidia.com/mig-1g.5gb": "2"}, limits={"nvidia.com/mig-1g.5gb": "2"}),
-            _pod(None, phase="Pending", limits={"nvidia.com/gpu": "1"}),  # not scheduled yet: counted
-            _pod("a", phase="Succeeded", limits={"nvidia.com/gpu": "2"}),  # finished: not counted
-            _pod("b", limits={"nvidia.com/gpu": "8"}),  # cordoned node: neither side
-            {"metadata": {"name": "odd"}}]
+    pods = [
+        _pod("a", limits={"nvidia.com/gpu": "1"}),  # requests default to limits
+        _pod("a", requests={"nvidia.com/mig-1g.5gb": "2"}, limits={"nvidia.com/mig-1g.5gb": "2"}),
+        _pod(None, phase="Pending", limits={"nvidia.com/gpu": "1"}),  # not scheduled yet: counted
+        _pod("a", phase="Succeeded", limits={"nvidia.com/gpu": "2"}),  # finished: not counted
+        _pod("b", limits={"nvidia.com/gpu": "8"}),  # cordoned node: neither side
+        {"metadata": {"name": "odd"}},
+    ]
     assert profiles.free_resources(NODES, pods) == {"nvidia.com/gpu": 2, "nvidia.com/mig-1g.5gb": 5}
     assert profiles.free_gpus(NODES, pods) == 2
     assert profiles.free_gpus(NODES, pods, "nvidia.com/mig-1g.5gb") == 5
@@ -165,7 +228,9 @@ def test_free_resources_is_allocatable_minus_requests():
 
 
 def test_describe_availability():
-    assert profiles.describe_availability({"nvidia.com/mig-1g.5gb": 5, "nvidia.com/gpu": 1}) == \
-        "1 GPU, 5 × MIG 1g.5gb free now"
+    assert (
+        profiles.describe_availability({"nvidia.com/mig-1g.5gb": 5, "nvidia.com/gpu": 1})
+        == "1 GPU, 5 × MIG 1g.5gb free now"
+    )
     assert profiles.describe_availability({"nvidia.com/gpu": 0}) == "0 GPUs free now"
     assert profiles.describe_availability({}) == ""

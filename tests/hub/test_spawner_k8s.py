@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import datetime
 import logging
 import os
 from pathlib import Path
@@ -18,40 +16,14 @@ from types import SimpleNamespace
 import httpx
 import kmock
 import pytest
-from jupyterhub.objects import Hub, Server
 from kubernetes_asyncio.client.rest import ApiException
-from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 
-from casa_hub.credentials.bundle import BundleFile, CredentialBundle
+from casa_hub.credentials.bundle import BundleFile
 from casa_hub.errors import SpawnRefused
-from casa_hub.objects import secret_key
-from casa_hub.profiles import gpu_profile
 from casa_hub.spawner import CasaSpawner
 from tests.hub.kube import KubeThread
-
-NOW = datetime.datetime.now(datetime.timezone.utc)
-EXP = NOW + datetime.timedelta(hours=2)
-
-
-def bundle(user="alice", token=b"token-1\n", extra=None, drop=()) -> CredentialBundle:
-    files = {"xcache.token": BundleFile(token, 0o400, EXP), "condor-tokens/casa": BundleFile(b"idtoken", 0o400, EXP),
-             "dask/ca.pem": BundleFile(b"CA", 0o444), "dask/client.key": BundleFile(b"KEY", 0o400),
-             "casa.json": BundleFile(b'{"user": "%s"}' % user.encode(), 0o444)}
-    files.update(extra or {})
-    for path in drop:
-        files.pop(path)
-    return CredentialBundle(user=user, issued_at=NOW, files=files, env={
-        "BEARER_TOKEN_FILE": "{mount}/xcache.token", "CASA_CREDENTIALS_DIR": "{mount}",
-        "_CONDOR_SEC_TOKEN_DIRECTORY": "{mount}/condor-tokens",
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "{mount}/dask/ca.pem"})
-
-
-PROFILES = [
-    {"display_name": "CPU", "slug": "cpu", "default": True, "kubespawner_override": {"cpu_limit": 2}},
-    gpu_profile("gpu", "GPU", gpus=[1, 2, 8], mig=["1g.5gb"], allowed_groups=["gpu-users", "gpu-power"],
-                choice_groups={"8": ["gpu-power"]}, description="NVIDIA A100"),
-]
+from tests.hub.spawners import EXP, NOW, bundle, decoded, expected_data, make_spawner, start, use_kubeconfig
 
 
 @pytest.fixture(scope="module")
@@ -60,53 +32,12 @@ def kube(tmp_path_factory):
         yield kube
 
 
-@contextlib.contextmanager
-def use_kubeconfig(path: Path):
-    """KubeSpawner loads the default kubeconfig (kubernetes_asyncio read $KUBECONFIG at import time); each
-    spawner's ``k8s_api_host`` then points at the emulator."""
-    old = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
-    try:
-        yield path
-    finally:
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old
-
-
 @pytest.fixture(autouse=True)
 async def _reflectors(kube):
     yield
     kube.clear_faults()
     kube.kubelet.delay = 0
     await KubeSpawner._stop_all_reflectors()  # they live on the test's event loop
-
-
-def make_spawner(kube, name="alice", groups=("cms",), **traits) -> CasaSpawner:
-    user = SimpleNamespace(name=name, id=7, url=f"/user/{name}/", escaped_name=name, groups=[], spawners={},
-                           authenticator=SimpleNamespace(credential_refresh_margin=600))
-    defaults = dict(namespace="default", k8s_api_host=kube.url, image="registry.example.org/casa/notebook:test",
-                    fs_gid=100, start_timeout=20, k8s_api_request_timeout=3, k8s_api_request_retry_timeout=5,
-                    profile_list=PROFILES, casa_max_gpus=4, casa_max_gpus_by_group={"gpu-power": 8})
-    defaults.update(traits)
-    spawner = CasaSpawner(user=user, hub=Hub(), api_token="test-token", oauth_client_id=f"jupyterhub-user-{name}",
-                          log=logging.getLogger("test_spawner_k8s"), **defaults)
-    spawner.server = Server(ip="127.0.0.1", port=8888, base_url=f"/user/{name}/")  # where the pod answers
-    user.spawners[""] = spawner
-    spawner.casa_bundle = bundle(name)
-    spawner.casa_groups = list(groups)
-    return spawner
-
-
-async def start(spawner, **options):
-    spawner.user_options = options
-    return await asyncio.wait_for(spawner.start(), 30)
-
-
-def decoded(secret: dict) -> dict[str, bytes]:
-    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
-
-
-def expected_data(b: CredentialBundle) -> dict[str, bytes]:
-    return {secret_key(p): f.content for p, f in b.files.items()}
 
 
 # ------------------------------------------------------------------ start / stop
@@ -128,23 +59,40 @@ async def test_gpu_profile_start_writes_a_secret_owned_by_the_pod_and_mounts_it(
         # the Secret holds exactly the bundle, is labelled, and is owned by the pod (deleted with it)
         assert decoded(secret) == expected_data(spawner.casa_bundle)
         assert secret["type"] == "Opaque"
-        assert secret["metadata"]["ownerReferences"] == [{
-            "apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": pod["metadata"]["uid"],
-            "blockOwnerDeletion": True, "controller": False}]
+        assert secret["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": "jupyter-alice",
+                "uid": pod["metadata"]["uid"],
+                "blockOwnerDeletion": True,
+                "controller": False,
+            }
+        ]
         assert secret["metadata"]["labels"]["component"] == "casa-credentials"
         assert secret["metadata"]["labels"]["hub.jupyter.org/username"] == "alice"
         assert secret["metadata"]["annotations"] == {"casa-hub/expires-at": EXP.isoformat()}
         # read-only mount, file modes (fsGroup: owner-only files group-readable), env = bundle.env_for(mount)
         container = pod["spec"]["containers"][0]
         assert [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"] == [
-            {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}]
-        assert [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"] == [{
-            "name": "casa-credentials", "secret": {"secretName": "casa-alice", "defaultMode": 0o400, "items": [
-                {"key": "casa.json", "path": "casa.json", "mode": 0o444},
-                {"key": "condor-tokens__casa", "path": "condor-tokens/casa", "mode": 0o440},
-                {"key": "dask__ca.pem", "path": "dask/ca.pem", "mode": 0o444},
-                {"key": "dask__client.key", "path": "dask/client.key", "mode": 0o440},
-                {"key": "xcache.token", "path": "xcache.token", "mode": 0o440}]}}]
+            {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
+        ]
+        assert [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"] == [
+            {
+                "name": "casa-credentials",
+                "secret": {
+                    "secretName": "casa-alice",
+                    "defaultMode": 0o400,
+                    "items": [
+                        {"key": "casa.json", "path": "casa.json", "mode": 0o444},
+                        {"key": "condor-tokens__casa", "path": "condor-tokens/casa", "mode": 0o440},
+                        {"key": "dask__ca.pem", "path": "dask/ca.pem", "mode": 0o444},
+                        {"key": "dask__client.key", "path": "dask/client.key", "mode": 0o440},
+                        {"key": "xcache.token", "path": "xcache.token", "mode": 0o440},
+                    ],
+                },
+            }
+        ]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert {k: env[k] for k in spawner.casa_bundle.env} == spawner.casa_bundle.env_for("/etc/casa")
         assert "token-1" not in str(container["env"])  # paths only, never a credential
@@ -176,9 +124,16 @@ async def test_mig_slice_and_owner_only_files_without_fsgroup(kube):
 
 async def test_leftover_secret_is_replaced_and_respawns_do_not_duplicate_volumes(kube):
     # a Secret of an earlier server: create answers 409 and the spawner replaces it whole
-    httpx.post(f"{kube.url}/api/v1/namespaces/default/secrets", timeout=10, json={
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "casa-alice", "labels": {"stale": "yes"}},
-        "data": {"stale.key": base64.b64encode(b"old").decode()}}).raise_for_status()
+    httpx.post(
+        f"{kube.url}/api/v1/namespaces/default/secrets",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "casa-alice", "labels": {"stale": "yes"}},
+            "data": {"stale.key": base64.b64encode(b"old").decode()},
+        },
+    ).raise_for_status()
     spawner = make_spawner(kube)
     for _ in range(2):
         await start(spawner, profile="cpu")
@@ -234,8 +189,9 @@ async def test_refresh_timer_calls_the_authenticator_and_is_restored_after_a_hub
         await spawner.casa_apply_bundle(fresh)
         return fresh
 
-    spawner.user.authenticator = SimpleNamespace(credential_refresh_margin=600,
-                                                 casa_refresh_credentials=casa_refresh_credentials)
+    spawner.user.authenticator = SimpleNamespace(
+        credential_refresh_margin=600, casa_refresh_credentials=casa_refresh_credentials
+    )
     spawner.casa_bundle = bundle(extra={"xcache.token": BundleFile(b"short", 0o400, NOW)})  # expires now
     await start(spawner, profile="cpu")
     try:
@@ -277,8 +233,10 @@ async def test_a_kubernetes_that_keeps_failing_gives_a_clear_error_and_leaves_no
     with pytest.raises(SpawnRefused) as e:
         await start(spawner, profile="cpu")
     assert e.value.status_code == 503
-    assert e.value.jupyterhub_message == ("The cluster's Kubernetes is not answering (while preparing your "
-                                          "credentials); please try again in a few minutes.")
+    assert e.value.jupyterhub_message == (
+        "The cluster's Kubernetes is not answering (while preparing your "
+        "credentials); please try again in a few minutes."
+    )
     assert "Kubernetes kept failing for 2s while writing Secret casa-alice" in e.value.log_message
     assert kube.get("pods", "jupyter-alice") is None and kube.get("secrets", "casa-alice") is None
 
@@ -290,7 +248,8 @@ async def test_other_api_errors_reach_the_user_as_a_sentence(kube, caplog):
         await start(spawner, profile="cpu")
     assert e.value.jupyterhub_message == (
         "The hub is not allowed to do a step of starting your server in Kubernetes. Please tell the facility "
-        "administrators; the hub's log says which right its Kubernetes Role lacks.")
+        "administrators; the hub's log says which right its Kubernetes Role lacks."
+    )
     assert "Kubernetes answered 403" in e.value.log_message and "while writing Secret casa-alice" in e.value.log_message
     assert "CIMultiDict" not in str(e.value) and "HTTP response" not in e.value.jupyterhub_message
     assert "retrying" not in caplog.text
@@ -299,11 +258,15 @@ async def test_other_api_errors_reach_the_user_as_a_sentence(kube, caplog):
 
 async def test_stop_tolerates_objects_already_gone(kube):
     kube.set_rbac("chart+extras")
-    spawner = make_spawner(kube, casa_dask_service_enabled=True,
-                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    spawner = make_spawner(
+        kube, casa_dask_service_enabled=True, casa_dask_route_host_template="dask-{user_server}.hub.example.org"
+    )
     await start(spawner, profile="cpu")
-    for path in ("api/v1/namespaces/default/secrets/casa-alice", "api/v1/namespaces/default/services/casa-dask-alice",
-                 "apis/traefik.io/v1alpha1/namespaces/default/ingressroutetcps/casa-dask-alice"):
+    for path in (
+        "api/v1/namespaces/default/secrets/casa-alice",
+        "api/v1/namespaces/default/services/casa-dask-alice",
+        "apis/traefik.io/v1alpha1/namespaces/default/ingressroutetcps/casa-dask-alice",
+    ):
         httpx.delete(f"{kube.url}/{path}", timeout=10).raise_for_status()
     await spawner.stop()
     kube.set_rbac("chart")
@@ -315,27 +278,53 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
     # a leftover Service of an earlier pod is replaced (else the garbage collector would remove it); the route
     # needs the casa-dask-route Role of helm-values/extra-rbac.yaml
     kube.set_rbac("chart+extras")
-    httpx.post(f"{kube.url}/api/v1/namespaces/default/services", timeout=10, json={
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "casa-dask-alice", "ownerReferences": [
-            {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "gone"}]},
-        "spec": {"clusterIP": "10.0.0.7", "ports": [{"port": 1}]}}).raise_for_status()
-    spawner = make_spawner(kube, casa_dask_service_enabled=True,
-                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    httpx.post(
+        f"{kube.url}/api/v1/namespaces/default/services",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "casa-dask-alice",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": "gone"}],
+            },
+            "spec": {"clusterIP": "10.0.0.7", "ports": [{"port": 1}]},
+        },
+    ).raise_for_status()
+    spawner = make_spawner(
+        kube, casa_dask_service_enabled=True, casa_dask_route_host_template="dask-{user_server}.hub.example.org"
+    )
     await start(spawner, profile="cpu")
     try:
         pod = kube.get("pods", "jupyter-alice")
-        owner = [{"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": pod["metadata"]["uid"],
-                  "blockOwnerDeletion": True, "controller": False}]
+        owner = [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": "jupyter-alice",
+                "uid": pod["metadata"]["uid"],
+                "blockOwnerDeletion": True,
+                "controller": False,
+            }
+        ]
         service = kube.get("services", "casa-dask-alice")
-        assert service["spec"]["ports"] == [{"name": "dask-scheduler", "port": 8786, "targetPort": 8786,
-                                             "protocol": "TCP"}]
+        assert service["spec"]["ports"] == [
+            {"name": "dask-scheduler", "port": 8786, "targetPort": 8786, "protocol": "TCP"}
+        ]
         assert service["spec"]["selector"]["hub.jupyter.org/username"] == "alice"
         assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
         assert service["metadata"]["ownerReferences"] == owner
         route = kube.get("ingressroutetcps", "casa-dask-alice")
-        assert route["spec"] == {"entryPoints": ["dask"], "tls": {"passthrough": True}, "routes": [{
-            "match": "HostSNI(`dask-alice.hub.example.org`)",
-            "services": [{"name": "casa-dask-alice", "port": 8786}]}]}
+        assert route["spec"] == {
+            "entryPoints": ["dask"],
+            "tls": {"passthrough": True},
+            "routes": [
+                {
+                    "match": "HostSNI(`dask-alice.hub.example.org`)",
+                    "services": [{"name": "casa-dask-alice", "port": 8786}],
+                }
+            ],
+        }
         assert route["metadata"]["ownerReferences"] == owner
     finally:
         await spawner.stop()
@@ -344,16 +333,19 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
 
 
 async def test_without_route_rights_the_server_starts_without_a_route_and_says_why(kube, caplog):
-    spawner = make_spawner(kube, casa_dask_service_enabled=True,
-                           casa_dask_route_host_template="dask-{user_server}.hub.example.org")
+    spawner = make_spawner(
+        kube, casa_dask_service_enabled=True, casa_dask_route_host_template="dask-{user_server}.hub.example.org"
+    )
     with caplog.at_level(logging.INFO):
         await start(spawner, profile="cpu")
     try:
         assert kube.get("services", "casa-dask-alice") is not None
         assert kube.get("ingressroutetcps", "casa-dask-alice") is None
-        assert ("No Dask route for alice (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): Kubernetes "
-                "answered 403 Forbidden while writing route casa-dask-alice: ingressroutetcps.traefik.io is forbidden: "
-                'User "system:serviceaccount:default:hub" cannot create resource "ingressroutetcps"') in caplog.text
+        assert (
+            "No Dask route for alice (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): Kubernetes "
+            "answered 403 Forbidden while writing route casa-dask-alice: ingressroutetcps.traefik.io is forbidden: "
+            'User "system:serviceaccount:default:hub" cannot create resource "ingressroutetcps"'
+        ) in caplog.text
     finally:
         await spawner.stop()
 
@@ -368,17 +360,32 @@ async def test_no_dask_objects_by_default(kube):
 
 
 # ------------------------------------------------------------------ profiles: refusals and the form
-@pytest.mark.parametrize("groups,options,message", [
-    (["cms"], {"profile": "gpu", "gpus": "1"},
-     "The profile 'gpu' is not available to your account; you may choose: cpu."),
-    (["gpu-users"], {"profile": "gpu", "gpus": "8"},
-     "8 GPUs is not available to your account; for GPUs you may choose: 1, 2, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "gpu", "gpus": "eight"},
-     "'eight' is not a choice for GPUs in profile 'gpu'; choose one of: 1, 2, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "gpu", "gpus--unlisted-choice": "16"},
-     "GPUs in profile 'gpu' takes no value of your own; choose one of: 1, 2, mig-1g.5gb."),
-    (["gpu-users"], {"profile": "../../etc"}, "There is no profile '../../etc'."),
-])
+@pytest.mark.parametrize(
+    "groups,options,message",
+    [
+        (
+            ["cms"],
+            {"profile": "gpu", "gpus": "1"},
+            "The profile 'gpu' is not available to your account; you may choose: cpu.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus": "8"},
+            "8 GPUs is not available to your account; for GPUs you may choose: 1, 2, mig-1g.5gb.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus": "eight"},
+            "'eight' is not a choice for GPUs in profile 'gpu'; choose one of: 1, 2, mig-1g.5gb.",
+        ),
+        (
+            ["gpu-users"],
+            {"profile": "gpu", "gpus--unlisted-choice": "16"},
+            "GPUs in profile 'gpu' takes no value of your own; choose one of: 1, 2, mig-1g.5gb.",
+        ),
+        (["gpu-users"], {"profile": "../../etc"}, "There is no profile '../../etc'."),
+    ],
+)
 async def test_a_tampered_form_is_refused_before_anything_is_created(kube, groups, options, message):
     spawner = make_spawner(kube, groups=groups)
     with pytest.raises(SpawnRefused) as e:
@@ -391,8 +398,9 @@ async def test_gpu_cap_follows_the_users_groups(kube):
     spawner = make_spawner(kube, groups=["gpu-power"], casa_max_gpus=1)
     await start(spawner, profile="gpu", gpus="8")  # gpu-power may have 8
     try:
-        assert kube.get("pods", "jupyter-alice")["spec"]["containers"][0]["resources"]["limits"][
-            "nvidia.com/gpu"] == "8"
+        assert (
+            kube.get("pods", "jupyter-alice")["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        )
     finally:
         await spawner.stop()
     capped = make_spawner(kube, groups=["gpu-users"], casa_max_gpus=1)
@@ -403,13 +411,31 @@ async def test_gpu_cap_follows_the_users_groups(kube):
 
 async def test_spawn_form_shows_the_users_profiles_and_live_gpu_availability(kube):
     kube.set_rbac("chart+extras")  # the casa-gpu-availability ClusterRole of helm-values/extra-rbac.yaml
-    httpx.post(f"{kube.url}/api/v1/nodes", timeout=10, json={
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"},
-        "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7", "cpu": "32"}}})
-    httpx.post(f"{kube.url}/api/v1/namespaces/other/pods", timeout=10, json={
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "busy"},
-        "spec": {"nodeName": "gpu-node-1", "containers": [{"name": "c", "resources": {
-            "requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}).raise_for_status()
+    httpx.post(
+        f"{kube.url}/api/v1/nodes",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "gpu-node-1"},
+            "status": {"allocatable": {"nvidia.com/gpu": "4", "nvidia.com/mig-1g.5gb": "7", "cpu": "32"}},
+        },
+    )
+    httpx.post(
+        f"{kube.url}/api/v1/namespaces/other/pods",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "busy"},
+            "spec": {
+                "nodeName": "gpu-node-1",
+                "containers": [
+                    {"name": "c", "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}
+                ],
+            },
+        },
+    ).raise_for_status()
     try:
         gpu_user = make_spawner(kube, groups=["gpu-users"])
         form = await gpu_user.options_form(gpu_user)
@@ -432,9 +458,16 @@ async def test_spawn_form_shows_the_users_profiles_and_live_gpu_availability(kub
 
 async def test_with_the_charts_rights_alone_the_form_shows_no_gpu_count_and_the_log_says_why(kube, caplog):
     """The chart grants nothing cluster-wide: the listing is refused (403), which must not read as "0 free"."""
-    httpx.post(f"{kube.url}/api/v1/nodes", timeout=10, json={
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-2"},
-        "status": {"allocatable": {"nvidia.com/gpu": "4"}}}).raise_for_status()
+    httpx.post(
+        f"{kube.url}/api/v1/nodes",
+        timeout=10,
+        json={
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "gpu-node-2"},
+            "status": {"allocatable": {"nvidia.com/gpu": "4"}},
+        },
+    ).raise_for_status()
     CasaSpawner._casa_gpu_refusal_logged = False
     try:
         with caplog.at_level(logging.INFO):
@@ -490,9 +523,15 @@ async def test_real_cluster_secret_owned_mounted_and_removed():
         pytest.skip("set CASA_TEST_KUBECONFIG to run against a real cluster")
     namespace = os.environ.get("CASA_TEST_NAMESPACE", "default")
     with use_kubeconfig(Path(kubeconfig).expanduser()):
-        spawner = make_spawner(SimpleNamespace(url=None), name="casa-test", namespace=namespace, k8s_api_host=None,
-                               image=os.environ.get("CASA_TEST_IMAGE", "quay.io/jupyter/base-notebook:latest"),
-                               start_timeout=300, k8s_api_request_retry_timeout=30)
+        spawner = make_spawner(
+            SimpleNamespace(url=None),
+            name="casa-test",
+            namespace=namespace,
+            k8s_api_host=None,
+            image=os.environ.get("CASA_TEST_IMAGE", "quay.io/jupyter/base-notebook:latest"),
+            start_timeout=300,
+            k8s_api_request_retry_timeout=30,
+        )
         await _real_cluster_round_trip(spawner, namespace)
 
 
@@ -546,14 +585,24 @@ def test_the_emulator_refuses_what_the_charts_hub_role_does_not_grant(kube):
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rbac-probe"}, "data": {}}
     assert httpx.post(base, json=body, headers=hub, timeout=10).status_code < 300
     assert httpx.get(f"{base}/rbac-probe", headers=hub, timeout=10).status_code == 200
-    refused = httpx.patch(f"{base}/rbac-probe", json={"data": {}}, timeout=10,
-                          headers={**hub, "Content-Type": "application/merge-patch+json"})
+    refused = httpx.patch(
+        f"{base}/rbac-probe",
+        json={"data": {}},
+        timeout=10,
+        headers={**hub, "Content-Type": "application/merge-patch+json"},
+    )
     assert refused.status_code == 403
     assert refused.json() == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "reason": "Forbidden",
+        "code": 403,
         "details": {"name": "rbac-probe", "kind": "secrets"},
         "message": 'secrets "rbac-probe" is forbidden: User "system:serviceaccount:default:hub" cannot patch '
-                   'resource "secrets" in API group "" in the namespace "default"'}
+        'resource "secrets" in API group "" in the namespace "default"',
+    }
     assert httpx.put(f"{base}/rbac-probe", json=body, headers=hub, timeout=10).status_code == 403  # update
     assert httpx.get(f"{kube.url}/api/v1/nodes", headers=hub, timeout=10).status_code == 403
     assert httpx.get(f"{kube.url}/api/v1/pods", headers=hub, timeout=10).status_code == 403  # all namespaces
@@ -568,8 +617,15 @@ def test_the_emulator_refuses_what_the_charts_hub_role_does_not_grant(kube):
         assert httpx.get(f"{routes}/probe", headers=hub, timeout=10).status_code == 403  # create, delete only
         assert httpx.delete(f"{routes}/probe", headers=hub, timeout=10).status_code == 200
         assert httpx.get(f"{kube.url}/api/v1/nodes/n1", headers=hub, timeout=10).status_code == 403  # list only
-        assert httpx.patch(f"{base}/rbac-probe", json={}, timeout=10, headers={
-            **hub, "Content-Type": "application/merge-patch+json"}).status_code == 403  # still no patch
+        assert (
+            httpx.patch(
+                f"{base}/rbac-probe",
+                json={},
+                timeout=10,
+                headers={**hub, "Content-Type": "application/merge-patch+json"},
+            ).status_code
+            == 403
+        )  # still no patch
     finally:
         kube.set_rbac("chart")
     assert httpx.delete(f"{base}/rbac-probe", headers=hub, timeout=10).status_code == 200

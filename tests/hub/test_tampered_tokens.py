@@ -26,7 +26,7 @@ def cases(now: int) -> dict[str, dict]:
         "issued in the future": {"claims": {"iat": now + HOUR}},
         "not valid before next hour": {"claims": {"nbf": now + HOUR}},
         "exp as a string": {"claims": {"exp": "tomorrow"}},
-        "exp absurdly large": {"claims": {"exp": 10 ** 400}},
+        "exp absurdly large": {"claims": {"exp": 10**400}},
         "no exp": {"claims": {"exp": None}},
         "no sub": {"claims": {"sub": None}},
         "sub of another user": {"claims": {"sub": "bob"}},

@@ -16,8 +16,10 @@ from tests.hub.oidc import start_provider, stop_provider
 
 KUBECONFIG = os.environ.get("CASA_TEST_KUBECONFIG")
 NAMESPACE = os.environ.get("CASA_TEST_NAMESPACE", "casa-test")
-pytestmark = [pytest.mark.k8s_real,
-              pytest.mark.skipif(not KUBECONFIG, reason="opt-in: set CASA_TEST_KUBECONFIG for a real cluster")]
+pytestmark = [
+    pytest.mark.k8s_real,
+    pytest.mark.skipif(not KUBECONFIG, reason="opt-in: set CASA_TEST_KUBECONFIG for a real cluster"),
+]
 
 CONFIG = f"""
 c.JupyterHub.spawner_class = "casa"
@@ -32,8 +34,9 @@ async def test_secret_owned_by_pod_in_a_real_cluster(tmp_path):
 
     provider = start_provider(tmp_path)
     try:
-        hub = H.start_hub(tmp_path / "hub", provider, extra_config="import os\n" + CONFIG,
-                          env={"KUBECONFIG": KUBECONFIG})
+        hub = H.start_hub(
+            tmp_path / "hub", provider, extra_config="import os\n" + CONFIG, env={"KUBECONFIG": KUBECONFIG}
+        )
         try:
             H.oauth_login(hub, "alice")
             with hub.api() as api:

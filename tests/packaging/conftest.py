@@ -45,16 +45,20 @@ def run(cmd: list, *, cwd: Path, env: dict | None = None, timeout: float = 300) 
     """Run ``cmd``; on failure, fail the test with its output (not a traceback into subprocess)."""
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited with {result.returncode}\n"
-                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}", pytrace=False)
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited with {result.returncode}\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
     return result
 
 
 def pip(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """This venv's pip (any target interpreter via ``--python``); only PyPI, never the extra indexes of this host."""
     env = dict(env or os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return subprocess.run([sys.executable, "-m", "pip", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def offline_first(args: list, fill: list, *, cwd: Path, env: dict | None = None) -> None:
@@ -68,20 +72,31 @@ def offline_first(args: list, fill: list, *, cwd: Path, env: dict | None = None)
         for stale in WHEELHOUSE.glob("casa_hub-*.whl"):  # never install a cached casa-hub instead of the fresh one
             stale.unlink()
     if filled.returncode != 0:
-        pytest.fail(f"filling the wheelhouse {WHEELHOUSE} failed:\n{filled.stdout[-3000:]}\n{filled.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"filling the wheelhouse {WHEELHOUSE} failed:\n{filled.stdout[-3000:]}\n{filled.stderr[-3000:]}",
+            pytrace=False,
+        )
     result = pip(*args, *offline, cwd=cwd, env=env)
     if result.returncode != 0:
-        pytest.fail(f"pip {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"pip {' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")
 def source_tree(tmp_path_factory) -> Path:
     """The working tree's tracked and untracked-but-not-ignored files (what a clean checkout of it would hold)."""
     need(shutil.which("git") is not None and (REPO / ".git").exists(), "git and a git checkout")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     tree = tmp_path_factory.mktemp("clean") / "casa-hub"
     for name in filter(None, listed):
         src = REPO / name
@@ -113,8 +128,11 @@ def _fresh_venv(path: Path, wheel: Path, requirements: list[str]) -> Path:
     constraints = path / "constraints.txt"
     constraints.write_text("\n".join(pins().values()) + "\n")
     reqs = [f"{wheel}{r}" if r.startswith("[") else r for r in requirements]
-    offline_first(["--python", python, "install", "--constraint", constraints, *reqs],
-                  ["--constraint", constraints, *reqs], cwd=path)
+    offline_first(
+        ["--python", python, "install", "--constraint", constraints, *reqs],
+        ["--constraint", constraints, *reqs],
+        cwd=path,
+    )
     return path
 
 

@@ -55,14 +55,24 @@ def test_user_install_enables_the_lab_and_server_extensions(venvs, tmp_path):
     assert re.search(r"casa_hub_ext enabled", server), server
     assert re.search(r"casa_hub_ext \S+ OK", server), server
     # the server extension imports with the [user] extra alone (no hub packages)
-    out = venv_run(user, "python", "-c", "import casa_hub_ext, casa_hub_ext.factory, importlib.util as u;"
-                   "print(u.find_spec('jupyterhub'), u.find_spec('casa_demo'))", cwd=tmp_path)
+    out = venv_run(
+        user,
+        "python",
+        "-c",
+        "import casa_hub_ext, casa_hub_ext.factory, importlib.util as u;"
+        "print(u.find_spec('jupyterhub'), u.find_spec('casa_demo'))",
+        cwd=tmp_path,
+    )
     assert out.strip() == "None None", out
 
 
 def test_hub_install_loads_the_jupyterhub_entry_points(venvs, tmp_path):
     hub = venvs["hub"]
-    out = venv_run(hub, "python", "-c", """
+    out = venv_run(
+        hub,
+        "python",
+        "-c",
+        """
 from importlib.metadata import entry_points
 from jupyterhub.auth import Authenticator
 from jupyterhub.spawner import Spawner
@@ -72,7 +82,9 @@ assert issubclass(auth, Authenticator) and all(issubclass(s, Spawner) for s in s
 print(auth.__name__, *sorted(s.__name__ for s in spawners.values()))
 import importlib.util as u
 print(u.find_spec("casa_demo"), u.find_spec("casa_hub.facility"), u.find_spec("casa_hub.demo_oidc"))
-""", cwd=tmp_path)
+""",
+        cwd=tmp_path,
+    )
     assert out.splitlines() == ["CasaAuthenticator CasaLocalSpawner CasaSpawner", "None None None"], out
     key = venv_run(hub, "casa-hub-keys", "issuer", cwd=tmp_path)
     assert "PRIVATE KEY" in key

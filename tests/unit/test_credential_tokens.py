@@ -30,20 +30,48 @@ def _verify_with_jwks(token: str, jwks: dict, audience) -> dict:
     header = jwt.get_unverified_header(token)
     (jwk,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
     public = jwt.PyJWK(jwk).key
-    return jwt.decode(token, public, algorithms=[jwk["alg"]], audience=audience,
-                      options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
+    return jwt.decode(
+        token,
+        public,
+        algorithms=[jwk["alg"]],
+        audience=audience,
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
 
 
 def test_wlcg_claims_exact():
-    claims = xcache.wlcg_token_claims(issuer="https://hub/casa-issuer", subject="alice", scopes=["storage.read:/store"],
-                                      audience="https://xcache", now=NOW, lifetime=HOUR, jti="j1")
-    assert claims == {"wlcg.ver": "1.0", "iss": "https://hub/casa-issuer", "sub": "alice", "aud": "https://xcache",
-                      "scope": "storage.read:/store", "iat": T, "nbf": T, "exp": T + 3600, "jti": "j1"}
+    claims = xcache.wlcg_token_claims(
+        issuer="https://hub/casa-issuer",
+        subject="alice",
+        scopes=["storage.read:/store"],
+        audience="https://xcache",
+        now=NOW,
+        lifetime=HOUR,
+        jti="j1",
+    )
+    assert claims == {
+        "wlcg.ver": "1.0",
+        "iss": "https://hub/casa-issuer",
+        "sub": "alice",
+        "aud": "https://xcache",
+        "scope": "storage.read:/store",
+        "iat": T,
+        "nbf": T,
+        "exp": T + 3600,
+        "jti": "j1",
+    }
 
 
 def test_wlcg_token_verifies_against_published_jwks(key):
-    token, exp = xcache.mint_wlcg_token(key, issuer="https://i", subject="alice", scopes=["storage.read:/store"],
-                                        audience=["a1", "a2"], now=NOW, lifetime=HOUR)
+    token, exp = xcache.mint_wlcg_token(
+        key,
+        issuer="https://i",
+        subject="alice",
+        scopes=["storage.read:/store"],
+        audience=["a1", "a2"],
+        now=NOW,
+        lifetime=HOUR,
+    )
     claims = _verify_with_jwks(token.decode().strip(), issuer.jwks_document([key]), audience="a2")
     assert claims["sub"] == "alice" and claims["exp"] == T + 3600 and claims["aud"] == ["a1", "a2"]
     assert exp == NOW + HOUR
@@ -72,9 +100,14 @@ def test_openid_configuration_names_issuer_and_jwks():
     assert doc["issuer"] == "https://hub/casa-issuer" and doc["jwks_uri"].endswith("/jwks.json")
 
 
-@pytest.mark.parametrize("bad", [
-    dict(lifetime=datetime.timedelta(0)), dict(lifetime=-HOUR), dict(scopes=[]),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(lifetime=datetime.timedelta(0)),
+        dict(lifetime=-HOUR),
+        dict(scopes=[]),
+    ],
+)
 def test_wlcg_bad_input_is_refused(bad):
     kw = dict(issuer="i", subject="s", scopes=["storage.read:/"], audience="a", now=NOW, lifetime=HOUR)
     kw.update(bad)
@@ -87,21 +120,28 @@ def test_small_rsa_issuer_key_is_refused():
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     with pytest.raises(ValueError, match="2048"):
         issuer.load_issuer_key(small)
 
 
 # ---------------------------------------------------------------- macaroons
 
+
 def test_macaroon_caveats_and_signature():
     secret = b"k" * 32
-    mac, before = xcache.mint_macaroon(secret=secret, location="SITE", user="alice", path="/store", now=NOW,
-                                       lifetime=HOUR)
+    mac, before = xcache.mint_macaroon(
+        secret=secret, location="SITE", user="alice", path="/store", now=NOW, lifetime=HOUR
+    )
     m = Macaroon.deserialize(mac.decode().strip())
     assert m.location == "SITE"
     assert [c.caveat_id for c in m.caveats] == [
-        "name:alice", "activity:DOWNLOAD,READ_METADATA,LIST", "path:/store", "before:2026-11-23T13:00:00Z"]
+        "name:alice",
+        "activity:DOWNLOAD,READ_METADATA,LIST",
+        "path:/store",
+        "before:2026-11-23T13:00:00Z",
+    ]
     assert before == NOW + HOUR
     v = Verifier()
     v.satisfy_general(lambda c: True)
@@ -118,9 +158,10 @@ def test_macaroon_lifetime_is_capped(lifetime):
 
 # ---------------------------------------------------------------- HTCondor
 
+
 def _reference_condor_key(file_bytes: bytes, key_id: str) -> bytes:
     """Independent re-statement of HTCondor's derivation (TESTBED.md), written differently on purpose."""
-    raw = file_bytes[:file_bytes.index(b"\0")] if b"\0" in file_bytes else file_bytes
+    raw = file_bytes[: file_bytes.index(b"\0")] if b"\0" in file_bytes else file_bytes
     mask = b"\xde\xad\xbe\xef" * (len(raw) // 4 + 1)
     password = bytes(a ^ b for a, b in zip(raw, mask))
     if key_id == "POOL":
@@ -140,13 +181,26 @@ def test_condor_pool_and_named_keys_differ():
 
 
 def test_idtoken_claims_and_header():
-    token, exp = htcondor.mint_idtoken(signing_key=b"s" * 32, key_id="POOL", trust_domain="pool.example",
-                                       user="alice", now=NOW, lifetime=HOUR, jti="abc")
+    token, exp = htcondor.mint_idtoken(
+        signing_key=b"s" * 32,
+        key_id="POOL",
+        trust_domain="pool.example",
+        user="alice",
+        now=NOW,
+        lifetime=HOUR,
+        jti="abc",
+    )
     token = token.decode().strip()
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "kid": "POOL", "typ": "JWT"}
     claims = jwt.decode(token, b"s" * 32, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
-    assert claims == {"iat": T, "exp": T + 3600, "iss": "pool.example", "jti": "abc", "sub": "alice@pool.example",
-                      "scope": "condor:/READ condor:/WRITE"}
+    assert claims == {
+        "iat": T,
+        "exp": T + 3600,
+        "iss": "pool.example",
+        "jti": "abc",
+        "sub": "alice@pool.example",
+        "scope": "condor:/READ condor:/WRITE",
+    }
     assert exp == NOW + HOUR
 
 
@@ -157,13 +211,23 @@ def test_empty_condor_key_is_refused():
 
 # ---------------------------------------------------------------- ServiceX
 
+
 def test_servicex_token_claims_match_flask_jwt_extended():
-    token, claims = servicex.mint_servicex_token(secret=b"x" * 40, identity="alice@example.org",
-                                                 now=NOW, lifetime=HOUR, jti="J")
-    assert claims == {"fresh": False, "iat": T, "jti": "J", "type": "access", "sub": "alice@example.org",
-                      "nbf": T, "exp": T + 3600}
-    assert jwt.decode(token, b"x" * 40, algorithms=["HS256"], options={"verify_exp": False,
-                                                                       "verify_iat": False, "verify_nbf": False})
+    token, claims = servicex.mint_servicex_token(
+        secret=b"x" * 40, identity="alice@example.org", now=NOW, lifetime=HOUR, jti="J"
+    )
+    assert claims == {
+        "fresh": False,
+        "iat": T,
+        "jti": "J",
+        "type": "access",
+        "sub": "alice@example.org",
+        "nbf": T,
+        "exp": T + 3600,
+    }
+    assert jwt.decode(
+        token, b"x" * 40, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False, "verify_nbf": False}
+    )
 
 
 def test_servicex_yaml_is_what_the_client_reads():
@@ -187,11 +251,13 @@ def test_servicex_bad_input(bad):
 
 # ---------------------------------------------------------------- properties
 
+
 @settings(max_examples=60, deadline=None)
 @given(user=st.text(min_size=1, max_size=80))
 def test_any_user_name_yields_a_token_for_exactly_that_subject(user):
-    token, _ = htcondor.mint_idtoken(signing_key=b"s" * 32, key_id="POOL", trust_domain="d", user=user, now=NOW,
-                                     lifetime=HOUR)
+    token, _ = htcondor.mint_idtoken(
+        signing_key=b"s" * 32, key_id="POOL", trust_domain="d", user=user, now=NOW, lifetime=HOUR
+    )
     payload = token.decode().strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["sub"] == f"{htcondor.condor_user(user)}@d"

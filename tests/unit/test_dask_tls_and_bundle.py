@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from casa_hub.credentials import dask_tls
 from casa_hub.credentials.bundle import BundleFile, CredentialBundle
@@ -50,15 +50,24 @@ def test_short_ca_secret_is_refused():
         dask_tls.derive_ca_key(b"short", "alice")
 
 
-@pytest.mark.parametrize("role,usages", [
-    ("scheduler", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
-    ("worker", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
-    ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
-])
+@pytest.mark.parametrize(
+    "role,usages",
+    [
+        ("scheduler", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+        ("worker", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+        ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ],
+)
 def test_leaf_usages_sans_and_lifetime(role, usages):
     ca = dask_tls.user_ca(SECRET, "alice")
-    leaf = dask_tls.issue_leaf(ca=ca, user="alice", role=role, hostnames=["dask-alice", "127.0.0.1"], now=NOW,
-                               lifetime=datetime.timedelta(hours=24))
+    leaf = dask_tls.issue_leaf(
+        ca=ca,
+        user="alice",
+        role=role,
+        hostnames=["dask-alice", "127.0.0.1"],
+        now=NOW,
+        lifetime=datetime.timedelta(hours=24),
+    )
     cert = _cert(leaf.cert_pem)
     assert set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == usages
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -66,29 +75,46 @@ def test_leaf_usages_sans_and_lifetime(role, usages):
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert cert.not_valid_after_utc == NOW + datetime.timedelta(hours=24) == leaf.expires_at
     assert cert.issuer == ca.subject
-    ca.key.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                               __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
-                                   cert.signature_hash_algorithm))
+    ca.key.public_key().verify(
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
+            cert.signature_hash_algorithm
+        ),
+    )
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
 def test_leaf_never_outlives_its_ca():
     ca = dask_tls.user_ca(SECRET, "alice")
-    leaf = dask_tls.issue_leaf(ca=ca, user="alice", role="worker", hostnames=[], now=ca.not_after - datetime.timedelta(hours=1),
-                               lifetime=datetime.timedelta(days=10))
+    leaf = dask_tls.issue_leaf(
+        ca=ca,
+        user="alice",
+        role="worker",
+        hostnames=[],
+        now=ca.not_after - datetime.timedelta(hours=1),
+        lifetime=datetime.timedelta(days=10),
+    )
     assert leaf.expires_at == ca.not_after
 
 
 @pytest.mark.parametrize("bad", [dict(role="admin"), dict(lifetime=datetime.timedelta(0))])
 def test_leaf_bad_input(bad):
-    kw = dict(ca=dask_tls.user_ca(SECRET, "a"), user="a", role="worker", hostnames=[], now=NOW,
-              lifetime=datetime.timedelta(hours=1))
+    kw = dict(
+        ca=dask_tls.user_ca(SECRET, "a"),
+        user="a",
+        role="worker",
+        hostnames=[],
+        now=NOW,
+        lifetime=datetime.timedelta(hours=1),
+    )
     kw.update(bad)
     with pytest.raises(ValueError):
         dask_tls.issue_leaf(**kw)
 
 
 # ---------------------------------------------------------------- bundle
+
 
 def test_bundle_is_immutable_and_hides_secrets_in_repr(minter):
     bundle = minter.mint("alice")
@@ -116,21 +142,29 @@ def test_bundle_env_points_into_mount(minter):
 
 # ---------------------------------------------------------------- minter
 
+
 def _all_secret_forms(minter) -> dict[str, bytes]:
     """Every hub-held secret in every encoding it could leak in."""
     forms = {}
     ca = minter.user_ca("alice")
-    der = ca.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
+    der = ca.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     forms["ca key der"] = der
     forms["ca key b64"] = base64.b64encode(der)
     forms["ca key scalar"] = ca.key.private_numbers().private_value.to_bytes(32, "big")
-    for name in ("issuer_key_file", "dask_ca_secret_file", "macaroon_secret_file", "servicex_secret_file",
-                 "condor_signing_key_file"):
+    for name in (
+        "issuer_key_file",
+        "dask_ca_secret_file",
+        "macaroon_secret_file",
+        "servicex_secret_file",
+        "condor_signing_key_file",
+    ):
         raw = Path(getattr(minter, name)).read_bytes()
         forms[name] = raw.strip()
     issuer_der = minter.issuer_keys[0].private_key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     forms["issuer der"] = issuer_der
     return forms
 
@@ -138,7 +172,9 @@ def _all_secret_forms(minter) -> dict[str, bytes]:
 def test_no_hub_secret_enters_the_bundle(minter):
     bundle = minter.mint("alice")
     blob = b"\n".join(f.content for f in bundle.files.values()) + json.dumps(dict(bundle.env)).encode()
-    pem_bodies = [b"".join(f.content.splitlines()[1:-1]) for f in bundle.files.values() if f.content.startswith(b"-----")]
+    pem_bodies = [
+        b"".join(f.content.splitlines()[1:-1]) for f in bundle.files.values() if f.content.startswith(b"-----")
+    ]
     decoded = b"".join(base64.b64decode(b) for b in pem_bodies if b)
     for name, secret in _all_secret_forms(minter).items():
         assert secret not in blob and secret not in decoded, f"{name} leaked into the bundle"
@@ -237,8 +273,9 @@ def _subjects(user: str) -> dict[str, x509.Name]:
     ca = dask_tls.user_ca(SECRET, user)
     subjects = {"ca": ca.subject}
     for role in dask_tls.ROLES:
-        leaf = dask_tls.issue_leaf(ca=ca, user=user, role=role, hostnames=[], now=NOW,
-                                   lifetime=datetime.timedelta(hours=1))
+        leaf = dask_tls.issue_leaf(
+            ca=ca, user=user, role=role, hostnames=[], now=NOW, lifetime=datetime.timedelta(hours=1)
+        )
         subjects[role] = _cert(leaf.cert_pem).subject
     return subjects
 
@@ -252,7 +289,7 @@ def _assert_readable(cn: str, prefix: str, user: str, suffix: str) -> None:
     assert m, cn
     assert m["hash"] == hashlib.sha256(user.encode()).hexdigest()[:16] and m["suffix"] == suffix
     assert m["head"].startswith(prefix) and len(m["head"]) > len(prefix), cn
-    assert user.startswith(m["head"][len(prefix):]), cn
+    assert user.startswith(m["head"][len(prefix) :]), cn
 
 
 def test_short_names_keep_their_subjects_and_their_exact_ca():
@@ -261,11 +298,14 @@ def test_short_names_keep_their_subjects_and_their_exact_ca():
     subjects = _subjects("alice")
     assert subjects["ca"].rfc4514_string() == "CN=Casa Dask CA for alice (generation 0),O=Casa Hub"
     assert {r: subjects[r].rfc4514_string() for r in dask_tls.ROLES} == {
-        r: f"CN={r}.alice,O=Casa Hub" for r in dask_tls.ROLES}
+        r: f"CN={r}.alice,O=Casa Hub" for r in dask_tls.ROLES
+    }
     assert _cn(dask_tls.user_ca(SECRET, "dörte", 3).subject) == "Casa Dask CA for dörte (generation 3)"
-    pinned = {"alice": "247f6c74ca1f58272093d43f4401a3905f78717eb69de20fee0319590a5061af",
-              "dörte": "f6ab73c3214544f35b208597bc4a96952c120af5aa0a30e4d136d318767b97cb",
-              "用户": "491d1ffde4a7f6c0ae3a0694edba27d02d175f4b162195a36feccf7a0fda20a4"}
+    pinned = {
+        "alice": "247f6c74ca1f58272093d43f4401a3905f78717eb69de20fee0319590a5061af",
+        "dörte": "f6ab73c3214544f35b208597bc4a96952c120af5aa0a30e4d136d318767b97cb",
+        "用户": "491d1ffde4a7f6c0ae3a0694edba27d02d175f4b162195a36feccf7a0fda20a4",
+    }
     for user, digest in pinned.items():
         assert hashlib.sha256(dask_tls.user_ca(SECRET, user).cert_pem).hexdigest() == digest, user
 
@@ -276,8 +316,13 @@ def test_names_that_differ_after_64_bytes_get_different_subjects():
     first, second = _subjects("x" * 70 + "1"), _subjects("x" * 70 + "2")
     for kind in first:
         assert first[kind] != second[kind], kind
-    assert _cn(first["ca"]) == ("Casa Dask CA for " + "x" * 15 + "/"
-                                + hashlib.sha256(("x" * 70 + "1").encode()).hexdigest()[:16] + " (generation 0)")
+    assert _cn(first["ca"]) == (
+        "Casa Dask CA for "
+        + "x" * 15
+        + "/"
+        + hashlib.sha256(("x" * 70 + "1").encode()).hexdigest()[:16]
+        + " (generation 0)"
+    )
     assert _cn(first["worker"]).startswith("worker." + "x" * 40 + "/")
 
 
@@ -324,10 +369,19 @@ def test_common_name_refuses_wording_that_breaks_it(prefix, suffix):
 
 
 @settings(max_examples=300, deadline=None)
-@given(users=st.lists(st.one_of(st.text(min_size=1, max_size=90),
-                                st.builds(lambda c, n, t: c * n + t, st.sampled_from(["x", "é", "用"]),
-                                          st.integers(20, 80), st.text(max_size=3))),
-                      min_size=2, max_size=4, unique=True))
+@given(
+    users=st.lists(
+        st.one_of(
+            st.text(min_size=1, max_size=90),
+            st.builds(
+                lambda c, n, t: c * n + t, st.sampled_from(["x", "é", "用"]), st.integers(20, 80), st.text(max_size=3)
+            ),
+        ),
+        min_size=2,
+        max_size=4,
+        unique=True,
+    )
+)
 def test_distinct_users_never_share_a_common_name(users):
     users = [u.replace("/", "") or "u" for u in users]  # hub names never contain '/'
     assume(len(set(users)) == len(users))
@@ -338,11 +392,14 @@ def test_distinct_users_never_share_a_common_name(users):
             _assert_readable(cn, prefix, user, suffix)
 
 
-@pytest.mark.parametrize("trait,content,message", [
-    ("dask_ca_secret_file", b"short", "must be at least 32 bytes"),
-    ("issuer_key_file", b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "is not usable"),
-    ("condor_signing_key_file", b"\0abc", "is not usable"),  # HTCondor cuts the file at its first NUL
-])
+@pytest.mark.parametrize(
+    "trait,content,message",
+    [
+        ("dask_ca_secret_file", b"short", "must be at least 32 bytes"),
+        ("issuer_key_file", b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "is not usable"),
+        ("condor_signing_key_file", b"\0abc", "is not usable"),  # HTCondor cuts the file at its first NUL
+    ],
+)
 def test_unusable_keys_fail_at_start_naming_the_trait(tmp_path, trait, content, message):
     """A malformed or too short key is one message naming the trait when the hub starts, not a traceback later."""
     from tests.support import make_minter

@@ -32,9 +32,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.admin_guide import ADMIN_GUIDE, user_settings_snippet
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-ADMIN_GUIDE = REPO / "docs" / "admin-guide.md"
 
 
 def _rel(path: Path) -> str:
@@ -44,8 +45,9 @@ def _rel(path: Path) -> str:
 # ====================================================================================== generated reference
 def test_config_reference_is_current():
     result = subprocess.run([sys.executable, "docs/gen_config_reference.py", "--check"], cwd=REPO)
-    assert result.returncode == 0, \
+    assert result.returncode == 0, (
         "docs/config-reference.md is stale: run .venv/bin/python docs/gen_config_reference.py"
+    )
 
 
 def test_every_casa_trait_has_help():
@@ -74,8 +76,19 @@ def code_spans(text: str) -> list[str]:
 
 # ====================================================================================== 1. paths
 # what a fresh clone has at its top level, but not what building and testing leave there
-_NOT_REPO = {".git", ".venv", "node_modules", "test-artifacts", ".pytest_cache", ".ruff_cache", ".hypothesis",
-             "__pycache__", "build", "dist", "lib"}
+_NOT_REPO = {
+    ".git",
+    ".venv",
+    "node_modules",
+    "test-artifacts",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "__pycache__",
+    "build",
+    "dist",
+    "lib",
+}
 
 
 @functools.lru_cache
@@ -134,11 +147,15 @@ def test_every_repository_path_the_docs_name_exists(doc):
 
 
 def test_the_path_check_catches_a_made_up_path():
-    text = ("See `helm-values/extra-rbac.yaml`, [values](../helm-values/values.yaml), `/etc/casa/xcache.token` "
-            "and `tests/hub/test_faults.py::test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret`.")
+    text = (
+        "See `helm-values/extra-rbac.yaml`, [values](../helm-values/values.yaml), `/etc/casa/xcache.token` "
+        "and `tests/hub/test_faults.py::test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret`."
+    )
     assert path_problems(text, REPO / "docs") == []
-    made_up = ("`helm-values/extra-rbak.yaml`, `./scripts/facilty.sh`, [x](../casa_hub/nothing.py), "
-               "`tests/hub/test_faults.py::test_nothing`, [y](admin-guide.md#99-nowhere)")
+    made_up = (
+        "`helm-values/extra-rbak.yaml`, `./scripts/facilty.sh`, [x](../casa_hub/nothing.py), "
+        "`tests/hub/test_faults.py::test_nothing`, [y](admin-guide.md#99-nowhere)"
+    )
     assert len(path_problems(made_up, REPO / "docs")) == 5
 
 
@@ -169,15 +186,22 @@ CLASSES = {
 CASA_CONFIGURABLES = ("CasaAuthenticator", "CasaMinter", "CasaSpawner", "CasaLocalSpawner", "CasaClusterSettings")
 # bare names that look like Casa traits but are not, on purpose
 NOT_TRAITS = {
-    "casa_hub", "casa_hub_ext", "casa_demo",  # packages
-    "casa_identity", "casa_groups",  # auth_state keys (casa_groups is also a spawner attribute)
+    "casa_hub",
+    "casa_hub_ext",
+    "casa_demo",  # packages
+    "casa_identity",
+    "casa_groups",  # auth_state keys (casa_groups is also a spawner attribute)
     "casa_allowed_groups",  # a key of a profile, not a trait
     "servicex_token_mode",  # the admin guide says it is gone
-    "condor_token_create", "condor_store_cred", "condor_submit",  # HTCondor's tools
+    "condor_token_create",
+    "condor_store_cred",
+    "condor_submit",  # HTCondor's tools
 }
 TRAIT_REF = re.compile(r"(?<![\w.])(c\.|hub\.config\.)?([A-Z][A-Za-z0-9]+)\.([A-Za-z_*][A-Za-z0-9_*]*)(\()?")
-BARE_TRAIT = re.compile(r"^(?:casa|xcache|macaroon|condor|servicex|dask|issuer|credential|provider|id_token|"
-                        r"discovery|refresh|mint)_[a-z0-9_]+$")
+BARE_TRAIT = re.compile(
+    r"^(?:casa|xcache|macaroon|condor|servicex|dask|issuer|credential|provider|id_token|"
+    r"discovery|refresh|mint)_[a-z0-9_]+$"
+)
 
 
 @functools.lru_cache
@@ -222,12 +246,16 @@ def test_every_trait_the_docs_name_exists(doc):
 
 
 def test_the_trait_check_catches_made_up_names():
-    good = ("`c.CasaMinter.xcache_lifetime`, `hub.config.CryptKeeper.keys`, `CasaMinter.*_lifetime`, "
-            "`CasaMinter.mint(user)`, `Authenticator.allow_existing_users`, `KubeSpawner.tolerations`, "
-            "`CasaClusterSettings.max_workers`, `casa_refresh_jitter`, `credential_refresh_margin`")
+    good = (
+        "`c.CasaMinter.xcache_lifetime`, `hub.config.CryptKeeper.keys`, `CasaMinter.*_lifetime`, "
+        "`CasaMinter.mint(user)`, `Authenticator.allow_existing_users`, `KubeSpawner.tolerations`, "
+        "`CasaClusterSettings.max_workers`, `casa_refresh_jitter`, `credential_refresh_margin`"
+    )
     assert trait_problems(good) == []
-    made_up = ("`c.CasaMinter.xcache_lifetme`, `hub.config.CasaSpawnr.casa_mount_path`, `CasaMinter.*_duration`, "
-               "`CasaAuthenticator.refresh_everything()`, `KubeSpawner.tolerance`, `casa_refresh_jiter`")
+    made_up = (
+        "`c.CasaMinter.xcache_lifetme`, `hub.config.CasaSpawnr.casa_mount_path`, `CasaMinter.*_duration`, "
+        "`CasaAuthenticator.refresh_everything()`, `KubeSpawner.tolerance`, `casa_refresh_jiter`"
+    )
     assert len(trait_problems(made_up)) == 6
 
 
@@ -285,7 +313,7 @@ def command_problems(text: str) -> list[str]:
     for span in code_spans(text):
         for part in re.split(r"&&|\|\||;|\|", span):
             words = _words(part)
-            words = words[:next((i for i, w in enumerate(words) if w.startswith((">", "<", "2>"))), len(words))]
+            words = words[: next((i for i, w in enumerate(words) if w.startswith((">", "<", "2>"))), len(words))]
             while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
                 words = words[1:]
             if not words:
@@ -314,9 +342,11 @@ def command_problems(text: str) -> list[str]:
                     problems.append(f"{command}: no such script")
                     continue
                 source = _script_text(script)
-                problems += [f"{command} {flag}: the script has no such option"
-                             for flag in (w.split("=")[0] for w in rest if w.startswith("--"))
-                             if not re.search(rf"""["'\s(\[]{re.escape(flag)}\b""", source)]
+                problems += [
+                    f"{command} {flag}: the script has no such option"
+                    for flag in (w.split("=")[0] for w in rest if w.startswith("--"))
+                    if not re.search(rf"""["'\s(\[]{re.escape(flag)}\b""", source)
+                ]
     return sorted(set(problems))
 
 
@@ -326,14 +356,18 @@ def test_every_command_the_docs_show_exists(doc):
 
 
 def test_the_command_check_catches_made_up_commands():
-    good = ("```bash\ncasa-hub-keys issuer --algorithm RS256 > issuer.pem   # a comment\n"
-            "python -m casa_hub.credentials.storage alice\n./scripts/facility.sh --port 8000 --config x.py\n"
-            ".venv/bin/python benchmarks/bench_storm.py --users 200 --ramp 60\n```\n")
+    good = (
+        "```bash\ncasa-hub-keys issuer --algorithm RS256 > issuer.pem   # a comment\n"
+        "python -m casa_hub.credentials.storage alice\n./scripts/facility.sh --port 8000 --config x.py\n"
+        ".venv/bin/python benchmarks/bench_storm.py --users 200 --ramp 60\n```\n"
+    )
     assert command_problems(good) == []
     assert command_problems("`kubectl -n jhub create secret generic casa-hub-keys --from-file=.`") == []
-    made_up = ("```bash\ncasa-hub-keys rsa > x.pem\npython -m casa_hub.keygen issuer\n"
-               "./scripts/facility.sh --prot 8000\n.venv/bin/python benchmarks/bench_storm.py --user 2\n```\n"
-               "`casa-hub-tokens issuer`")
+    made_up = (
+        "```bash\ncasa-hub-keys rsa > x.pem\npython -m casa_hub.keygen issuer\n"
+        "./scripts/facility.sh --prot 8000\n.venv/bin/python benchmarks/bench_storm.py --user 2\n```\n"
+        "`casa-hub-tokens issuer`"
+    )
     assert len(command_problems(made_up)) == 5
 
 
@@ -343,7 +377,7 @@ def _table_after(text: str, header: str) -> list[tuple[str, str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
@@ -416,14 +450,6 @@ def test_the_message_check_catches_a_changed_message():
 
 
 # ====================================================================================== user-side settings
-def user_settings_snippet() -> dict:
-    """The admin guide's Z2JH values for the user-side settings (the ``yaml`` block with ``singleuser.extraFiles``)."""
-    blocks = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", ADMIN_GUIDE.read_text(), re.M | re.S)]
-    found = [b for b in blocks if isinstance(b, dict) and "extraFiles" in (b.get("singleuser") or {})]
-    assert len(found) == 1, "expected one yaml block with singleuser.extraFiles in the admin guide"
-    return found[0]
-
-
 def test_the_user_settings_snippet_is_valid_z2jh_values():
     from tests import helm
 
@@ -488,6 +514,6 @@ def test_the_schema_check_catches_a_wrong_extra_files_shape():
     from tests import helm
 
     snippet = user_settings_snippet()
-    (key, settings_file), = snippet["singleuser"]["extraFiles"].items()
+    ((key, settings_file),) = snippet["singleuser"]["extraFiles"].items()
     broken = {"singleuser": {"extraFiles": {key: {"path": settings_file["mountPath"], "data": {}}}}}
     assert helm.schema_errors(helm.values(broken))

@@ -31,8 +31,13 @@ HOUR = datetime.timedelta(hours=1)
 hub_names = st.one_of(
     st.from_regex(r"[a-z0-9_.@~%=+-]{1,40}", fullmatch=True),
     st.from_regex(r"[a-z_][a-z0-9_-]{0,31}", fullmatch=True),  # already account names
-    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="/"),
-            min_size=1, max_size=80).map(lambda s: unicodedata.normalize("NFC", s.lower())).filter(bool),
+    st.text(
+        st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="/"),
+        min_size=1,
+        max_size=80,
+    )
+    .map(lambda s: unicodedata.normalize("NFC", s.lower()))
+    .filter(bool),
 )
 
 
@@ -45,17 +50,30 @@ def _all_pair_names() -> list[str]:
     return sorted({n for a, b, _ in HOSTILE_PAIRS for n in (a, b)})
 
 
-@pytest.mark.parametrize("name", ["alice", "bob", "alice_smith", "alice-smith", "_svc", "a" * 32, "ali2", "x-",
-                                  "user-1"])
+@pytest.mark.parametrize(
+    "name", ["alice", "bob", "alice_smith", "alice-smith", "_svc", "a" * 32, "ali2", "x-", "user-1"]
+)
 def test_account_names_are_kept(name):
     assert condor_user(name) == name
 
 
-@pytest.mark.parametrize("name,prefix", [
-    ("bob@x", "bob-x"), ("bob@cern.ch", "bob-cern-ch"), ("alice.smith", "alice-smith"), ("1", "_1"), ("12", "_12"),
-    ("用户", "_"), ("dörte", "d-rte"), ("a" * 33, "a" * 14), (".alice", "alice"), ("alice--x", "alice-x"),
-    ("Alice", "alice"), ("a%2fb", "a-2fb"),
-])
+@pytest.mark.parametrize(
+    "name,prefix",
+    [
+        ("bob@x", "bob-x"),
+        ("bob@cern.ch", "bob-cern-ch"),
+        ("alice.smith", "alice-smith"),
+        ("1", "_1"),
+        ("12", "_12"),
+        ("用户", "_"),
+        ("dörte", "d-rte"),
+        ("a" * 33, "a" * 14),
+        (".alice", "alice"),
+        ("alice--x", "alice-x"),
+        ("Alice", "alice"),
+        ("a%2fb", "a-2fb"),
+    ],
+)
 def test_other_names_get_a_readable_prefix_and_a_hash(name, prefix):
     expected = f"{prefix}--{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     assert condor_user(name) == expected
@@ -121,11 +139,14 @@ def test_cli_prints_the_accounts(capsys):
 
 # ---------------------------------------------------------------- the token and the bundle
 
+
 def test_token_subject_is_the_account_at_the_trust_domain():
-    token, _ = htcondor.mint_idtoken(signing_key=b"s" * 32, key_id="POOL", trust_domain="pool.example",
-                                     user="bob@x", now=NOW, lifetime=HOUR)
-    claims = jwt.decode(token.strip(), b"s" * 32, algorithms=["HS256"],
-                        options={"verify_exp": False, "verify_iat": False})
+    token, _ = htcondor.mint_idtoken(
+        signing_key=b"s" * 32, key_id="POOL", trust_domain="pool.example", user="bob@x", now=NOW, lifetime=HOUR
+    )
+    claims = jwt.decode(
+        token.strip(), b"s" * 32, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+    )
     assert claims["sub"] == f"{condor_user('bob@x')}@pool.example"
     assert claims["sub"].split("@", 1)[0] != "bob"  # HTCondor's Owner: the part before the first "@"
 

@@ -9,7 +9,7 @@ import jwt
 import pytest
 from traitlets.config import Config
 
-from casa_hub.minter import CasaMinter, SERVICEX_CONFIG, SERVICEX_TOKEN
+from casa_hub.minter import SERVICEX_CONFIG, SERVICEX_TOKEN, CasaMinter
 from tests.support import make_minter
 
 

@@ -27,8 +27,9 @@ NORMAL = re.compile(r"^(?:[a-z0-9._-]|=[0-9a-f]{2})*~$")
 HASHED = re.compile(r"^((?:[a-z0-9._-]|=[0-9a-f]{2})*)==([0-9a-f]{32})~$")
 
 # valid hub user names: lower case, no '/', no control, space or surrogate characters
-_name_chars = st.characters(blacklist_categories=("Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Lu", "Lt"),
-                            blacklist_characters="/")
+_name_chars = st.characters(
+    blacklist_categories=("Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Lu", "Lt"), blacklist_characters="/"
+)
 valid_names = st.text(_name_chars, min_size=1, max_size=150).filter(lambda s: s == s.lower())
 # names made of the characters that escaping, the terminator and the hash form play with: near-collisions
 tricky_names = st.text(st.sampled_from("ali~=7e.-_%2f@ä用x"), min_size=1, max_size=70)
@@ -41,7 +42,7 @@ def decode(directory: str) -> str:
     out, body, i = bytearray(), directory[:-1], 0
     while i < len(body):
         if body[i] == "=":
-            out.append(int(body[i + 1:i + 3], 16))
+            out.append(int(body[i + 1 : i + 3], 16))
             i += 3
         else:
             out += body[i].encode()
@@ -56,6 +57,7 @@ def assert_distinct_and_prefix_free(a: str, b: str) -> None:
 
 
 # ---------------------------------------------------------------- user_dir
+
 
 def test_examples():
     assert user_dir("alice") == "alice~"
@@ -220,15 +222,18 @@ def test_safe_macaroon_paths_are_accepted(path):
     assert CasaMinter(macaroon_path=path).macaroon_path == path
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("/store/user/{username}", r"use \{userdir\}"),
-    ("/store/user/{userdir}/", r"may not end with '/'"),
-    ("/store/user/x{userdir}", r"whole path component"),
-    ("store/{userdir}", r"must be absolute"),
-    ("/store/../{userdir}", r"'\.' or '\.\.'"),
-    ("/store/%2e/{userdir}", r"'%'"),
-    ("/store/user/{userdir!r}", r"is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/store/user/{username}", r"use \{userdir\}"),
+        ("/store/user/{userdir}/", r"may not end with '/'"),
+        ("/store/user/x{userdir}", r"whole path component"),
+        ("store/{userdir}", r"must be absolute"),
+        ("/store/../{userdir}", r"'\.' or '\.\.'"),
+        ("/store/%2e/{userdir}", r"'%'"),
+        ("/store/user/{userdir!r}", r"is not allowed"),
+    ],
+)
 def test_unsafe_macaroon_paths_are_refused_naming_the_trait(path, message):
     with pytest.raises(TraitError, match=r"^CasaMinter\.macaroon_path: .*" + message):
         CasaMinter(macaroon_path=path)
@@ -236,18 +241,28 @@ def test_unsafe_macaroon_paths_are_refused_naming_the_trait(path, message):
 
 # ---------------------------------------------------------------- minting
 
+
 def _scope(bundle) -> list[str]:
     claims = jwt.decode(bundle.files["xcache.token"].content.strip(), options={"verify_signature": False})
     return claims["scope"].split(" ")
 
 
 def test_mint_renders_userdir_and_exports_the_storage_area(tmp_path):
-    m = make_minter(tmp_path, xcache_scopes=["storage.read:/store/public", "storage.create:/store/user/{userdir}",
-                                             "storage.read:/store/user/{userdir}"],
-                    macaroon_path="/store/user/{userdir}")
+    m = make_minter(
+        tmp_path,
+        xcache_scopes=[
+            "storage.read:/store/public",
+            "storage.create:/store/user/{userdir}",
+            "storage.read:/store/user/{userdir}",
+        ],
+        macaroon_path="/store/user/{userdir}",
+    )
     b = m.mint("ali")
-    assert _scope(b) == ["storage.read:/store/public", "storage.create:/store/user/ali~",
-                         "storage.read:/store/user/ali~"]
+    assert _scope(b) == [
+        "storage.read:/store/public",
+        "storage.create:/store/user/ali~",
+        "storage.read:/store/user/ali~",
+    ]
     assert b.env["CASA_STORAGE_AREA"] == "/store/user/ali~"
     assert b"path:/store/user/ali~" in _macaroon_caveats(b)
     b = m.mint("ali~")
@@ -269,8 +284,9 @@ def test_storage_area_from_the_macaroon_path_when_tokens_are_off(tmp_path):
 
 @pytest.mark.parametrize("pair", HOSTILE_PAIRS, ids=pair_id)
 def test_minted_scopes_of_hostile_pairs_are_not_prefixes(tmp_path, pair):
-    m = make_minter(tmp_path, xcache_scopes=["storage.create:/store/user/{userdir}"],
-                    macaroon_path="/store/user/{userdir}")
+    m = make_minter(
+        tmp_path, xcache_scopes=["storage.create:/store/user/{userdir}"], macaroon_path="/store/user/{userdir}"
+    )
     first, second, _ = pair
     a, b = m.mint(first), m.mint(second)
     pa, pb = _scope(a)[0].split(":", 1)[1], _scope(b)[0].split(":", 1)[1]

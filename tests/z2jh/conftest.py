@@ -23,8 +23,13 @@ from tests.z2jh import pod as P
 NAMESPACE = "jhub"
 KEY_SECRET = "casa-hub-keys"  # helm-values/values.yaml mounts it; docs/admin-guide.md §1 creates it
 # what an admin puts into that Secret (admin guide §1: casa-hub-keys KIND > FILE; HTCondor's pool key as POOL)
-KEY_FILES = {"issuer": "issuer.pem", "dask-ca": "dask-ca.secret", "macaroon": "macaroon.secret",
-             "servicex": "servicex.secret", "condor": "POOL"}
+KEY_FILES = {
+    "issuer": "issuer.pem",
+    "dask-ca": "dask-ca.secret",
+    "macaroon": "macaroon.secret",
+    "servicex": "servicex.secret",
+    "condor": "POOL",
+}
 TEST_SCOPES = ["admin:users", "admin:auth_state", "admin:servers", "read:users", "list:users", "read:hub"]
 
 
@@ -34,9 +39,12 @@ def site_values(*, provider_url: str, public_url: str, hub_port: int, pod_port: 
     return {
         "hub": {
             "config": {
-                "CasaAuthenticator": {"oidc_issuer": provider_url, "client_secret": "demo-provider-does-not-check-it",
-                                      "oauth_callback_url": f"{public_url}/hub/oauth_callback",
-                                      "credential_refresh_margin": 60},
+                "CasaAuthenticator": {
+                    "oidc_issuer": provider_url,
+                    "client_secret": "demo-provider-does-not-check-it",
+                    "oauth_callback_url": f"{public_url}/hub/oauth_callback",
+                    "credential_refresh_margin": 60,
+                },
                 # credentials live 70 s and are refreshed 60 s before expiry: a refresh ~10 s after login
                 "CasaMinter": {"issuer_url": f"{public_url}/hub/casa-issuer", "xcache_lifetime": 70},
                 "CasaSpawner": {"casa_refresh_jitter": 0},
@@ -78,14 +86,20 @@ class Cluster:
     def objects(self, plural: str) -> list[dict]:
         return self.kube.objects(plural, namespace=NAMESPACE)
 
-    def prepare(self, work: Path, values_text: str | None = None, *, secret_data: dict | None = None,
-                site: dict | None = None) -> tuple[P.HubPod, dict, dict]:
+    def prepare(
+        self, work: Path, values_text: str | None = None, *, secret_data: dict | None = None, site: dict | None = None
+    ) -> tuple[P.HubPod, dict, dict]:
         """Merge the values (``values_text``: helm-values/values.yaml's text unless given) and lay the hub
         pod out; returns the pod, the merged values and the ports of the Services."""
         ports = {"hub": free_port(), "proxy-api": free_port(), "proxy-public": free_port(), "pod": free_port()}
         public_url = f"http://127.0.0.1:{ports['proxy-public']}"
-        site = site if site is not None else site_values(
-            provider_url=self.provider.url, public_url=public_url, hub_port=ports["hub"], pod_port=ports["pod"])
+        site = (
+            site
+            if site is not None
+            else site_values(
+                provider_url=self.provider.url, public_url=public_url, hub_port=ports["hub"], pod_port=ports["pod"]
+            )
+        )
         values = helm.values(values_text if values_text is not None else helm.CASA_VALUES.read_text(), site)
         errors = helm.schema_errors(values)
         assert not errors, "the chart's schema refuses the values:\n" + "\n".join(errors)
@@ -94,8 +108,17 @@ class Cluster:
         names = P.name_templates(values)
         hosts = P.hosts_file(work / "hosts", [names["hub"], names["proxy-api"], names["proxy-public"]])
         host, port = self.kube.tls_url.removeprefix("https://").rsplit(":", 1)
-        pod = P.lay_out(work / "hub-pod", values, secret_data=secret_data, hosts=hosts, kube_host=host,
-                        kube_port=int(port), ca_file=self.kube.ca_file, namespace=NAMESPACE, ports=ports)
+        pod = P.lay_out(
+            work / "hub-pod",
+            values,
+            secret_data=secret_data,
+            hosts=hosts,
+            kube_host=host,
+            kube_port=int(port),
+            ca_file=self.kube.ca_file,
+            namespace=NAMESPACE,
+            ports=ports,
+        )
         return pod, values, ports
 
     @contextmanager
@@ -103,9 +126,15 @@ class Cluster:
         """Casa on the chart: the proxy and the hub pod, up and answering; both stopped on exit."""
         pod, values, ports = self.prepare(work, **kwargs)
         names = P.name_templates(values)
-        proxy = P.start_proxy(work, hosts=work / "hosts", token=pod.generated.proxy_token,
-                              public_port=ports["proxy-public"], api_port=ports["proxy-api"], hub_port=ports["hub"],
-                              hub_name=names["hub"])
+        proxy = P.start_proxy(
+            work,
+            hosts=work / "hosts",
+            token=pod.generated.proxy_token,
+            public_port=ports["proxy-public"],
+            api_port=ports["proxy-api"],
+            hub_port=ports["hub"],
+            hub_name=names["hub"],
+        )
         hub_proc = None
         try:
             hub_proc = pod.start()
@@ -122,17 +151,26 @@ class Cluster:
 def _hub_has_pycurl() -> bool:
     if not P.HUB_PYTHON:
         return importlib.util.find_spec("pycurl") is not None
-    return subprocess.run([*P.HUB_PYTHON, "-c", "import pycurl"], stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=60).returncode == 0
+    return (
+        subprocess.run(
+            [*P.HUB_PYTHON, "-c", "import pycurl"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    need(os.geteuid() == 0 and shutil.which("unshare") is not None,
-         "root and unshare(1) (the hub pod's files are mounted in a private mount namespace)")
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "root and unshare(1) (the hub pod's files are mounted in a private mount namespace)",
+    )
     need(P.CHP.exists(), "configurable-http-proxy (npm ci)")
-    need(_hub_has_pycurl(), "pycurl in the hub's Python (the chart's hub config switches tornado to its curl client, "
-                            "as the chart's hub image has it)")
+    need(
+        _hub_has_pycurl(),
+        "pycurl in the hub's Python (the chart's hub config switches tornado to its curl client, "
+        "as the chart's hub image has it)",
+    )
     tmp = tmp_path_factory.mktemp("z2jh")
     provider = start_provider(tmp)
     try:

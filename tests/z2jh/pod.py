@@ -74,16 +74,29 @@ def name_templates(values: dict, release: str = RELEASE["Name"]) -> dict[str, st
     hub, proxy = f"{dash}hub", f"{dash}proxy"
     existing = values["hub"].get("existingSecret") or ""
     names = {
-        "fullname": full, "fullname-dash": dash, "hub": hub, "hub-existing-secret": existing,
-        "hub-existing-secret-or-default": existing or hub, "hub-pvc": f"{hub}-db-dir", "proxy": proxy,
-        "proxy-api": f"{proxy}-api", "proxy-http": f"{proxy}-http", "proxy-public": f"{proxy}-public",
-        "proxy-public-tls": f"{proxy}-public-tls-acme", "proxy-public-manual-tls": f"{proxy}-public-manual-tls",
-        "autohttps": f"{dash}autohttps", "user-scheduler-deploy": f"{dash}user-scheduler",
-        "user-scheduler-lock": f"{dash}user-scheduler-lock", "user-placeholder": f"{dash}user-placeholder",
+        "fullname": full,
+        "fullname-dash": dash,
+        "hub": hub,
+        "hub-existing-secret": existing,
+        "hub-existing-secret-or-default": existing or hub,
+        "hub-pvc": f"{hub}-db-dir",
+        "proxy": proxy,
+        "proxy-api": f"{proxy}-api",
+        "proxy-http": f"{proxy}-http",
+        "proxy-public": f"{proxy}-public",
+        "proxy-public-tls": f"{proxy}-public-tls-acme",
+        "proxy-public-manual-tls": f"{proxy}-public-manual-tls",
+        "autohttps": f"{dash}autohttps",
+        "user-scheduler-deploy": f"{dash}user-scheduler",
+        "user-scheduler-lock": f"{dash}user-scheduler-lock",
+        "user-placeholder": f"{dash}user-placeholder",
         "image-puller-priority": f"{dash}image-puller" if full else f"{release}-image-puller-priority",
-        "hook-image-awaiter": f"{dash}hook-image-awaiter", "hook-image-puller": f"{dash}hook-image-puller",
-        "continuous-image-puller": f"{dash}continuous-image-puller", "singleuser": f"{dash}singleuser",
-        "image-pull-secret": f"{dash}image-pull-secret", "ingress": full or "jupyterhub",
+        "hook-image-awaiter": f"{dash}hook-image-awaiter",
+        "hook-image-puller": f"{dash}hook-image-puller",
+        "continuous-image-puller": f"{dash}continuous-image-puller",
+        "singleuser": f"{dash}singleuser",
+        "image-pull-secret": f"{dash}image-pull-secret",
+        "ingress": full or "jupyterhub",
         "priority": full or f"{release}-default-priority",
         "user-placeholder-priority": f"{dash}user-placeholder" if full else f"{release}-user-placeholder-priority",
         "user-scheduler": f"{dash}user-scheduler" if full else f"{release}-user-scheduler",
@@ -129,9 +142,11 @@ def secret(values: dict, generated: ChartSecrets) -> dict[str, bytes]:
         data[f"hub.services.{key}.apiToken"] = token.encode()
     hub_config = values["hub"].get("config") or {}
     data["hub.config.ConfigurableHTTPProxy.auth_token"] = (
-        hub_config.get("ConfigurableHTTPProxy", {}).get("auth_token") or generated.proxy_token).encode()
+        hub_config.get("ConfigurableHTTPProxy", {}).get("auth_token") or generated.proxy_token
+    ).encode()
     data["hub.config.JupyterHub.cookie_secret"] = (
-        hub_config.get("JupyterHub", {}).get("cookie_secret") or generated.cookie_secret).encode()
+        hub_config.get("JupyterHub", {}).get("cookie_secret") or generated.cookie_secret
+    ).encode()
     keys = hub_config.get("CryptKeeper", {}).get("keys") or [generated.crypt_key]
     data["hub.config.CryptKeeper.keys"] = ";".join(keys).encode()
     return data
@@ -187,8 +202,10 @@ def extra_volume_dirs(values: dict, secret_data: dict[str, dict[str, bytes]], wo
     for mount in values["hub"].get("extraVolumeMounts") or []:
         volume = volumes.get(mount["name"])
         if volume is None:
-            raise ChartError(f"hub.extraVolumeMounts: no volume named {mount['name']!r} in hub.extraVolumes "
-                             "(Kubernetes refuses the hub Deployment)")
+            raise ChartError(
+                f"hub.extraVolumeMounts: no volume named {mount['name']!r} in hub.extraVolumes "
+                "(Kubernetes refuses the hub Deployment)"
+            )
         if "secret" in volume:
             name = volume["secret"]["secretName"]
             if name not in secret_data:
@@ -197,8 +214,9 @@ def extra_volume_dirs(values: dict, secret_data: dict[str, dict[str, bytes]], wo
             items = volume["secret"].get("items")
             if items:
                 files = {i["path"]: files[i["key"]] for i in items}
-            directory = _write_dir(work / "volumes" / mount["name"], files,
-                                   volume["secret"].get("defaultMode", 0o644), fs_group)
+            directory = _write_dir(
+                work / "volumes" / mount["name"], files, volume["secret"].get("defaultMode", 0o644), fs_group
+            )
         elif "emptyDir" in volume:
             directory = work / "volumes" / mount["name"]
             directory.mkdir(parents=True, exist_ok=True)
@@ -211,8 +229,14 @@ def extra_volume_dirs(values: dict, secret_data: dict[str, dict[str, bytes]], wo
 
 
 # ------------------------------------------------------------------ a private mount namespace
-def in_mount_namespace(mounts: list[tuple[Path, str]], argv: list[str], *, scratch: Path,
-                       workdir: str = "/", read_only: frozenset[str] = frozenset()) -> list[str]:
+def in_mount_namespace(
+    mounts: list[tuple[Path, str]],
+    argv: list[str],
+    *,
+    scratch: Path,
+    workdir: str = "/",
+    read_only: frozenset[str] = frozenset(),
+) -> list[str]:
     """``argv`` run by root in a private mount namespace where each (source, target) is bind-mounted.
 
     A target whose parent directory does not exist on this machine (``/usr/local/etc/jupyterhub``,
@@ -251,8 +275,9 @@ def in_mount_namespace(mounts: list[tuple[Path, str]], argv: list[str], *, scrat
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines), "sh", *argv]
 
 
-def in_hub_root(mounts: list[tuple[Path, str]], args: list[str], *, workdir: str,
-                read_only: frozenset[str] = frozenset()) -> list[str]:
+def in_hub_root(
+    mounts: list[tuple[Path, str]], args: list[str], *, workdir: str, read_only: frozenset[str] = frozenset()
+) -> list[str]:
     """``args`` (``jupyterhub ...``) run as ``HUB_PYTHON -m jupyterhub ...`` in the chart image's hub
     environment, with each (source, target) bind-mounted in its root, in the command's own private mount
     namespace (scripts/z2jh-hub-python: a target the root lacks is made in an overlay there, as above)."""
@@ -283,19 +308,30 @@ class Proc:
         stop_process(self.proc, timeout=20)
 
 
-def start_proxy(work: Path, *, hosts: Path, token: str, public_port: int, api_port: int, hub_port: int,
-                hub_name: str = "hub") -> Proc:
+def start_proxy(
+    work: Path, *, hosts: Path, token: str, public_port: int, api_port: int, hub_port: int, hub_name: str = "hub"
+) -> Proc:
     """The chart's proxy Deployment: ``configurable-http-proxy --ip= --api-ip= --api-port=8001
     --default-target=http://hub:$(HUB_SERVICE_PORT) --error-target=.../hub/error --port=8000`` with
     CONFIGPROXY_AUTH_TOKEN from the hub's Secret; here on 127.0.0.1 and free ports, resolving ``hub`` as
     cluster DNS would."""
-    argv = [str(CHP), "--ip=127.0.0.1", "--api-ip=127.0.0.1", f"--api-port={api_port}",
-            f"--default-target=http://{hub_name}:{hub_port}", f"--error-target=http://{hub_name}:{hub_port}/hub/error",
-            f"--port={public_port}"]
+    argv = [
+        str(CHP),
+        "--ip=127.0.0.1",
+        "--api-ip=127.0.0.1",
+        f"--api-port={api_port}",
+        f"--default-target=http://{hub_name}:{hub_port}",
+        f"--error-target=http://{hub_name}:{hub_port}/hub/error",
+        f"--port={public_port}",
+    ]
     log = work / "proxy.log"
-    proc = subprocess.Popen(in_mount_namespace([(hosts, "/etc/hosts")], argv, scratch=work / "proxy-ns"),
-                            env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token), stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        in_mount_namespace([(hosts, "/etc/hosts")], argv, scratch=work / "proxy-ns"),
+        env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token),
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_port(public_port, proc=proc, timeout=30)
         wait_for_port(api_port, proc=proc, timeout=30)
@@ -321,16 +357,32 @@ class HubPod:
         if HUB_PYTHON:
             argv = in_hub_root(self.mounts, self.args, workdir="/srv/jupyterhub", read_only=self.read_only)
         else:
-            argv = in_mount_namespace(self.mounts, self.args, scratch=self.work / "hub-ns",
-                                      workdir="/srv/jupyterhub", read_only=self.read_only)
-        proc = subprocess.Popen(argv, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+            argv = in_mount_namespace(
+                self.mounts,
+                self.args,
+                scratch=self.work / "hub-ns",
+                workdir="/srv/jupyterhub",
+                read_only=self.read_only,
+            )
+        proc = subprocess.Popen(
+            argv, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         return Proc(proc, log)
 
 
-def lay_out(work: Path, values: dict, *, secret_data: dict[str, dict[str, bytes]], hosts: Path,
-            kube_host: str, kube_port: int, ca_file: Path, namespace: str, ports: dict[str, int],
-            generated: ChartSecrets | None = None) -> HubPod:
+def lay_out(
+    work: Path,
+    values: dict,
+    *,
+    secret_data: dict[str, dict[str, bytes]],
+    hosts: Path,
+    kube_host: str,
+    kube_port: int,
+    ca_file: Path,
+    namespace: str,
+    ports: dict[str, int],
+    generated: ChartSecrets | None = None,
+) -> HubPod:
     """Everything the chart's templates give the hub container, for ``values`` (already merged):
     ``ports``: the Services' ports by short name (``hub``, ``proxy-api``, ``proxy-public``)."""
     generated = generated or ChartSecrets()
@@ -343,9 +395,11 @@ def lay_out(work: Path, values: dict, *, secret_data: dict[str, dict[str, bytes]
     work.mkdir(parents=True, exist_ok=True)
     config = _write_dir(work / "configmap", config_map(values), 0o644)
     secret_dir = _write_dir(work / "secret", secret(values, generated), 0o644)
-    service_account = _write_dir(work / "serviceaccount", {
-        "token": SERVICE_ACCOUNT_TOKEN.encode(), "ca.crt": ca_file.read_bytes(), "namespace": namespace.encode()},
-        0o644)
+    service_account = _write_dir(
+        work / "serviceaccount",
+        {"token": SERVICE_ACCOUNT_TOKEN.encode(), "ca.crt": ca_file.read_bytes(), "namespace": namespace.encode()},
+        0o644,
+    )
     pvc = work / "pvc"
     pvc.mkdir(exist_ok=True)
     mounts = [
@@ -360,14 +414,25 @@ def lay_out(work: Path, values: dict, *, secret_data: dict[str, dict[str, bytes]
     ]
     read_only = frozenset(t for s, t in mounts if t not in ("/srv/jupyterhub", "/etc/hosts"))
     names = name_templates(values)
-    env = {"PATH": PATH, "HOME": "/srv/jupyterhub", "LANG": "C.UTF-8",
-           "KUBERNETES_SERVICE_HOST": kube_host, "KUBERNETES_SERVICE_PORT": str(kube_port),
-           "KUBERNETES_SERVICE_PORT_HTTPS": str(kube_port)}
+    env = {
+        "PATH": PATH,
+        "HOME": "/srv/jupyterhub",
+        "LANG": "C.UTF-8",
+        "KUBERNETES_SERVICE_HOST": kube_host,
+        "KUBERNETES_SERVICE_PORT": str(kube_port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(kube_port),
+    }
     for short in ("hub", "proxy-api", "proxy-public"):
         env.update(service_env(names[short], "127.0.0.1", ports[short]))
     # deployment.yaml's env
-    env.update({"PYTHONUNBUFFERED": "1", "HELM_RELEASE_NAME": RELEASE["Name"], "POD_NAMESPACE": namespace,
-                "CONFIGPROXY_AUTH_TOKEN": generated.proxy_token})
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "HELM_RELEASE_NAME": RELEASE["Name"],
+            "POD_NAMESPACE": namespace,
+            "CONFIGPROXY_AUTH_TOKEN": generated.proxy_token,
+        }
+    )
     env.update(extra_env(hub.get("extraEnv")))
     return HubPod(work, mounts, read_only, env, hub_args(values), generated)
 

@@ -29,7 +29,9 @@ from tests.z2jh.conftest import KEY_FILES, KEY_SECRET, NAMESPACE, key_secret
 def test_helm_merge_maps_merge_lists_replace_null_removes():
     base = {"a": {"b": 1, "c": [1, 2], "d": {"e": 1}}, "f": 1}
     assert helm.merge(base, {"a": {"c": [3], "d": {"g": 2}}, "f": None, "h": None}) == {
-        "a": {"b": 1, "c": [3], "d": {"e": 1, "g": 2}}, "h": None}
+        "a": {"b": 1, "c": [3], "d": {"e": 1, "g": 2}},
+        "h": None,
+    }
     assert base["a"]["c"] == [1, 2]  # the defaults are not changed
 
 
@@ -37,17 +39,33 @@ def test_the_chart_deployment_still_mounts_and_sets_what_pod_py_emulates():
     """Re-vendoring a newer chart: the hub container's mounts, env and args that pod.py reproduces are
     still those of the chart's deployment.yaml and the paths its jupyterhub_config.py / z2jh.py read."""
     deployment = (P.CHART_HUB / "deployment.yaml").read_text()
-    for text in (f"mountPath: {P.ETC}/jupyterhub_config.py", f"mountPath: {P.ETC}/z2jh.py",
-                 f"mountPath: {P.ETC}/config/", f"mountPath: {P.ETC}/secret/", "mountPath: /srv/jupyterhub",
-                 "- jupyterhub\n", f"- {P.HUB_ARGS_CONFIG}\n", "- --upgrade-db", "name: POD_NAMESPACE",
-                 "name: CONFIGPROXY_AUTH_TOKEN", "key: hub.config.ConfigurableHTTPProxy.auth_token",
-                 "name: HELM_RELEASE_NAME", "name: PYTHONUNBUFFERED", ".Values.hub.extraVolumeMounts"):
+    for text in (
+        f"mountPath: {P.ETC}/jupyterhub_config.py",
+        f"mountPath: {P.ETC}/z2jh.py",
+        f"mountPath: {P.ETC}/config/",
+        f"mountPath: {P.ETC}/secret/",
+        "mountPath: /srv/jupyterhub",
+        "- jupyterhub\n",
+        f"- {P.HUB_ARGS_CONFIG}\n",
+        "- --upgrade-db",
+        "name: POD_NAMESPACE",
+        "name: CONFIGPROXY_AUTH_TOKEN",
+        "key: hub.config.ConfigurableHTTPProxy.auth_token",
+        "name: HELM_RELEASE_NAME",
+        "name: PYTHONUNBUFFERED",
+        ".Values.hub.extraVolumeMounts",
+    ):
         assert text in deployment, text
     z2jh = (P.CHART_HUB / "z2jh.py").read_text()
     assert '"secret/values.yaml", "existing-secret/values.yaml"' in z2jh and f"{P.ETC}/config/{{key}}" in z2jh
     secret = (P.CHART_HUB / "secret.yaml").read_text()
-    for key in ("values.yaml:", "hub.config.ConfigurableHTTPProxy.auth_token:", "hub.config.JupyterHub.cookie_secret:",
-                "hub.config.CryptKeeper.keys:", "hub.services.{{ $key }}.apiToken:"):
+    for key in (
+        "values.yaml:",
+        "hub.config.ConfigurableHTTPProxy.auth_token:",
+        "hub.config.JupyterHub.cookie_secret:",
+        "hub.config.CryptKeeper.keys:",
+        "hub.services.{{ $key }}.apiToken:",
+    ):
         assert key in secret, key
     assert '(.Files.Glob "files/hub/*").AsConfig' in (P.CHART_HUB / "configmap.yaml").read_text()
     config = (P.CHART_HUB / "jupyterhub_config.py").read_text()
@@ -60,13 +78,19 @@ def test_casa_values_line_up_with_the_chart():
     values = helm.values(helm.CASA_VALUES)
     assert helm.schema_errors(values) == []
     volumes = {v["name"]: v for v in values["hub"]["extraVolumes"]}
-    (mount,) = [m for m in values["hub"]["extraVolumeMounts"]
-                if volumes[m["name"]].get("secret", {}).get("secretName") == KEY_SECRET]
+    (mount,) = [
+        m
+        for m in values["hub"]["extraVolumeMounts"]
+        if volumes[m["name"]].get("secret", {}).get("secretName") == KEY_SECRET
+    ]
     minter = values["hub"]["config"]["CasaMinter"]
     files = {k: v for k, v in minter.items() if k.endswith("_file")}
     assert files and all(v.startswith(mount["mountPath"] + "/") for v in files.values()), files
-    needed = {"issuer_key_file"} | {f"{kind}_signing_key_file" if kind == "condor" else f"{kind}_secret_file"
-                                    for kind in ("condor", "servicex", "macaroon") if minter.get(f"{kind}_enabled")}
+    needed = {"issuer_key_file"} | {
+        f"{kind}_signing_key_file" if kind == "condor" else f"{kind}_secret_file"
+        for kind in ("condor", "servicex", "macaroon")
+        if minter.get(f"{kind}_enabled")
+    }
     needed.add("dask_ca_secret_file")
     assert set(files) >= needed, needed - set(files)
     offered = set(KEY_FILES.values())  # what the test's casa-hub-keys Secret holds (admin guide §1)
@@ -121,8 +145,10 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         root = httpx.get(hub.url + "/hub/api", timeout=10)
         with hub.api() as api:
             info = api.get("/info").json()
-        print(f"chart hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
-              f"({info['sys_executable']})")
+        print(
+            f"chart hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
+            f"({info['sys_executable']})"
+        )
         assert root.headers["X-JupyterHub-Version"] == root.json()["version"] == info["version"] == want["jupyterhub"]
         assert info["python"].split()[0].startswith(want["python"] + "."), info["python"]
 
@@ -138,11 +164,15 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         assert form.status_code == 200
         text = H.page_message(form.text)
         assert "GPU" in text and "2 × A100" in text and "MIG" in text
-        r = alice.post(hub.url + "/hub/spawn", data={"_xsrf": H.xsrf(alice), "profile": "gpu",
-                                                     "profile-option-gpu--gpus": "two"})
+        r = alice.post(
+            hub.url + "/hub/spawn", data={"_xsrf": H.xsrf(alice), "profile": "gpu", "profile-option-gpu--gpus": "two"}
+        )
         assert r.status_code == 302, (r.status_code, H.page_message(r.text)[:2000])
-        wait_until(lambda: (_user(hub, "alice")["servers"].get("") or {}).get("ready"), timeout=30,
-                   what=f"alice's server ready\n{deployment.hub_proc.log()[-4000:]}")
+        wait_until(
+            lambda: (_user(hub, "alice")["servers"].get("") or {}).get("ready"),
+            timeout=30,
+            what=f"alice's server ready\n{deployment.hub_proc.log()[-4000:]}",
+        )
 
         pod, secret = _pod(cluster, "alice"), _secret(cluster, "alice")
         bundle = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
@@ -168,13 +198,17 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
 
         # the chart's user-pod tolerations stay beside the GPU profile's (scheduling.userPods.tolerations)
         chart_tolerations = deployment.values["scheduling"]["userPods"]["tolerations"]
-        assert chart_tolerations and pod["spec"]["tolerations"][:len(chart_tolerations)] == chart_tolerations
+        assert chart_tolerations and pod["spec"]["tolerations"][: len(chart_tolerations)] == chart_tolerations
 
         # the refresh reaches the running pod with the chart's Role alone (no patch, no update: delete + create)
         token_key = secret_key("xcache.token")
-        refreshed = wait_until(lambda: (lambda s: s if s and s["data"][token_key] != secret["data"][token_key]
-                                        else None)(_secret(cluster, "alice")), timeout=40,
-                               what=f"Secret refreshed\n{deployment.hub_proc.log()[-4000:]}")
+        refreshed = wait_until(
+            lambda: (lambda s: s if s and s["data"][token_key] != secret["data"][token_key] else None)(
+                _secret(cluster, "alice")
+            ),
+            timeout=40,
+            what=f"Secret refreshed\n{deployment.hub_proc.log()[-4000:]}",
+        )
         persisted = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
         assert base64.b64decode(refreshed["data"][token_key]) == persisted.files["xcache.token"].content
         assert refreshed["metadata"]["ownerReferences"] == secret["metadata"]["ownerReferences"]
@@ -184,8 +218,11 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         with hub.api() as api:
             assert api.delete("/users/alice/server").status_code in (202, 204)
         wait_until(lambda: not _user(hub, "alice")["servers"], timeout=30, what="alice's server stopped")
-        wait_until(lambda: _pod(cluster, "alice") is None and _secret(cluster, "alice") is None, timeout=15,
-                   what="pod and Secret removed")
+        wait_until(
+            lambda: _pod(cluster, "alice") is None and _secret(cluster, "alice") is None,
+            timeout=15,
+            what="pod and Secret removed",
+        )
         log = deployment.hub_proc.log()
     assert "Traceback" not in log, log[-6000:]
     for token in (bundle.files["xcache.token"].content.decode().strip(),):
@@ -223,8 +260,10 @@ def test_missing_key_file_in_the_secret_names_the_file(cluster, tmp_path):
     del keys["issuer.pem"]
     rc, log = _failed_start(cluster, tmp_path, secret_data={KEY_SECRET: keys})
     assert rc != 0, log[-4000:]
-    assert ("Casa cannot start: cannot read the issuer signing key at '/etc/casa-hub/keys/issuer.pem': No such file "
-            "or directory") in log
+    assert (
+        "Casa cannot start: cannot read the issuer signing key at '/etc/casa-hub/keys/issuer.pem': No such file "
+        "or directory"
+    ) in log
     assert "Traceback" not in log and "JupyterHub is now running" not in log
 
 
