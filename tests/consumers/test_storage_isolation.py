@@ -48,29 +48,23 @@ ROOTS_PAIRS = [p for p in PAIRS if p.values[1][2] in ROOTS_REASONS]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    need(shutil.which("xrootd") is not None, "xrootd")
-    need(
-        xs.have_xrootd(),
-        "xrdcp, unshare, the xrootd user and the XRootD SciTokens, macaroons, Pss, Pfc, ztn and http plugins",
-    )
+def site(site):
+    """The tier's XRootD site (tests/consumers/conftest.py), set up as the admin guide says."""
     need(shutil.which("xrdfs") is not None, "xrdfs")
-    need(os.geteuid() == 0, "root (unshare -m and a bind mount over the system CA bundle)")
-    with xs.xrootd_site(tmp_path_factory.mktemp("xrootd-iso")) as s:
-        # the admin guide's scitokens.cfg (base_path = /: scope paths are namespace paths); restart to load it
-        (s.work / "scitokens.cfg").write_text(
-            xs.SCITOKENS_CFG.format(audience=xs.AUDIENCE, issuer=s.issuer_url, base_path="/")
-        )
-        public = s.work / "origin-ns" / PUBLIC_FILE.lstrip("/")
-        public.parent.mkdir()
-        public.write_bytes(b"public\n")
-        for p in (public.parent, public):
-            shutil.chown(p, "xrootd", "xrootd")
-        s.origin.restart()
-        s.cache.restart()
-        s.minter.xcache_scopes = SCOPES
-        s.minter.macaroon_path = MACAROON_PATH
-        yield s
+    # the admin guide's scitokens.cfg (base_path = /: scope paths are namespace paths); restart to load it
+    (site.work / "scitokens.cfg").write_text(
+        xs.SCITOKENS_CFG.format(audience=xs.AUDIENCE, issuer=site.issuer_url, base_path="/")
+    )
+    public = site.work / "origin-ns" / PUBLIC_FILE.lstrip("/")
+    public.parent.mkdir()
+    public.write_bytes(b"public\n")
+    for p in (public.parent, public):
+        shutil.chown(p, "xrootd", "xrootd")
+    site.origin.restart()
+    site.cache.restart()
+    site.minter.xcache_scopes = SCOPES
+    site.minter.macaroon_path = MACAROON_PATH
+    return site
 
 
 class User:

@@ -174,3 +174,43 @@ def running_hub(tmp: Path, extra_config: str = "", env: dict | None = None):
             stop_hub(hub)
     finally:
         stop_provider(provider)
+
+
+def expected_runtime() -> dict[str, str]:
+    """The JupyterHub and Python a hub process must run: ``CASA_HUB_EXPECT``'s (scripts/test.sh's second run,
+    ``"jupyterhub=5.5.0 python=3.14"``), else this interpreter's."""
+    import jupyterhub
+
+    if os.environ.get("CASA_HUB_EXPECT"):
+        return dict(item.split("=", 1) for item in os.environ["CASA_HUB_EXPECT"].split())
+    assert not os.environ.get("CASA_HUB_PYTHON"), "CASA_HUB_PYTHON without CASA_HUB_EXPECT: nothing to check against"
+    return {"jupyterhub": jupyterhub.__version__, "python": "%d.%d" % sys.version_info[:2]}
+
+
+def check_runtime(hub: Hub, label: str = "hub process") -> dict:
+    """Assert that ``hub`` runs the expected JupyterHub and Python (its version header, ``/hub/api`` and
+    ``/hub/api/info``; the test's service needs ``read:hub``); print them for the run's log; return the info."""
+    want = expected_runtime()
+    root = httpx.get(hub.url + "/hub/api", timeout=10)
+    with hub.api() as api:
+        info = api.get("/info").json()
+    print(f"{label}: JupyterHub {info['version']} on Python {info['python'].split()[0]} ({info['sys_executable']})")
+    assert root.headers["X-JupyterHub-Version"] == root.json()["version"] == info["version"] == want["jupyterhub"]
+    assert info["python"].split()[0].startswith(want["python"] + "."), info["python"]
+    return info
+
+
+def facility_command(port: int, oidc_port: int, state: Path, *args) -> list[str]:
+    """The one-command local facility (casa_demo.facility, what scripts/facility.sh runs) on these ports."""
+    return [
+        sys.executable,
+        "-m",
+        "casa_demo.facility",
+        "--port",
+        str(port),
+        "--oidc-port",
+        str(oidc_port),
+        "--state",
+        str(state),
+        *map(str, args),
+    ]

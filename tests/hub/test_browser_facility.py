@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,19 +38,7 @@ def facility(tmp_path_factory):
     state = tmp_path_factory.mktemp("browser-facility") / "state"
     port, oidc_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "casa_demo.facility",
-            "--port",
-            str(port),
-            "--oidc-port",
-            str(oidc_port),
-            "--state",
-            str(state),
-            "--gpus",
-            "2",
-        ],
+        H.facility_command(port, oidc_port, state, "--gpus", 2),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

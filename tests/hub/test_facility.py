@@ -29,18 +29,7 @@ def start_facility(tmp_path):
         need(H.CHP.exists(), "configurable-http-proxy (npm ci)")
         port, oidc_port = free_port(), free_port()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "casa_demo.facility",
-                "--port",
-                str(port),
-                "--oidc-port",
-                str(oidc_port),
-                "--state",
-                str(tmp_path / "state"),
-                *map(str, args),
-            ],
+            H.facility_command(port, oidc_port, tmp_path / "state", *args),
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -7,11 +7,7 @@ Kubernetes emulator over TLS through in-cluster config, under the chart's hub Ro
 from __future__ import annotations
 
 import base64
-import os
-import sys
 
-import httpx
-import jupyterhub
 import pytest
 import yaml
 
@@ -108,15 +104,6 @@ def test_a_mount_without_its_volume_stops_the_pod(tmp_path):
 
 
 # ------------------------------------------------------------------ the hub under the chart's config
-def _expected_hub() -> dict[str, str]:
-    """The JupyterHub and Python the hub process must run: CASA_HUB_EXPECT's (scripts/test.sh's second run,
-    "jupyterhub=5.5.0 python=3.14"), else the test venv's (tests/hub/test_hub_runtime.py does the same)."""
-    if os.environ.get("CASA_HUB_EXPECT"):
-        return dict(item.split("=", 1) for item in os.environ["CASA_HUB_EXPECT"].split())
-    assert not P.HUB_PYTHON, "CASA_HUB_PYTHON without CASA_HUB_EXPECT: nothing to check against"
-    return {"jupyterhub": jupyterhub.__version__, "python": "%d.%d" % sys.version_info[:2]}
-
-
 def _user(hub, name):
     with hub.api() as api:
         return api.get(f"/users/{name}").json()
@@ -141,16 +128,7 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         assert "Using Spawner: casa_hub.spawner.CasaSpawner" in log
 
         # the JupyterHub and Python this run is meant to run the chart's config on
-        want = _expected_hub()
-        root = httpx.get(hub.url + "/hub/api", timeout=10)
-        with hub.api() as api:
-            info = api.get("/info").json()
-        print(
-            f"chart hub process: JupyterHub {info['version']} on Python {info['python'].split()[0]} "
-            f"({info['sys_executable']})"
-        )
-        assert root.headers["X-JupyterHub-Version"] == root.json()["version"] == info["version"] == want["jupyterhub"]
-        assert info["python"].split()[0].startswith(want["python"] + "."), info["python"]
+        H.check_runtime(hub, "chart hub process")
 
         # in a pod: no kubeconfig, the API server over TLS as in-cluster config finds it, no crypt key in the env
         # (CryptKeeper.keys come from the chart's Secret)
