@@ -138,7 +138,7 @@ def htcondor_pair(work: Path):
         return None
     pool = condor_pool.start_pool(work / "hub-keys" / "pool.key")
     minter = make_minter(
-        work / "keys", condor_signing_key_file=str(pool.hub_key_file), condor_trust_domain=pool.trust_domain
+        work / "keys", HTCondorToken={"signing_key_file": str(pool.hub_key_file), "trust_domain": pool.trust_domain}
     )
     home = pool.user_dir("alice")
     for rel, f in minter.mint("alice").files.items():

@@ -2,10 +2,12 @@
 
 N people log in (real OAuth flow) and start servers (CasaSpawner, Kubernetes emulator). The hub is then stopped
 (servers keep running) and started again with a refresh margin that puts every server inside it and no
-jitter: the worst case, every refresh timer restored from persisted state firing at once. Measured: how long
-until every server's Secret holds re-minted credentials (each one is a refresh-token grant at the provider,
-a mint, a database write and a Secret patch), the hub's event-loop lag meanwhile (from inside the hub), and the
-latency of the hub's REST API meanwhile. Bounded by ``CasaAuthenticator.refresh_concurrency``.
+jitter: the worst case, the hub's refresher (casa_hub/refresher.py) finding every server due at once in the
+spawner state. Measured: how long until every server's Secret holds re-minted credentials (each one is an
+identity check at the provider, a mint, and a Secret replaced; auth_state is written only when the provider's
+session changed), the hub's event-loop lag meanwhile (from inside the hub), and the latency of the hub's REST
+API meanwhile. Bounded by ``CasaRefresher.concurrency``. The margin is derived from the credentials' own
+expiry (the Secrets' annotation), not from a lifetime assumed here.
 
 Baseline in the same run: the Coffea-Casa recipe (synchronous RSA minting, blocking delete+create of the Secret)
 timed on a sample of servers against the same emulator, extrapolated to N; it has no refresh of its own, so this
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import math
 import re
 import sys
 import tempfile
@@ -32,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.coffea_baseline import coffea_issue  # noqa: E402
 from benchmarks.facility_bench import facility, stall_summary, storm, summary, user_names  # noqa: E402
 
-LIFETIME = 6 * 3600  # CasaMinter's default lifetimes: the earliest expiry is 6 h after a mint
-SETTLE = 90  # seconds: with margin LIFETIME - SETTLE every credential older than this is due
+SETTLE = 90  # seconds between the last login and the restart: renewed credentials come due only that long after
 DELIVERED = re.compile(r"^\[I (\S+ \S+) JupyterHub \S+\] Delivered fresh credentials to (\S+)")
 
 
@@ -101,11 +103,14 @@ def main(argv=None) -> int:
             if wait > 0:
                 print(f"waiting {wait:.0f} s so that every credential is older than {SETTLE} s")
                 time.sleep(wait)
+            # every server due at once: the margin reaches past the latest expiry any Secret holds
+            latest = max(datetime.datetime.fromisoformat(v) for v in before.values())
+            margin = (latest - datetime.datetime.now(datetime.timezone.utc)).total_seconds() + 5
             restart = datetime.datetime.now()
             wall0 = time.time()
             site.start_hub(f"""
-c.CasaAuthenticator.credential_refresh_margin = {LIFETIME - SETTLE}
-c.CasaSpawner.casa_refresh_jitter = 0
+c.CasaAuthenticator.credential_refresh_margin = {max(60, int(margin))}
+c.CasaRefresher.jitter = 0
 """)
             api_up = time.time() - wall0
             latencies: list[float] = []
@@ -135,10 +140,11 @@ c.CasaSpawner.casa_refresh_jitter = 0
             per_server = baseline(site.kube.url, names, args.baseline_sample)
 
     herd = finished - wall0
-    print(f"\n== {n} servers due at once (hub restarted, refresh_concurrency = 32 by default) ==")
+    print(f"\n== {n} servers due at once (hub restarted, CasaRefresher.concurrency = 32 by default) ==")
     print(f"  hub process start -> API up        {api_up:.1f} s")
     print(f"  refreshed and delivered            {len(done)}/{n}; Secrets with new credentials: {renewed}/{n}")
     print(f"  hub start -> last Secret patched   {herd:.1f} s   ({len(done) / herd:.0f} servers/s)")
+    print(f"  API up -> last Secret patched      {herd - api_up:.1f} s")
     if done:
         print(f"  first -> last delivery             {max(done.values()) - min(done.values()):.1f} s")
     print(f"  hub event-loop lag (ms)            {summary(lag)}")
@@ -149,9 +155,11 @@ c.CasaSpawner.casa_refresh_jitter = 0
         f"x{n} = {per_server * n:.0f} s blocking the loop"
     )
     print(f"  ratio baseline / Casa (time to re-issue all): {per_server * n / herd:.1f}x")
+    p99 = sorted(latencies)[max(0, math.ceil(0.99 * len(latencies)) - 1)] if latencies else float("nan")
+    met = herd < 10 and p99 < 100 and renewed == n
     print(
-        f"\nTarget: all {n} within the margin and < 10 s: {'met' if herd < 10 and renewed == n else 'NOT met'}"
-        f" ({herd:.1f} s, counted from the hub's process start, including its own start-up)"
+        f"\nTarget: all {n} renewed in < 10 s with the REST API's p99 < 100 ms: {'met' if met else 'NOT met'}"
+        f" ({herd:.1f} s, counted from the hub's process start, including its own start-up; p99 {p99:.0f} ms)"
     )
     return 0 if renewed == n else 1
 

@@ -53,8 +53,12 @@ c.JupyterHub.cleanup_servers = False
 MODES = {
     # Casa: credentials minted at login in worker threads; Secret written by the async spawner
     "casa": 'c.JupyterHub.spawner_class = "casa"\n',
-    # JupyterHub's floor: plain KubeSpawner, no credentials delivered (login still mints, ~1 ms in a thread)
-    "kubespawner": 'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n',
+    # JupyterHub's floor: plain KubeSpawner, the same OIDC login, no credentials minted or delivered
+    "kubespawner": (
+        'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n'
+        "from benchmarks.plain_kubespawner import NoCredentialsAuthenticator\n"
+        "c.JupyterHub.authenticator_class = NoCredentialsAuthenticator\n"
+    ),
     # Coffea-Casa: plain KubeSpawner whose pre_spawn_hook mints RSA and calls the API synchronously
     "coffea": (
         'c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"\n'

@@ -7,7 +7,7 @@ Keys and the hub database persist in the state directory, so a restart keeps eve
 Change what the facility does without editing code: ``--config FILE`` (repeatable) appends a JupyterHub
 configuration fragment after the generated configuration, so it can replace or extend any setting, e.g.::
 
-    c.CasaMinter.xcache_lifetime = 3600                       # lifetimes (seconds)
+    c.XCacheToken.lifetime = 1800                             # lifetimes (seconds)
     c.CasaLocalSpawner.profiles.append({"display_name": "Big", "slug": "big", "environment": {}})
     c.Spawner.environment = {"CASA_DASK_BACKENDS": "local"}   # Dask backends JupyterLab offers
 """
@@ -55,16 +55,15 @@ c.CasaAuthenticator.scope = ["openid", "profile", "email"]
 c.CasaAuthenticator.login_service = "the Casa demo identity provider"
 c.CasaAuthenticator.allowed_groups = {{"cms", "atlas", "facility-admins"}}
 c.CasaAuthenticator.admin_groups = {{"facility-admins"}}
+c.CasaMinter.kinds = ["xcache", "macaroon", "htcondor", "dask-tls"]
 c.CasaMinter.issuer_url = "http://127.0.0.1:{port}/hub/casa-issuer"
 c.CasaMinter.issuer_key_file = "{keys}/issuer"
-c.CasaMinter.dask_ca_secret_file = "{keys}/dask-ca"
-c.CasaMinter.dask_hostnames = ["localhost", "127.0.0.1"]
-c.CasaMinter.macaroon_enabled = True
-c.CasaMinter.macaroon_secret_file = "{keys}/macaroon"
-c.CasaMinter.macaroon_location = "CASA_LOCAL"
-c.CasaMinter.condor_enabled = True
-c.CasaMinter.condor_signing_key_file = "{keys}/condor"
-c.CasaMinter.condor_trust_domain = "casa.local"
+c.DaskTLS.ca_secret_file = "{keys}/dask-ca"
+c.DaskTLS.hostnames = ["localhost", "127.0.0.1"]
+c.XCacheMacaroon.secret_file = "{keys}/macaroon"
+c.XCacheMacaroon.location = "CASA_LOCAL"
+c.HTCondorToken.signing_key_file = "{keys}/condor"
+c.HTCondorToken.trust_domain = "casa.local"
 c.CasaLocalSpawner.run_as_hub_user = True
 c.CasaLocalSpawner.home_dir_template = "{state}/home/{{username}}"
 c.Spawner.cmd = [{singleuser!r}]

@@ -11,6 +11,9 @@ own authorize parameters), and a callback handler that never logs the callback's
 Identity: every hub user is bound, at its first login, to the provider's stable identity (``iss`` + ``sub``,
 kept in ``auth_state["casa_identity"]``). A later login or refresh that names another identity for the same
 hub user, or another user name for the same identity, gets no credentials (see docs/admin-guide.md, "Identity").
+
+Refresh flows one way: the hub's :class:`~casa_hub.refresher.CasaRefresher` asks :meth:`CasaAuthenticator.renew`
+(identity + admission, then a mint) and hands the bundle to the spawner; nothing here calls a spawner.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import contextvars
 import datetime
 import hashlib
+import time
 import unicodedata
 from functools import cached_property
 
@@ -29,12 +33,16 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Any, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Any, Integer, List, TraitError, Unicode, default, observe, validate
 
+from . import audit, metrics
+from .admin import admin_handlers
 from .credentials.bundle import CredentialBundle
 from .handlers import issuer_handlers
 from .minter import CasaMinter
 from .oidc import ASYMMETRIC_ALGORITHMS, JWKSCache, OIDCError, ProviderMetadata, parse_discovery, verify_id_token
+from .refresher import CasaRefresher
+from .revoke import revocation_refusal
 
 
 def _utcnow() -> datetime.datetime:
@@ -86,11 +94,53 @@ class CredentialsRefused(Exception):
 
 
 class ProviderUnavailable(web.HTTPError):
+    """The identity provider is unavailable (see :func:`is_provider_outage`): a 503 with a sentence for the user."""
+
     def __init__(self, issuer: str):
         super().__init__(503, log_message=f"OIDC provider {issuer} unreachable", reason="Identity provider unavailable")
         self.jupyterhub_message = (
             f"The identity provider ({issuer}) cannot be reached right now. Please try again in a few minutes."
         )
+
+
+def is_provider_outage(error: BaseException) -> bool:
+    """The one rule of what counts as an identity-provider outage, for discovery, login and refresh alike: no
+    answer (``OSError``, a timeout), a 5xx answer, or tornado's 599 (its own timeouts, "Timeout in request
+    queue"). A 4xx answer is the provider's word (e.g. a revoked token) and is not an outage."""
+    if isinstance(error, ProviderUnavailable):
+        return True
+    if isinstance(error, HTTPClientError):
+        return error.code >= 500  # 599 included
+    return isinstance(error, (OSError, asyncio.TimeoutError))
+
+
+def groups_from_claim(claim: str, strip: str = ""):
+    """An ``auth_state_groups_key`` reading the claim ``claim`` (any name, dots included: ``"wlcg.groups"``)
+    from userinfo, else from the verified id_token; a string value is split on commas and spaces, and
+    ``strip`` is removed from the start of every group (``"/"`` for WLCG groups). E.g.
+    ``c.CasaAuthenticator.auth_state_groups_key = groups_from_claim("wlcg.groups", strip="/")``."""
+
+    def groups(auth_state: dict) -> set[str]:
+        raw = (auth_state.get("oauth_user") or {}).get(claim)
+        if raw is None:
+            raw = (auth_state.get("token_response") or {}).get("id_token_claims", {}).get(claim)
+        return _clean_groups(raw, strip)
+
+    groups.claim = claim  # for logs and the docs
+    return groups
+
+
+def _clean_groups(raw, strip: str = "") -> set[str]:
+    if isinstance(raw, str):
+        raw = raw.replace(",", " ").split()
+    if not isinstance(raw, (list, tuple, set)):
+        return set()
+    out = set()
+    for g in raw:
+        if isinstance(g, str) and g.strip():
+            g = g.strip()
+            out.add(g[len(strip) :] if strip and g.startswith(strip) else g)
+    return out
 
 
 class CasaAuthenticator(GenericOAuthenticator):
@@ -109,12 +159,40 @@ class CasaAuthenticator(GenericOAuthenticator):
         Example: ``c.CasaAuthenticator.oidc_issuer = "https://cms-auth.web.cern.ch/"``""",
     ).tag(config=True)
 
+    @default("auth_state_groups_key")
+    def _casa_groups_key_default(self):
+        # oauthenticator's own trait; Casa's default also reads the verified id_token when userinfo has no
+        # groups claim (see get_user_groups)
+        return f"{self.user_auth_state_key}.groups"
+
+    @validate("auth_state_groups_key")
+    def _check_groups_key(self, proposal):
+        # "oauth_user.wlcg.groups" would be read as oauth_user -> wlcg -> groups: say what to write instead
+        key = proposal.value
+        if isinstance(key, str) and "wlcg.groups" in key:
+            raise TraitError(
+                f"CasaAuthenticator.auth_state_groups_key={key!r}: a claim with a dot in its name cannot be part of "
+                "a dotted key; use c.CasaAuthenticator.auth_state_groups_key = "
+                'casa_hub.authenticator.groups_from_claim("wlcg.groups", strip="/")'
+            )
+        return key
+
     groups_claim = Unicode(
-        "groups",
-        help="""Claim (id_token or userinfo) holding the user's groups: ``groups``, ``wlcg.groups``
-        (leading ``/`` stripped) or ``eduperson_entitlement``. Used with ``allowed_groups`` and
-        ``admin_groups``.""",
+        None,
+        allow_none=True,
+        help="""Deprecated: set oauthenticator's ``auth_state_groups_key`` instead (``"oauth_user.<claim>"``, or
+        ``groups_from_claim("wlcg.groups", strip="/")`` for WLCG groups). Still honoured, with a warning.""",
     ).tag(config=True)
+
+    @observe("groups_claim")
+    def _groups_claim_deprecated(self, change):
+        if change.new is None:
+            return
+        self.log.warning(
+            "CasaAuthenticator.groups_claim is deprecated: use CasaAuthenticator.auth_state_groups_key "
+            "(see docs/admin-guide.md, Groups)"
+        )
+        self.auth_state_groups_key = groups_from_claim(change.new, strip="/" if change.new == "wlcg.groups" else "")
 
     id_token_algorithms = List(
         Unicode(),
@@ -148,8 +226,11 @@ class CasaAuthenticator(GenericOAuthenticator):
     credential_refresh_margin = Integer(
         1800,
         min=60,
-        help="""Re-mint credentials when the earliest one expires within this many seconds. Keep it well below
-        the shortest credential lifetime (``CasaMinter.*_lifetime``).""",
+        help="""Renew Casa's credentials (the minted bundle, not the OIDC session, which JupyterHub's
+        ``auth_refresh_age`` governs) when the earliest one expires within this many seconds: a running server's
+        are renewed by the hub's refresher (``CasaRefresher``), a server starting with stored ones this close to
+        expiry gets new ones. Keep it well below the shortest credential lifetime. Default 1800; e.g.
+        ``c.CasaAuthenticator.credential_refresh_margin = 900``.""",
     ).tag(config=True)
 
     provider_max_connections = Integer(
@@ -167,14 +248,6 @@ class CasaAuthenticator(GenericOAuthenticator):
         # that hangs is an outage, not a login or refresh waiting for tornado's 20 s default
         timeouts = {"request_timeout": self.discovery_timeout, "connect_timeout": self.discovery_timeout}
         return AsyncHTTPClient(force_instance=True, max_clients=self.provider_max_connections, defaults=timeouts)
-
-    refresh_concurrency = Integer(
-        32,
-        min=1,
-        help="""How many servers' credential refreshes (provider refresh grant, mint, Secret update) may run at
-        once. Servers started together come due together (a lecture, a hub restart): the rest wait their turn
-        instead of flooding the provider and the Kubernetes API. Default 32.""",
-    ).tag(config=True)
 
     mint_concurrency = Integer(
         4, min=1, help="How many mints may run at once in worker threads (keeps the event loop free)."
@@ -238,8 +311,9 @@ class CasaAuthenticator(GenericOAuthenticator):
         return asyncio.Semaphore(self.mint_concurrency)
 
     @cached_property
-    def _refresh_slots(self) -> asyncio.Semaphore:
-        return asyncio.Semaphore(self.refresh_concurrency)
+    def refresher(self) -> CasaRefresher:
+        """Renews running servers' credentials (started by :meth:`get_handlers`; configured as ``CasaRefresher``)."""
+        return CasaRefresher(parent=self, authenticator=self)
 
     @cached_property
     def _jwks(self) -> JWKSCache:
@@ -288,11 +362,9 @@ class CasaAuthenticator(GenericOAuthenticator):
                     connect_timeout=self.discovery_timeout,
                     validate_cert=self.validate_server_cert,
                 )
-            except HTTPClientError as e:
-                if e.code < 500 and e.code != 599:
+            except Exception as e:
+                if not is_provider_outage(e):
                     raise
-                error = e
-            except (OSError, asyncio.TimeoutError) as e:
                 error = e
             if attempt + 1 < attempts:
                 await asyncio.sleep(delay)
@@ -307,14 +379,15 @@ class CasaAuthenticator(GenericOAuthenticator):
     # ------------------------------------------------------------------ oauthenticator steps
     @contextlib.asynccontextmanager
     async def _provider_outages(self):
-        """A provider that does not answer, answers 5xx, or is queued too long (599, "Timeout in request
-        queue") is an outage: a clear 503, and recorded for a refresh in progress. 4xx answers pass through."""
+        """An outage (:func:`is_provider_outage`) becomes a clear 503, recorded for a refresh in progress (whose
+        refresh grant oauthenticator would otherwise report as "log in again"). Anything else passes through."""
         try:
             yield
-        except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
-            if isinstance(e, HTTPClientError) and e.code < 500 and e.code != 599:
+        except Exception as e:
+            if not is_provider_outage(e):
                 raise
             outages = _refresh_outages.get()
+            metrics.count_provider_outage("refresh" if outages is not None else "login")
             if outages is not None:
                 outages.append(type(e).__name__)
             raise ProviderUnavailable(self.oidc_issuer) from None
@@ -389,17 +462,20 @@ class CasaAuthenticator(GenericOAuthenticator):
         return super().validate_username(username)
 
     async def get_user_groups(self, auth_state):
-        user_info = auth_state.get(self.user_auth_state_key) or {}
-        raw = user_info.get(self.groups_claim)
-        if raw is None:
-            raw = auth_state.get("token_response", {}).get("id_token_claims", {}).get(self.groups_claim, [])
-        if isinstance(raw, str):
-            raw = raw.replace(",", " ").split()
-        groups = set()
-        for g in raw or []:
-            if isinstance(g, str) and g.strip():
-                groups.add(g.strip().lstrip("/") if self.groups_claim == "wlcg.groups" else g.strip())
-        return groups
+        """oauthenticator's ``auth_state_groups_key`` (a dotted key into auth_state, or a callable), with Casa's
+        reading: a key under userinfo (``oauth_user.<claim>``) falls back to the same claim of the verified
+        id_token; a string value is split on commas and spaces; empty and non-string entries are dropped."""
+        key = self.auth_state_groups_key
+        if callable(key):
+            raw = await maybe_future(key(auth_state))
+            return _clean_groups(list(raw) if isinstance(raw, (set, frozenset)) else raw)
+        prefix = f"{self.user_auth_state_key}."
+        if key.startswith(prefix):
+            return groups_from_claim(key[len(prefix) :])(auth_state)
+        raw = auth_state
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        return _clean_groups(raw)
 
     async def build_auth_state_dict(self, token_info, user_info):
         """oauthenticator's auth_state plus the provider identity (``casa_identity``) and groups; credentials
@@ -463,6 +539,7 @@ class CasaAuthenticator(GenericOAuthenticator):
             raise error from None
         state["casa"] = bundle.to_dict()
         auth_model["auth_state"] = state
+        self.refresher.resume(name)  # a new login lifts a refusal or lapse of the user's running servers
         return auth_model
 
     @staticmethod
@@ -488,7 +565,7 @@ class CasaAuthenticator(GenericOAuthenticator):
             return "it is blocked (blocked_users)"
         if not self.allow_all and not await maybe_future(self.check_allowed(name, auth_model)):
             return "it is no longer allowed (allowed_users, allowed_groups)"
-        return None
+        return revocation_refusal(auth_model.get("auth_state"))  # an admin's revoke, until a new login
 
     @staticmethod
     def identity_refusal(user, stored: dict, refreshed: dict) -> str | None:
@@ -505,8 +582,22 @@ class CasaAuthenticator(GenericOAuthenticator):
     # ------------------------------------------------------------------ minting and refresh
     async def mint(self, username: str, email: str | None = None) -> CredentialBundle:
         """Mint in a worker thread (CPU work off the event loop), a bounded number at a time."""
+
+        def timed():  # timed and described in the worker thread: the event loop only writes the audit line
+            started = time.perf_counter()
+            bundle = self.minter.mint(username, email=email, now=self.clock())
+            return bundle, time.perf_counter() - started, audit.describe(bundle)
+
         async with self._mint_slots:
-            return await asyncio.to_thread(self.minter.mint, username, email=email, now=self.clock())
+            try:
+                bundle, seconds, credentials = await asyncio.to_thread(timed)
+            except Exception as e:
+                metrics.count_mint("refused" if isinstance(e, ValueError) else "error")
+                raise
+        metrics.observe_mint(seconds)
+        metrics.count_mint("success")
+        audit.record("mint", username, credentials=credentials, seconds=round(seconds, 6))
+        return bundle
 
     def _needs_refresh(self, bundle: CredentialBundle | None) -> bool:
         if bundle is None or bundle.expires_at is None:
@@ -516,46 +607,88 @@ class CasaAuthenticator(GenericOAuthenticator):
     def _expired(self, bundle: CredentialBundle | None) -> bool:
         return bundle is None or (bundle.expires_at is not None and bundle.expires_at <= self.clock())
 
-    async def refresh_user(self, user, handler=None, **kwargs):
-        """JupyterHub's refresh: :meth:`refresh_credentials`, then deliver to the user's running servers."""
-        try:
-            model = await self.refresh_credentials(user, handler, **kwargs)
-        except CredentialsRefused:
-            return False
-        if isinstance(model, dict) and model.get("auth_state", {}).get("casa"):
-            await self._deliver(user, CredentialBundle.from_dict(model["auth_state"]["casa"]))
-        return model
+    @staticmethod
+    def _stored_bundle(auth_state: dict) -> CredentialBundle | None:
+        return CredentialBundle.from_dict(auth_state["casa"]) if auth_state.get("casa") else None
 
-    async def refresh_credentials(self, user, handler=None, **kwargs):
-        """Keep OIDC tokens and Casa credentials fresh, for admitted users bound to the same identity only.
+    async def decide(self, user, auth_state: dict | None = None, handler=None) -> dict:
+        """The provider's current word on ``user``, as an auth model, once it is admitted and bound to the same
+        identity: admission against today's configuration (stored groups), then oauthenticator's
+        ``refresh_user`` (userinfo with the stored access token; the refresh grant only when that token is no
+        longer accepted), then the same identity and user name, then admission with the provider's answer.
 
-        Every call checks admission against the current configuration (blocked or no longer allowed: refused,
-        also after a hub restart). Credentials still far from expiry: nothing more to do. Near expiry: refresh
-        with the provider, check that it names the same identity and user name and still admits the user, then
-        re-mint. Provider unreachable: keep the session while the credentials are still valid, then require a
-        new login. Raises :class:`CredentialsRefused` when the user must get no fresh credentials.
+        Raises :class:`CredentialsRefused` (logged: the user must log in again) or :class:`ProviderUnavailable`.
         """
-        auth_state = await user.get_auth_state() or {}
-        bundle = CredentialBundle.from_dict(auth_state["casa"]) if auth_state.get("casa") else None
-        refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, auth_state))
+        stored = auth_state if auth_state is not None else (await user.get_auth_state() or {})
+        refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, stored))
         if refusal:
             self._refuse(user, refusal)
-        if not kwargs.get("force") and not self._needs_refresh(bundle):
-            return True
         outages: list[str] = []
         reset = _refresh_outages.set(outages)
         try:
-            model = await super().refresh_user(user, handler, **kwargs)
-        except (ProviderUnavailable, HTTPClientError, OSError, asyncio.TimeoutError) as e:
-            if isinstance(e, HTTPClientError) and 400 <= e.code < 500:
-                raise
-            outages.append(type(e).__name__)
-            model = False
-        except web.HTTPError as e:  # the provider answered, with an identity we must not trust
-            self._refuse(user, f"the provider's answer was refused ({e.log_message or e.reason})")
+            model = await super().refresh_user(user, handler)
+        except Exception as e:
+            if is_provider_outage(e):
+                raise ProviderUnavailable(self.oidc_issuer) from None
+            if isinstance(e, web.HTTPError):  # the provider answered, with an identity we must not trust
+                self._refuse(user, f"the provider's answer was refused ({e.log_message or e.reason})")
+            raise
         finally:
             _refresh_outages.reset(reset)
-        if model is False and outages:
+        if not isinstance(model, dict):
+            if outages:
+                raise ProviderUnavailable(self.oidc_issuer)
+            self._refuse(user, "the provider did not renew the session")
+        refusal = self.identity_refusal(user, stored, model) or await self.admission_refusal(user.name, model)
+        if refusal:
+            self._refuse(user, refusal)
+        return model
+
+    async def renew(self, user, auth_state: dict | None = None) -> tuple[dict, CredentialBundle]:
+        """:meth:`decide`, then mint for the admitted user: ``(auth model, bundle)``. Persists nothing (see
+        :meth:`save_session`) and delivers nothing (the refresher does)."""
+        model = await self.decide(user, auth_state)
+        bundle = await self.mint(user.name, email=self._verified_email(model["auth_state"]))
+        return model, bundle
+
+    # What a refresh must persist. JupyterHub commits the whole encrypted auth_state on every save, and that commit
+    # was 57 % of each refresh's event-loop time. Kept: the provider's refresh token (a rotated one is the only way
+    # back to the provider; a lost access token is simply replaced through the refresh grant) and what admission
+    # and minting read (identity, groups, verified e-mail). Not kept: the minted credentials, which the hub
+    # re-mints whenever it needs them (the running server holds its copy, the spawner state their expiry).
+    SESSION_KEYS = ("refresh_token", "casa_identity", "casa_groups")
+
+    async def save_session(self, user, stored: dict, model: dict, bundle: CredentialBundle) -> bool:
+        """Save ``model``'s auth_state (with ``bundle``, as it is saved anyway) only when something of
+        :attr:`SESSION_KEYS` or the verified e-mail changed; returns whether it saved."""
+        fresh = model["auth_state"]
+        if all(fresh.get(k) == stored.get(k) for k in self.SESSION_KEYS) and self._verified_email(
+            fresh
+        ) == self._verified_email(stored):
+            return False
+        await user.save_auth_state({**fresh, "casa": bundle.to_dict()})
+        return True
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """JupyterHub's refresh (per request once ``auth_refresh_age`` has passed, and before every spawn with
+        ``refresh_pre_spawn``). Every call checks admission against the current configuration (blocked or no
+        longer allowed: ``False``, also after a hub restart). Stored credentials far from expiry: ``True``, the
+        provider is not asked. Within ``credential_refresh_margin`` of expiry: :meth:`decide` with the provider
+        and re-mint; JupyterHub stores the returned model (so a server started next mounts fresh credentials).
+        Provider unavailable: the session is kept while the credentials are valid, then ``False``. Delivers
+        nothing to running servers: that is the refresher's job."""
+        auth_state = await user.get_auth_state() or {}
+        bundle = self._stored_bundle(auth_state)
+        try:
+            refusal = await self.admission_refusal(user.name, self._stored_auth_model(user, auth_state))
+            if refusal:
+                self._refuse(user, refusal)
+            if not self._needs_refresh(bundle):
+                return True
+            model, fresh = await self.renew(user, auth_state)
+        except CredentialsRefused:
+            return False
+        except ProviderUnavailable:
             if not self._expired(bundle):
                 self.log.warning(
                     "OIDC provider unavailable while refreshing %s; keeping credentials valid until %s",
@@ -567,40 +700,17 @@ class CasaAuthenticator(GenericOAuthenticator):
                 "Credentials of %s expired while the OIDC provider was unavailable: a new login is required", user.name
             )
             return False
-        if not isinstance(model, dict):
-            return model
-        refusal = self.identity_refusal(user, auth_state, model) or await self.admission_refusal(user.name, model)
-        if refusal:
-            self._refuse(user, refusal)
-        bundle = await self.mint(user.name, email=self._verified_email(model["auth_state"]))
-        model["auth_state"]["casa"] = bundle.to_dict()
+        model["auth_state"]["casa"] = fresh.to_dict()
         return model
 
     def _refuse(self, user, reason: str):
         self.log.warning("No fresh credentials for %s: %s; a new login is required", user.name, reason)
         raise CredentialsRefused(f"{user.name}: {reason}")
 
-    async def casa_refresh_credentials(self, user) -> CredentialBundle | None:
-        """Called by a running server's refresh timer: refresh now, persist, then deliver to the servers
-        (persisting first means a hub restart never loses credentials a server already has). Raises
-        :class:`CredentialsRefused` when the user must get no fresh credentials."""
-        async with self._refresh_slots:
-            model = await self.refresh_credentials(user, force=True)
-            if not isinstance(model, dict):
-                return None
-            await user.save_auth_state(model["auth_state"])
-            bundle = CredentialBundle.from_dict(model["auth_state"]["casa"])
-            await self._deliver(user, bundle)
-            return bundle
-
-    async def _deliver(self, user, bundle: CredentialBundle) -> None:
-        from .mixin import CasaCredentialsMixin
-
-        for spawner in getattr(user, "spawners", {}).values():
-            if isinstance(spawner, CasaCredentialsMixin) and spawner.active:
-                await spawner.casa_apply_bundle(bundle)
-
     async def pre_spawn_start(self, user, spawner):
+        """Give a Casa spawner fresh credentials and the user's groups: the stored bundle when it is far from
+        expiry (the usual case: ``refresh_pre_spawn`` has just renewed it), else a new one (:meth:`renew`, with
+        the provider; when the provider is down, the stored one while it is still valid)."""
         from .mixin import CasaCredentialsMixin
 
         auth_state = await user.get_auth_state() or {}
@@ -610,15 +720,37 @@ class CasaAuthenticator(GenericOAuthenticator):
             raise web.HTTPError(403, reason="Not allowed to use this facility", log_message=f"{user.name}: {refusal}")
         if not auth_state.get("casa"):
             raise web.HTTPError(403, reason="No credentials: please log out and log in again")
-        if isinstance(spawner, CasaCredentialsMixin):
-            try:
-                spawner.casa_bundle = CredentialBundle.from_dict(auth_state["casa"])
-            except TraitError as e:  # stored credentials of another user: never mounted
-                self.log.error("Refusing to start %s's server: %s", user.name, e)
-                raise web.HTTPError(
-                    403, reason="Credentials belong to another user: please log in again", log_message=str(e)
-                ) from None
-            spawner.casa_groups = list(auth_state.get("casa_groups", []))
+        if not isinstance(spawner, CasaCredentialsMixin):
+            return
+        groups = auth_state.get("casa_groups", [])
+        try:
+            bundle = self._stored_bundle(auth_state)
+            if self._needs_refresh(bundle):
+                try:
+                    model, bundle = await self.renew(user, auth_state)
+                    await self.save_session(user, auth_state, model, bundle)
+                    groups = model["auth_state"].get("casa_groups", groups)
+                except ProviderUnavailable:
+                    if self._expired(bundle):
+                        raise
+                    self.log.warning(
+                        "OIDC provider unavailable while starting %s's server: its credentials are valid until %s",
+                        user.name,
+                        bundle.expires_at,
+                    )
+                except CredentialsRefused as e:
+                    raise web.HTTPError(
+                        403, reason="Credentials cannot be renewed: please log in again", log_message=str(e)
+                    ) from None
+            spawner.casa_bundle = bundle
+        except TraitError as e:  # stored credentials of another user: never mounted
+            self.log.error("Refusing to start %s's server: %s", user.name, e)
+            raise web.HTTPError(
+                403, reason="Credentials belong to another user: please log in again", log_message=str(e)
+            ) from None
+        spawner.casa_groups = list(groups)
 
     def get_handlers(self, app):
-        return super().get_handlers(app) + issuer_handlers(self.minter)
+        # the hub's loop and app exist from here on: the refresher starts (once) and reads app.users
+        self.refresher.start(app)
+        return super().get_handlers(app) + issuer_handlers(self.minter) + admin_handlers(self, app)

@@ -231,7 +231,6 @@ class CasaLocalSpawner(CasaCredentialsMixin, LocalProcessSpawner):
         except BaseException:
             await self.casa_remove_bundle()
             raise
-        self.casa_schedule_refresh(self.casa_bundle.expires_at)
         return result
 
     async def progress(self):

@@ -1,13 +1,14 @@
 """What every Casa spawner shares (see docs/dev/contracts.md, "Authenticator -> spawner"):
 
 - ``casa_bundle`` / ``casa_groups``, set by ``CasaAuthenticator.pre_spawn_start``;
-- ``casa_apply_bundle(bundle)``: deliver refreshed credentials to the running server;
-- a per-server refresh timer (armed in ``start()``, restored in ``poll()`` after a hub restart from the expiry
-  kept in the spawner state, cancelled in ``stop()``) that calls
-  ``self.user.authenticator.casa_refresh_credentials(self.user)`` shortly before
-  ``casa_bundle.expires_at - margin``, and stops for good when that refuses (``CredentialsRefused``);
+- ``casa_apply_bundle(bundle)``: the hub's refresher (casa_hub/refresher.py) hands refreshed credentials to the
+  running server; the spawner stores and delivers them. It has no timer and never calls the authenticator or
+  the hub: refresh flows hub -> spawner only;
+- ``casa_expires_at``: when the credentials of the running server expire, kept in the spawner state so that a
+  restarted hub's refresher knows when they come due; ``casa_generation`` counts starts (a new start lifts a
+  refusal);
 - deliveries and removal serialised by one lock: once ``stop()`` has begun, no delivery writes credentials
-  again and no timer is armed, whatever was in flight;
+  again, whatever was in flight;
 - a bundle is only ever taken for the server's own user (``casa_bundle`` refuses another user's).
 - Casa's own spawn-progress steps, merged into the spawner's ``progress()``.
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import random
 from typing import AsyncIterator
 
-from traitlets import Float, HasTraits, Instance, List, TraitError, Unicode, default, validate
+from traitlets import HasTraits, Instance, List, TraitError, Unicode, default, validate
 
+from . import audit, metrics
 from .credentials.bundle import CredentialBundle
 
 
@@ -51,22 +52,6 @@ class CasaCredentialsMixin(HasTraits):
         user = getattr(self, "user", None)
         return sorted(g.name for g in (getattr(user, "groups", None) or []))
 
-    casa_refresh_jitter = Float(
-        0.1,
-        min=0,
-        max=0.5,
-        help="""Fraction of the refresh margin (``CasaAuthenticator.credential_refresh_margin``) by which each
-        server's refresh is brought forward at random, so that servers started together do not all refresh at
-        the same moment. Default 0.1; e.g. ``c.CasaSpawner.casa_refresh_jitter = 0`` in tests.""",
-    ).tag(config=True)
-
-    casa_refresh_retry_interval = Float(
-        60,
-        min=1,
-        help="""Seconds between attempts when a refresh fails (provider or hub briefly unavailable); retries
-        stop once the credentials have expired. Default 60.""",
-    ).tag(config=True)
-
     # ------------------------------------------------------------------ to implement
     async def casa_write_bundle(self, bundle: CredentialBundle) -> None:  # pragma: no cover - abstract
         """Put ``bundle`` where the running server reads it."""
@@ -85,29 +70,61 @@ class CasaCredentialsMixin(HasTraits):
         return self.__dict__.setdefault("_casa_lock", asyncio.Lock())
 
     async def casa_apply_bundle(self, bundle: CredentialBundle) -> None:
-        """Deliver refreshed credentials to the running server and re-arm the refresh timer (nothing once the
-        server is stopping)."""
-        if bundle.user != self.user.name:
-            raise ValueError(f"refusing to deliver credentials of {bundle.user!r} to {self.user.name!r}'s server")
+        """Store and deliver refreshed credentials to the running server (nothing once it is stopping)."""
+        owner = self.user.name  # read once: each read of a hub user's name may be a database query
+        if bundle.user != owner:
+            raise ValueError(f"refusing to deliver credentials of {bundle.user!r} to {owner!r}'s server")
         async with self._casa_delivery_lock:
             if self._casa_stopped:
-                self.log.info("Not delivering credentials to %s: the server is stopping", self._log_name)
+                self.log.info("Not delivering credentials to %s: the server is stopping", self.casa_log_name)
                 return
             self.casa_bundle = bundle
-            await self.casa_write_bundle(bundle)
-        self.log.info("Delivered fresh credentials to %s (earliest expiry %s)", self._log_name, bundle.expires_at)
-        self.casa_schedule_refresh(bundle.expires_at)
+            try:
+                await self.casa_write_bundle(bundle)
+            except Exception as e:
+                cause = metrics.count_delivery_failure(e)
+                audit.record("delivery", owner, outcome=cause, bundle=bundle, server=self.name,
+                             reason=getattr(e, "log_message", None) or type(e).__name__)  # fmt: skip
+                raise
+            if not self._casa_stopped:  # a stop that began during the write: nothing left to refresh
+                self._casa_expires_at = bundle.expires_at
+        audit.record("delivery", owner, bundle=bundle, server=self.name)
+        name = f"{owner}:{self.name}" if self.name else owner
+        self.log.info("Delivered fresh credentials to %s (earliest expiry %s)", name, bundle.expires_at)
+
+    @property
+    def casa_expires_at(self) -> datetime.datetime | None:
+        """When the running server's credentials expire (None: not running with Casa credentials)."""
+        return self._casa_expires_at
+
+    @property
+    def casa_stopping(self) -> bool:
+        """True from the moment ``stop()`` begins until the next ``start()``."""
+        return self._casa_stopped
+
+    @property
+    def casa_log_name(self) -> str:
+        """How the logs name this server: ``user`` or ``user:server``."""
+        return f"{self.user.name}:{self.name}" if self.name else self.user.name
+
+    @property
+    def casa_generation(self) -> int:
+        """How many times this spawner started in this hub process."""
+        return self._casa_generation
 
     async def start(self):
         self._casa_stopped = False
-        return await super().start()
+        result = await super().start()
+        # running with casa_bundle from now on: its expiry tells the hub's refresher when it comes due
+        self._casa_expires_at = self.casa_bundle.expires_at if self.casa_bundle is not None else None
+        self._casa_generation += 1
+        return result
 
     async def stop(self, now=False):
         """Stop the server, then remove its credentials (whatever happened while stopping); a delivery in
         flight finishes first and is then removed with the rest, a later one is dropped."""
         self._casa_stopped = True
-        self.casa_cancel_refresh()
-        self._casa_expires_at = None  # so that poll() while stopping does not re-arm the timer
+        self._casa_expires_at = None  # nothing more to refresh
         try:
             await super().stop(now=now)
         finally:
@@ -115,82 +132,11 @@ class CasaCredentialsMixin(HasTraits):
                 async with self._casa_delivery_lock:
                     await self.casa_remove_bundle()
             except Exception:  # never hide why the stop happened; what is owned by the pod goes with it
-                self.log.exception("Could not remove the credentials of %s", self._log_name)
+                self.log.exception("Could not remove the credentials of %s", self.casa_log_name)
 
-    # ------------------------------------------------------------------ refresh timer
-    _casa_refresh_task: asyncio.Task | None = None
+    # ------------------------------------------------------------------ expiry (read by the hub's refresher)
     _casa_expires_at: datetime.datetime | None = None
-
-    def _casa_refresh_margin(self) -> float:
-        return float(getattr(self.user.authenticator, "credential_refresh_margin", 1800))
-
-    def casa_refresh_delay(self, expires_at: datetime.datetime, now: datetime.datetime | None = None) -> float:
-        """Seconds until the refresh: ``expires_at - margin``, brought forward by up to ``jitter * margin``."""
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        margin = self._casa_refresh_margin()
-        early = margin * self.casa_refresh_jitter * random.random()
-        return max(0.0, (expires_at - now).total_seconds() - margin - early)
-
-    def casa_schedule_refresh(self, expires_at: datetime.datetime | None) -> None:
-        """(Re-)arm the timer for credentials expiring at ``expires_at`` (None: nothing expires)."""
-        self.casa_cancel_refresh()
-        if self._casa_stopped:
-            return
-        self._casa_expires_at = expires_at
-        if expires_at is None:
-            return
-        self._casa_refresh_task = asyncio.ensure_future(self._casa_refresh_after(self.casa_refresh_delay(expires_at)))
-
-    def casa_cancel_refresh(self) -> None:
-        task, self._casa_refresh_task = self._casa_refresh_task, None
-        # the timer itself re-arms through casa_apply_bundle: never cancel the task we are running in
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _casa_refresh_after(self, delay: float) -> None:
-        from .authenticator import CredentialsRefused
-
-        await asyncio.sleep(delay)
-        try:
-            bundle = await self.user.authenticator.casa_refresh_credentials(self.user)
-        except asyncio.CancelledError:
-            raise
-        except CredentialsRefused as e:  # final: the authenticator logged why; a new login decides
-            self.log.warning(
-                "Credentials of %s are no longer renewed (%s); they lapse at %s",
-                self._log_name,
-                e,
-                self._casa_expires_at,
-            )
-            return
-        except Exception as e:
-            if getattr(e, "log_message", None):  # a refusal that says what failed (e.g. Kubernetes' answer)
-                self.log.warning("Refreshing the credentials of %s failed: %s", self._log_name, e.log_message)
-            else:
-                self.log.exception("Refreshing the credentials of %s failed", self._log_name)
-            bundle = None
-        if bundle is not None:
-            return  # delivered through casa_apply_bundle, which re-armed the timer
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if self._casa_stopped:
-            return
-        if (
-            self._casa_expires_at is not None
-            and now + datetime.timedelta(seconds=self.casa_refresh_retry_interval) < self._casa_expires_at
-        ):
-            self.log.warning(
-                "Credentials of %s not refreshed; trying again in %.0f s (they lapse at %s)",
-                self._log_name,
-                self.casa_refresh_retry_interval,
-                self._casa_expires_at,
-            )
-            self._casa_refresh_task = asyncio.ensure_future(self._casa_refresh_after(self.casa_refresh_retry_interval))
-        else:
-            self.log.warning(
-                "Credentials of %s could not be refreshed and lapse at %s; a new login is needed",
-                self._log_name,
-                self._casa_expires_at,
-            )
+    _casa_generation = 0
 
     # ------------------------------------------------------------------ progress
     def casa_progress(self, message: str, progress: int | None = None) -> None:
@@ -266,15 +212,3 @@ class CasaCredentialsMixin(HasTraits):
     def clear_state(self):
         super().clear_state()
         self._casa_expires_at = None
-
-    async def poll(self):
-        status = await super().poll()
-        # after a hub restart the timer is gone: re-arm it from the persisted expiry
-        if (
-            status is None
-            and self._casa_refresh_task is None
-            and self._casa_expires_at is not None
-            and not self._casa_stopped
-        ):
-            self.casa_schedule_refresh(self._casa_expires_at)
-        return status

@@ -8,7 +8,6 @@ and mapped back to its path (with its mode) by the volume's ``items``.
 from __future__ import annotations
 
 import base64
-import re
 
 from kubernetes_asyncio.client.models import (
     V1EnvVar,
@@ -32,27 +31,53 @@ from kubernetes_asyncio.client.models import (
     V1Volume,
     V1VolumeMount,
 )
+from kubespawner.slugs import is_valid_label, multi_slug, safe_slug
 
+from .credentials import layout
 from .credentials.bundle import CredentialBundle
 
 VOLUME_NAME = "casa-credentials"
 EXPIRY_ANNOTATION = "casa-hub/expires-at"
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+SERVER_LABEL = "casa-hub/server"  # on the pod, set by Casa: what the Dask Service selects
+USERNAME_LABEL = "hub.jupyter.org/username"
+_SLUG_MAX_LENGTH = 48  # KubeSpawner's per-field budget, so that "jupyter-{user_server}" stays a DNS label
+
+
+# ------------------------------------------------------------------ names and labels
+def name_fields(username: str, servername: str = "") -> dict[str, str]:
+    """The fields of KubeSpawner's documented name templates (``{username}``, ``{servername}``,
+    ``{user_server}``) in its default "safe" slug scheme, built from kubespawner's public ``slugs`` module:
+    lower-case DNS-safe slugs, a hash added wherever escaping could make two names collide."""
+    safe_username = safe_slug(username, max_length=_SLUG_MAX_LENGTH)
+    safe_servername = safe_slug(servername, max_length=_SLUG_MAX_LENGTH) if servername else ""
+    if len(safe_username) + len(safe_servername) + 2 > _SLUG_MAX_LENGTH:
+        user_server = multi_slug([username, servername], max_length=_SLUG_MAX_LENGTH)
+    elif servername:
+        user_server = f"{safe_username}--{safe_servername}"
+    else:
+        user_server = safe_username
+    return {"username": safe_username, "servername": safe_servername, "user_server": user_server}
+
+
+def label_value(value: str) -> str:
+    """``value`` as a valid, collision-free label value (KubeSpawner's slug for its username label)."""
+    return safe_slug(value, is_valid=is_valid_label)
+
+
+def credentials_labels(username: str, common_labels: dict | None = None) -> dict[str, str]:
+    """Labels of Casa's objects: the user, Casa's component, then the deployment's ``common_labels``."""
+    labels = {
+        USERNAME_LABEL: label_value(username),
+        "component": "casa-credentials",
+        "app.kubernetes.io/component": "casa-credentials",
+    }
+    labels.update(common_labels or {})
+    return labels
 
 
 # ------------------------------------------------------------------ credentials Secret
-def secret_key(path: str) -> str:
-    """The Secret key of a bundle path (``/`` → ``__``); refuses what a Secret key cannot hold."""
-    key = path.replace("/", "__")
-    if (
-        not _SECRET_KEY.match(key)
-        or len(key) > 253
-        or key.startswith("..")
-        or key == "."
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    ):
-        raise ValueError(f"bundle path {path!r} cannot be a Secret key (or a path in the volume)")
-    return key
+# the Secret key of a bundle path: part of the layout the hub and the user side share
+secret_key = layout.secret_key
 
 
 def _secret_data(bundle: CredentialBundle) -> dict[str, str]:

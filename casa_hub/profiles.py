@@ -15,6 +15,8 @@ import copy
 import re
 from typing import Iterable, Mapping
 
+from slugify import slugify  # what KubeSpawner names a profile without a slug by (python-slugify, its dependency)
+
 GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[0-9a-z.]+)$")
 WHOLE_GPU = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # set by NVIDIA's GPU feature discovery
@@ -135,6 +137,46 @@ def visible_profiles(profile_list: list[dict], groups) -> list[dict]:
         if usable:
             out.append(p)
     return out
+
+
+def initialized_profiles(profile_list: list[dict]) -> list[dict]:
+    """A copy of ``profile_list`` completed as KubeSpawner documents it reads one: a profile without ``slug``
+    gets one from its ``display_name``, the first profile is the default when none is, the first choice of an
+    option is its default when none is, and ``unlisted_choice`` is off unless enabled."""
+    profiles = copy.deepcopy(list(profile_list))
+    for profile in profiles:
+        if "slug" not in profile:
+            profile["slug"] = slugify(profile["display_name"])
+        for option in profile.get("profile_options", {}).values():
+            choices = option.get("choices")
+            if choices and not any(c.get("default") for c in choices.values()):
+                next(iter(choices.values()))["default"] = True
+            unlisted = option.setdefault("unlisted_choice", {})
+            unlisted.setdefault("enabled", False)
+            if unlisted["enabled"]:
+                unlisted.setdefault("display_name_in_choices", "Other...")
+    if profiles and not any(p.get("default") for p in profiles):
+        profiles[0]["default"] = True
+    return profiles
+
+
+def complete_user_options(visible: list[dict], user_options: Mapping) -> dict:
+    """``user_options`` with this user's defaults made explicit: the profile (the default among ``visible``, the
+    user's initialized profiles) and every option's choice left open. KubeSpawner then applies exactly what the
+    user could have picked, even where the configured default is a profile or choice of other groups."""
+    options = dict(user_options)
+    if not visible:
+        raise ProfileRefused("No server profile is available to your account; please ask the facility administrators.")
+    slug = options.get("profile") or next((p["slug"] for p in visible if p.get("default")), visible[0]["slug"])
+    profile = next(p for p in visible if p["slug"] == slug)
+    options["profile"] = slug
+    for name, option in profile.get("profile_options", {}).items():
+        if options.get(name) or options.get(f"{name}--unlisted-choice"):
+            continue
+        default = next((key for key, c in option.get("choices", {}).items() if c.get("default")), None)
+        if default is not None:
+            options[name] = default
+    return options
 
 
 def check_profile_choice(profile_list: list[dict], visible: list[dict], slug: str | None) -> None:

@@ -1,10 +1,17 @@
 """CasaSpawner: KubeSpawner that mounts the user's Casa credentials from a per-user Secret.
 
-Like KubeSpawner's own internal-SSL Secret, the Secret is written once the pod has a UID (KubeSpawner's
-``after_pod_created_hook`` step, which also stops the pod if this fails) with an ownerReference to the pod, so
-Kubernetes deletes it with the pod; the pod mounts it read-only and kubelet waits for it. Refreshed
-credentials are patched into the Secret and kubelet updates the mounted files in place. On stop the Secret
-(and the optional Dask Service and route) are deleted, a 404 being fine.
+Only KubeSpawner's public API: Casa extends ``get_pod_manifest``, ``load_user_options`` and ``start``/``stop``
+and reads public traits (``pod_name``, ``namespace``, ``common_labels``, ``profile_list``, the form templates);
+the admin's ``modify_pod_hook``, ``after_pod_created_hook``, ``profile_list`` and ``options_form`` read back
+exactly as configured and run as KubeSpawner runs them.
+
+The Secret is written just before the pod is created (from ``get_pod_manifest``, which KubeSpawner calls once
+the user's options and namespace are final), so the pod mounts it read-only at once and never waits for it. It
+has no owner (the pod does not exist yet): ``stop`` deletes it, as does a failed start, and the next start
+replaces a leftover. A hub that crashes while a server runs leaves at most one Secret per server, under a name
+the next start of that server takes over, holding credentials that expire on their own. Refreshed credentials
+replace the Secret (delete, create: the Z2JH chart's hub Role grants no patch) and kubelet updates the mounted
+files in place. The optional Dask Service and route follow the same lifecycle.
 
 Every Kubernetes call goes through KubeSpawner's async client with a timeout (``k8s_api_request_timeout``)
 and bounded retries (``k8s_api_request_retry_timeout``) of timeouts, 429 and 5xx; a 409 is handled where it
@@ -19,14 +26,14 @@ import json
 from collections import OrderedDict
 from functools import partial
 
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from jupyterhub.utils import AnyTimeoutError, exponential_backoff, maybe_future
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
-from kubespawner.objects import make_owner_reference
-from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
-from . import objects
+from . import metrics, objects
 from .credentials.bundle import CredentialBundle
 from .errors import SpawnRefused
 from .mixin import CasaCredentialsMixin
@@ -34,9 +41,11 @@ from .profiles import (
     ProfileRefused,
     check_gpu_limits,
     check_user_options,
+    complete_user_options,
     describe_availability,
     extend_tolerations,
     free_resources,
+    initialized_profiles,
     max_gpus_for,
     offers_gpus,
     visible_profiles,
@@ -90,9 +99,10 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
     casa_secret_name_template = Unicode(
         "casa-{user_server}",
-        help="""Name of the per-user credentials Secret. KubeSpawner's name templates and slug rules apply
-        (``{user_server}`` is the collision-free slug of user and server name), so two users never share one.
-        Default ``casa-{user_server}``.""",
+        help="""Name of the per-user credentials Secret. Fields: ``{user_server}`` (the collision-free slug of
+        user and server name, as in KubeSpawner's ``pod_name_template``), ``{username}``, ``{servername}``,
+        ``{pod_name}``, ``{namespace}``; two servers never share a name. Default ``casa-{user_server}``; e.g.
+        ``c.CasaSpawner.casa_secret_name_template = "{pod_name}-casa"``.""",
     ).tag(config=True)
 
     casa_file_group_readable = Bool(
@@ -133,7 +143,8 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         0 lists on every form.""",
     ).tag(config=True)
 
-    # shared by all servers of the hub: rendered forms (bounded LRU) and the last free-GPU listing
+    # shared by all servers of the hub: jinja environments, rendered forms (bounded LRU), the last GPU listing
+    _casa_form_environments: dict = {}
     _casa_rendered_forms: OrderedDict = OrderedDict()
     _casa_gpu_cache: tuple | None = None
     _casa_gpu_refusal_logged = False
@@ -141,20 +152,21 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     casa_dask_service_enabled = Bool(
         False,
         help="""Create a per-user ClusterIP Service for the user's Dask scheduler (TLS with the user's
-        certificates), owned by the pod. Default False.""",
+        certificates), created with the pod and deleted on stop, like the credentials Secret. Default False.""",
     ).tag(config=True)
 
     casa_dask_scheduler_port = Integer(8786, help="Port of the user's Dask scheduler in the pod.").tag(config=True)
 
     casa_dask_service_name_template = Unicode(
-        "casa-dask-{user_server}", help="Name of the Dask scheduler Service (KubeSpawner name templates)."
+        "casa-dask-{user_server}",
+        help="Name of the Dask scheduler Service (fields as in ``casa_secret_name_template``).",
     ).tag(config=True)
 
     casa_dask_route_host_template = Unicode(
         "",
         help="""With the Dask Service enabled, also create a Traefik IngressRouteTCP passing TLS through by SNI
-        from this host to the scheduler (clients outside the cluster). Empty (default): no route. KubeSpawner
-        templates apply, e.g. ``"dask-{user_server}.hub.example.org"``.""",
+        from this host to the scheduler (clients outside the cluster). Empty (default): no route. Fields as in
+        ``casa_secret_name_template``, e.g. ``"dask-{user_server}.hub.example.org"``.""",
     ).tag(config=True)
 
     casa_dask_route_entry_point = Unicode("dask", help="Traefik entry point of the Dask route.").tag(config=True)
@@ -165,61 +177,56 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         self._casa_configured_tolerations = copy.deepcopy(self.tolerations)
 
     # ------------------------------------------------------------------ names and labels
+    def template_namespace(self) -> dict:
+        """JupyterHub's format fields (``format_string``) plus KubeSpawner's documented name fields."""
+        ns = super().template_namespace()
+        ns.update(objects.name_fields(self.user.name, self.name or ""))
+        ns.update(pod_name=self.pod_name, namespace=self.namespace)
+        return ns
+
     @property
     def casa_secret_name(self) -> str:
-        return self._expand_user_properties(self.casa_secret_name_template)
+        return self.format_string(self.casa_secret_name_template)
 
     @property
     def casa_service_name(self) -> str:
-        return self._expand_user_properties(self.casa_dask_service_name_template)
+        return self.format_string(self.casa_dask_service_name_template)
 
-    def _casa_labels(self) -> dict:
-        return self._build_common_labels(
-            {"component": "casa-credentials", "app.kubernetes.io/component": "casa-credentials"}
-        )
+    def casa_labels(self) -> dict:
+        """Labels of the Secret, Service and route: the user, Casa's component, the deployment's common labels."""
+        return objects.credentials_labels(self.user.name, self.common_labels)
+
+    def casa_server_selector(self) -> dict:
+        """The label Casa puts on this server's pod (and only on it: pod names are unique in a namespace)."""
+        return {objects.SERVER_LABEL: objects.label_value(self.pod_name)}
 
     # ------------------------------------------------------------------ pod
+    # set while start() runs: only then does making the pod manifest write the objects the pod needs
+    _casa_starting = False
+
     async def get_pod_manifest(self):
+        """KubeSpawner's pod with the credentials volume, mount and env and Casa's server label. During a start,
+        also the Secret (and the Dask objects) the pod mounts, written first so that the pod never waits for
+        them: KubeSpawner makes the manifest once per start, after the user's options and namespace are final,
+        just before the admin's ``modify_pod_hook`` and the pod's creation. Outside a start it only builds."""
         pod = await super().get_pod_manifest()
+        pod.metadata.labels = {**(pod.metadata.labels or {}), **self.casa_server_selector()}
         if self.casa_bundle is not None:
             objects.add_credentials_to_pod(
                 pod, self.casa_secret_name, self.casa_bundle, self.casa_mount_path, self.casa_file_group_readable
             )
+            if self._casa_starting:
+                await self._casa_create_objects()
         return pod
 
-    @default("after_pod_created_hook")
-    def _casa_hook_default(self):
-        return self._casa_after_pod_created
-
-    @validate("after_pod_created_hook")
-    def _casa_chain_hook(self, proposal):
-        """Configured hooks run after Casa's (which must run: the pod waits for its Secret)."""
-        hook = proposal.value
-        if hook is None or hook == self._casa_after_pod_created or getattr(hook, "_casa_chained", False):
-            return self._casa_after_pod_created
-
-        async def chained(spawner, pod):
-            await self._casa_after_pod_created(spawner, pod)
-            await maybe_future(hook(spawner, pod))
-
-        chained._casa_chained = True
-        return chained
-
-    async def _casa_after_pod_created(self, spawner, pod: dict) -> None:
-        """Called by KubeSpawner once the pod has a UID (KubeSpawner stops the pod if this raises)."""
-        if self.casa_bundle is None:
-            return
-        owner = make_owner_reference(self.pod_name, pod["metadata"]["uid"])
-        await self._casa_put_secret(self.casa_bundle, owner)
+    async def _casa_create_objects(self) -> None:
+        # under the delivery lock: a refresh arriving meanwhile writes before or after, never in between, and
+        # self.casa_bundle is the freshest either way
+        async with self._casa_delivery_lock:
+            await self._casa_put_secret(self.casa_bundle)
         self.casa_progress("Credentials secret ready", 40)
         if self.casa_dask_service_enabled:
-            await self._casa_create_dask_objects(owner)
-
-    def _casa_pod_owner(self):
-        pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
-        if not self.pod_has_uid(pod):
-            return None
-        return make_owner_reference(self.pod_name, pod["metadata"]["uid"])
+            await self._casa_create_dask_objects()
 
     # ------------------------------------------------------------------ Kubernetes calls
     async def _casa_attempt(self, call, what: str) -> bool:
@@ -258,9 +265,9 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             raise KubernetesRefusal(e, what) from None
 
     async def _casa_replace(self, kind: str, name: str, create, delete) -> None:
-        """Create an object; if one of that name exists (a leftover of an earlier pod, or the previous
-        credentials), delete it and create it again. Only ``create`` and ``delete``: the rights the Z2JH chart's
-        hub Role grants (no ``update`` or ``patch``)."""
+        """Create an object; if one of that name exists (a leftover of an earlier server, a create of ours
+        answered too late, or the previous credentials), delete it and create it again. Only ``create`` and
+        ``delete``: the rights the Z2JH chart's hub Role grants (no ``update`` or ``patch``)."""
 
         async def attempt():
             try:
@@ -281,30 +288,23 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
         await self._casa_request(attempt, f"writing {kind} {name}")
 
-    async def _casa_put_secret(self, bundle: CredentialBundle, owner) -> None:
-        """Create the credentials Secret, owned by the pod (replacing a leftover of an earlier pod)."""
-        secret = objects.make_credentials_secret(
-            self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]
-        )
+    async def _casa_put_secret(self, bundle: CredentialBundle) -> None:
+        """Create the credentials Secret (replacing a leftover of an earlier server)."""
+        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self.casa_labels())
         name = secret.metadata.name
-        await self._casa_replace(
-            "Secret",
-            name,
-            partial(self.api.create_namespaced_secret, self.namespace, secret),
-            partial(self.api.delete_namespaced_secret, name, self.namespace),
-        )
+        with metrics.secret_write("create"):
+            await self._casa_replace(
+                "Secret",
+                name,
+                partial(self.api.create_namespaced_secret, self.namespace, secret),
+                partial(self.api.delete_namespaced_secret, name, self.namespace),
+            )
 
     async def casa_write_bundle(self, bundle: CredentialBundle) -> None:
-        """Refresh: replace the Secret (delete, create) with the fresh credentials, owned by the pod; kubelet
-        updates the mounted files in place. No ``patch``: the Z2JH chart's hub Role does not grant it."""
-        await self._start_watching_pods()  # after a hub restart the shared pod reflector may not run yet
-        owner = self._casa_pod_owner()
-        if owner is None:  # the server is still starting: its start writes self.casa_bundle, now fresh
-            self.log.info("No pod for %s yet; the starting server will get the fresh credentials", self._log_name)
-            return
-        secret = objects.make_credentials_secret(
-            self.casa_secret_name, self.namespace, bundle, self._casa_labels(), [owner]
-        )
+        """Refresh: replace the Secret (delete, create) with the fresh credentials; kubelet updates the mounted
+        files in place. No ``patch``: the Z2JH chart's hub Role does not grant it. A server still starting gets
+        them too: its own write, after this one, writes ``casa_bundle``, which is already this bundle."""
+        secret = objects.make_credentials_secret(self.casa_secret_name, self.namespace, bundle, self.casa_labels())
         name = secret.metadata.name
 
         async def delete_then_create():
@@ -313,7 +313,7 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             except ApiException as e:
                 if e.status != 404:
                     raise
-            if self._casa_stopped:  # deleted with the pod of a server that is stopping: nothing to deliver to
+            if self._casa_stopped:  # the server is stopping: nothing to deliver to
                 self.log.info("Secret %s goes with the stopping server; not creating it again", name)
                 return
             try:
@@ -322,18 +322,19 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                 if e.status != 409:  # 409: an earlier attempt's create went through after all
                     raise
 
-        await self._casa_request(delete_then_create, f"refreshing Secret {name}")
+        with metrics.secret_write("replace"):
+            await self._casa_request(delete_then_create, f"refreshing Secret {name}")
 
-    async def _casa_create_dask_objects(self, owner) -> None:
+    async def _casa_create_dask_objects(self) -> None:
         """The Dask scheduler Service and, if configured, its Traefik route: optional features, so a refusal
         (missing rights) is one clear log line and the server starts without them."""
         service = objects.make_dask_scheduler_service(
             self.casa_service_name,
             self.namespace,
-            self._build_pod_labels({}),
+            self.casa_server_selector(),
             self.casa_dask_scheduler_port,
-            [owner],
-            self._casa_labels(),
+            [],
+            self.casa_labels(),
         )
         name = service.metadata.name
         try:
@@ -344,18 +345,18 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                 partial(self.api.delete_namespaced_service, name, self.namespace),
             )
         except KubernetesRefusal as e:
-            self.log.warning("No Dask scheduler Service for %s: %s", self._log_name, e.log_message)
+            self.log.warning("No Dask scheduler Service for %s: %s", self.casa_log_name, e.log_message)
             return
         if not self.casa_dask_route_host_template:
             return
         route = objects.make_dask_route(
             self.casa_service_name,
             self.namespace,
-            self._expand_user_properties(self.casa_dask_route_host_template),
+            self.format_string(self.casa_dask_route_host_template),
             self.casa_service_name,
             self.casa_dask_scheduler_port,
-            [owner],
-            self._casa_labels(),
+            [],
+            self.casa_labels(),
             self.casa_dask_route_entry_point,
         )
         custom = shared_client("CustomObjectsApi")
@@ -370,7 +371,7 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         except KubernetesRefusal as e:
             self.log.warning(
                 "No Dask route for %s (grant the casa-dask-route Role of helm-values/extra-rbac.yaml): %s",
-                self._log_name,
+                self.casa_log_name,
                 e.log_message,
             )
 
@@ -385,9 +386,10 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         await self._casa_request(gone, f"deleting {what}")
 
     async def casa_remove_bundle(self) -> None:
-        """Delete the Secret and the Dask Service/route (404 is fine: the pod's deletion may have taken them)."""
+        """Delete the Secret and the Dask Service/route (404 is fine: never created, or already gone)."""
         name = self.casa_secret_name
-        await self._casa_delete(partial(self.api.delete_namespaced_secret, name, self.namespace), f"Secret {name}")
+        with metrics.secret_write("delete"):
+            await self._casa_delete(partial(self.api.delete_namespaced_secret, name, self.namespace), f"Secret {name}")
         if self.casa_dask_service_enabled:
             service = self.casa_service_name
             await self._casa_delete(
@@ -402,8 +404,8 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                         ),
                         f"route {service}",
                     )
-                except KubernetesRefusal as e:  # never created without the right; owned by the pod anyway
-                    self.log.info("Dask route of %s not deleted: %s", self._log_name, e.log_message)
+                except KubernetesRefusal as e:  # never created without the right
+                    self.log.info("Dask route of %s not deleted: %s", self.casa_log_name, e.log_message)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -418,12 +420,30 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         self.casa_progress("Minting credentials", 5)
         if expires is not None:
             self.casa_progress(f"Credentials minted (valid until {expires:%H:%M} UTC)", 10)
+        self._casa_starting = True
         try:
             result = await super().start()
-        except ApiException as e:  # KubeSpawner's own calls (pod, PVC): a sentence, not a client dump
-            raise KubernetesRefusal(e, f"starting pod {self.pod_name}") from None
-        self.casa_schedule_refresh(expires)
+        except Exception as e:
+            await self._casa_clean_up_failed_start()
+            if isinstance(e, ApiException):  # KubeSpawner's own calls (pod, PVC): a sentence, not a client dump
+                raise KubernetesRefusal(e, f"starting pod {self.pod_name}") from None
+            raise
+        finally:
+            self._casa_starting = False
         return result
+
+    async def _casa_clean_up_failed_start(self) -> None:
+        """The Secret and Dask objects were written before the pod: a start that failed takes them back (the
+        hub's stop after a failed spawn would too, but not every caller stops)."""
+        try:
+            async with self._casa_delivery_lock:
+                await self.casa_remove_bundle()
+        except Exception as e:  # never hide why the start failed; the next start replaces what is left
+            self.log.warning(
+                "Could not remove the credentials of %s after a failed start: %s",
+                self.casa_log_name,
+                getattr(e, "log_message", None) or type(e).__name__,
+            )
 
     async def progress(self):
         """KubeSpawner's progress (pod events) with Casa's steps interleaved as they happen."""
@@ -433,13 +453,18 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
     # ------------------------------------------------------------------ profiles
     @default("options_form")
     def _casa_options_form_default(self):
-        # rendered per request: the profiles depend on the user's groups and on free GPUs
+        # JupyterHub documents options_form as a callable: rendered per request, as the profiles depend on the
+        # user's groups and on free GPUs (an admin's own options_form replaces it)
         return self._casa_options_form if self.profile_list else ""
 
     async def _casa_profile_list(self) -> list[dict]:
-        profile_list = self._sorted_dict_values(self.profile_list)
+        """The configured profiles: KubeSpawner documents ``profile_list`` as a list, a dict (values sorted by
+        key) or a callable of the spawner returning one."""
+        profile_list = self.profile_list
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(self))
+        if isinstance(profile_list, dict):
+            profile_list = [profile_list[key] for key in sorted(profile_list)]
         return profile_list or []
 
     async def _casa_options_form(self, spawner):
@@ -452,24 +477,43 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
                 for profile in visible:
                     if offers_gpus(profile):
                         profile["description"] = f"{profile.get('description', '')} ({note})".strip()
-        return self._render_options_form(visible)
+        return self.casa_render_form(initialized_profiles(visible), profile_list)
 
-    def _render_options_form(self, profile_list):
-        # KubeSpawner builds a new jinja Environment, so compiles its template, on every render (~7 ms on the
-        # hub's event loop); a login storm renders the same few forms hundreds of times
+    def casa_render_form(self, visible: list[dict], profile_list: list[dict]) -> str:
+        """KubeSpawner's documented profile form (``profile_form_template``, else ``form.html`` from
+        ``additional_profile_form_template_paths`` or KubeSpawner's own) with the user's profiles only. One jinja
+        environment per template path list, and the rendered forms kept: a login storm renders the same few
+        forms hundreds of times, and compiling the template costs ~7 ms of the hub's event loop each time."""
+        user_options = self.user_options or {}
+        if user_options:  # saved options pre-select the form only while they are still valid for this user
+            try:
+                check_user_options(initialized_profiles(profile_list), visible, user_options)
+            except ProfileRefused:
+                user_options = {}
         key = json.dumps(
-            [self.profile_form_template, self.additional_profile_form_template_paths, profile_list, self.user_options],
+            [self.profile_form_template, self.additional_profile_form_template_paths, visible, user_options],
             sort_keys=True,
             default=str,
         )
         forms = CasaSpawner._casa_rendered_forms
         html = forms.get(key)
-        if html is None:
-            html = forms[key] = super()._render_options_form(profile_list)
-            while len(forms) > 64:
-                forms.popitem(last=False)
-        else:
+        if html is not None:
             forms.move_to_end(key)
+            return html
+        paths = tuple(self.additional_profile_form_template_paths)
+        env = CasaSpawner._casa_form_environments.get(paths)
+        if env is None:
+            env = Environment(
+                loader=ChoiceLoader([FileSystemLoader(list(paths)), PackageLoader("kubespawner", "templates")])
+            )
+            env.policies["json.dumps_kwargs"] = {"sort_keys": False}  # profiles in the admin's order
+            CasaSpawner._casa_form_environments[paths] = env
+        template = env.from_string(self.profile_form_template) if self.profile_form_template else None
+        html = forms[key] = (template or env.get_template("form.html")).render(
+            profile_list=visible, user_options=user_options
+        )
+        while len(forms) > 64:
+            forms.popitem(last=False)
         return html
 
     async def casa_free_gpus(self) -> dict[str, int] | None:
@@ -524,16 +568,15 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return max_gpus_for(self.casa_groups, self.casa_max_gpus, self.casa_max_gpus_by_group)
 
     async def load_user_options(self):
-        """Refuse what this user may not have (a tampered form or API request), then let KubeSpawner apply the
-        profile with only the user's profiles in view, then bound the GPUs the result asks for."""
+        """Refuse what this user may not have (a tampered form or API request), make the user's defaults
+        explicit (KubeSpawner applies the configured ``profile_list``, whose defaults may be profiles or choices
+        this user does not see), let KubeSpawner apply them, then bound the GPUs the result asks for."""
         profile_list = await self._casa_profile_list()
         try:
             if profile_list:
-                everything = KubeSpawner._get_initialized_profile_list(self, profile_list)
-                visible = KubeSpawner._get_initialized_profile_list(
-                    self, visible_profiles(profile_list, self.casa_groups)
-                )
-                check_user_options(everything, visible, self.user_options or {})
+                visible = initialized_profiles(visible_profiles(profile_list, self.casa_groups))
+                check_user_options(initialized_profiles(profile_list), visible, self.user_options or {})
+                self.user_options = complete_user_options(visible, self.user_options or {})
             self.tolerations = copy.deepcopy(self._casa_configured_tolerations)  # no earlier profile's leftovers
             try:
                 await super().load_user_options()
@@ -542,9 +585,5 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
             self.tolerations = extend_tolerations(self._casa_configured_tolerations, self.tolerations)
             check_gpu_limits(self.extra_resource_limits, self.casa_max_gpus_for_user())
         except ProfileRefused as e:
-            self.log.warning("Refused server options of %s: %s", self._log_name, e)
+            self.log.warning("Refused server options of %s: %s", self.casa_log_name, e)
             raise _user_error(str(e), reason="casa-profile", status=403) from None
-
-    def _get_initialized_profile_list(self, profile_list):
-        # KubeSpawner's form rendering and option loading see only the user's profiles
-        return super()._get_initialized_profile_list(visible_profiles(profile_list, self.casa_groups))

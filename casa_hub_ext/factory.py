@@ -22,6 +22,7 @@ import asyncio
 import copy
 import os
 from inspect import isawaitable
+from pathlib import Path
 from typing import Mapping
 
 from distributed import LocalCluster
@@ -32,7 +33,15 @@ from .errors import OptionError
 from .gpu import Inventory, discover
 from .options import CasaClusterSettings, ClusterOptions, OptionsSpec
 
-WORKER_TLS_FILES = ("ca.pem", "worker.crt", "worker.key")  # as named in the job's scratch directory
+
+def worker_tls_files(bundle: MountedBundle) -> tuple[Path, Path, Path]:
+    """The CA certificate, worker certificate and worker key an HTCondor worker job gets, as the bundle's
+    manifest names them; in the job's scratch directory they keep their base names."""
+    cert, key = bundle.dask_paths("worker")
+    files = (bundle.dask_ca, cert, key)
+    if len({f.name for f in files}) != len(files):
+        raise CredentialError("dask-worker", f"the worker's TLS files need distinct names: {[str(f) for f in files]}")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -101,12 +110,12 @@ def htcondor_job_directives(options: ClusterOptions, bundle: MountedBundle, sett
             "your HTCondor token names no pool account (credentials minted before "
             "the account mapping); restart your server to get fresh credentials",
         )
-    dask_dir = bundle.directory / "dask"
+    tls_files = worker_tls_files(bundle)
     directives = {
         "should_transfer_files": "YES",
         "when_to_transfer_output": "ON_EXIT_OR_EVICT",
-        "transfer_input_files": ",".join(str(dask_dir / f) for f in WORKER_TLS_FILES),
-        "encrypt_input_files": ",".join(WORKER_TLS_FILES),
+        "transfer_input_files": ",".join(str(f) for f in tls_files),
+        "encrypt_input_files": ",".join(f.name for f in tls_files),
         "accounting_group": f"{settings.htcondor_accounting_group}.{user}",
         "accounting_group_user": user,
     }
@@ -116,16 +125,16 @@ def htcondor_job_directives(options: ClusterOptions, bundle: MountedBundle, sett
     return directives
 
 
-def htcondor_job_class(token_dir: str):
+def htcondor_job_class(token_dir: str, tls_names: tuple[str, ...]):
     """An HTCondorJob that submits with the user's IDTOKEN directory and points its worker at the TLS files
-    transferred into the job's scratch directory."""
+    transferred into the job's scratch directory (``tls_names``: CA, certificate, key, by base name)."""
     from dask_jobqueue.htcondor import HTCondorJob
 
     worker_security = Security(
         require_encryption=True,
-        tls_ca_file=WORKER_TLS_FILES[0],
-        tls_worker_cert=WORKER_TLS_FILES[1],
-        tls_worker_key=WORKER_TLS_FILES[2],
+        tls_ca_file=tls_names[0],
+        tls_worker_cert=tls_names[1],
+        tls_worker_key=tls_names[2],
     )
 
     class CasaHTCondorJob(HTCondorJob):
@@ -158,7 +167,7 @@ def htcondor_kwargs(options: ClusterOptions, bundle: MountedBundle, settings: Ca
         worker_extra_args=extra + list(settings.htcondor_worker_extra_args),
         log_directory=settings.htcondor_log_directory or None,
         submit_command_extra=list(settings.htcondor_submit_command_extra),
-        job_cls=htcondor_job_class(str(bundle.condor_token_dir)),
+        job_cls=htcondor_job_class(str(bundle.condor_token_dir), tuple(f.name for f in worker_tls_files(bundle))),
     )
 
 

@@ -1,7 +1,8 @@
 """Thin REST layer over :class:`~casa_hub_ext.manager.ClusterManager` (all logic lives there).
 
 GET  /casa/gpus                  inventory + the bounded options the form offers
-GET  /casa/credentials           every mounted credential, present or not, seconds to expiry
+GET  /casa/credentials           every mounted credential, present or not, as the hub's manifest describes it
+                                 (name, label, file, env, audience, scopes, expires_at), seconds to expiry
 GET  /casa/clusters              list;   POST /casa/clusters  {backend, workers, cores, memory, gpus_per_worker}
 GET  /casa/clusters/<id>         one;    PATCH {workers: n} scales;   DELETE shuts it down
 

@@ -14,8 +14,17 @@ from pathlib import Path
 CLASSES = [
     ("casa_hub.authenticator", "CasaAuthenticator"),
     ("casa_hub.minter", "CasaMinter"),
+    ("casa_hub.refresher", "CasaRefresher"),
+    # the built-in credential kinds (CasaMinter.kinds), each configured in its own section
+    ("casa_hub.credentials.kinds.xcache_token", "XCacheToken"),
+    ("casa_hub.credentials.kinds.xcache_macaroon", "XCacheMacaroon"),
+    ("casa_hub.credentials.kinds.htcondor", "HTCondorToken"),
+    ("casa_hub.credentials.kinds.servicex", "ServiceXToken"),
+    ("casa_hub.credentials.kinds.dask_tls", "DaskTLS"),
+    ("casa_hub.credentials.kinds.mlflow", "MLflowToken"),
     ("casa_hub.spawner", "CasaSpawner"),
     ("casa_hub.local", "CasaLocalSpawner"),
+    ("casa_hub.revoke", "CasaRevocations"),
     ("casa_hub_ext.options", "CasaClusterSettings"),
 ]
 OUTPUT = Path(__file__).with_name("config-reference.md")

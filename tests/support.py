@@ -84,26 +84,34 @@ def write_keys(directory: Path, algorithm: str = "ES256") -> dict[str, Path]:
     return paths
 
 
-def make_minter(key_dir: Path, **overrides) -> CasaMinter:
-    """A CasaMinter with every credential kind enabled and fresh keys; ``overrides`` are trait values."""
-    k = write_keys(key_dir, overrides.pop("algorithm", "ES256"))
+BUILT_IN_KINDS = ("xcache", "macaroon", "htcondor", "servicex", "dask-tls")  # every built-in kind but the example
+
+
+def make_minter(key_dir: Path, *, algorithm: str = "ES256", kinds=BUILT_IN_KINDS, **sections) -> CasaMinter:
+    """A CasaMinter minting ``kinds`` (default: every built-in kind but MLflow) with fresh keys in ``key_dir``.
+
+    ``sections`` are configuration sections by class name, each a dict of trait values, applied over the
+    defaults here, e.g. ``make_minter(tmp, HTCondorToken={"trust_domain": "x"}, CasaMinter={...})``. The kinds
+    are resolved at once, so a bad setting raises here (a RuntimeError naming ``Class.trait``)."""
+    k = write_keys(key_dir, algorithm)
     c = Config()
-    m = c.CasaMinter
-    m.issuer_url = "https://127.0.0.1:1/casa-issuer"
-    m.issuer_key_file = str(k["issuer"])
-    m.macaroon_enabled = True
-    m.macaroon_secret_file = str(k["macaroon"])
-    m.macaroon_location = "CASA_TEST"
-    m.condor_enabled = True
-    m.condor_signing_key_file = str(k["condor"])
-    m.condor_trust_domain = "casa.test"
-    m.servicex_enabled = True
-    m.servicex_secret_file = str(k["servicex"])
-    m.servicex_endpoint = "http://127.0.0.1:1"
-    m.dask_ca_secret_file = str(k["dask-ca"])
-    for name, value in overrides.items():
-        setattr(m, name, value)
-    return CasaMinter(config=c)
+    c.CasaMinter.kinds = list(kinds)
+    c.CasaMinter.issuer_url = "https://127.0.0.1:1/casa-issuer"
+    c.CasaMinter.issuer_key_file = str(k["issuer"])
+    c.XCacheMacaroon.secret_file = str(k["macaroon"])
+    c.XCacheMacaroon.location = "CASA_TEST"
+    c.HTCondorToken.signing_key_file = str(k["condor"])
+    c.HTCondorToken.trust_domain = "casa.test"
+    c.ServiceXToken.secret_file = str(k["servicex"])
+    c.ServiceXToken.endpoint = "http://127.0.0.1:1"
+    c.DaskTLS.ca_secret_file = str(k["dask-ca"])
+    c.MLflowToken.tracking_uri = "https://mlflow.casa.test"
+    for section, values in sections.items():
+        for name, value in values.items():
+            setattr(c[section], name, value)
+    minter = CasaMinter(config=c)
+    minter.enabled_kinds  # noqa: B018 - resolve the kinds now: configuration errors surface here
+    return minter
 
 
 def write_bundle(bundle, directory: Path) -> Path:

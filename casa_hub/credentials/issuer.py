@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .jws import JWSSigner
 
 SUPPORTED_ALGORITHMS = ("ES256", "RS256")
 
@@ -61,9 +62,12 @@ class IssuerKey:
         return dict(public_jwk(self.private_key.public_key()), kid=self.kid, alg=self.algorithm, use="sig")
 
     def sign(self, claims: Mapping[str, Any], typ: str = "JWT") -> str:
-        return jwt.encode(
-            dict(claims), self.private_key, algorithm=self.algorithm, headers={"kid": self.kid, "typ": typ}
-        )
+        """A JWT signed with this key (the bytes ``jwt.encode`` would give), header ``kid`` + ``typ``."""
+        signers = self.__dict__.setdefault("_signers", {})  # one per typ: header and key prepared once
+        signer = signers.get(typ)
+        if signer is None:
+            signer = signers[typ] = JWSSigner(self.algorithm, self.private_key, {"kid": self.kid, "typ": typ})
+        return signer.encode(claims)
 
 
 def load_issuer_key(pem: bytes, kid: str | None = None) -> IssuerKey:

@@ -12,7 +12,7 @@ path verbatim. :func:`user_dir` maps every user name to a directory name that is
   server may percent-decode, case-fold or normalise;
 * short: at most 121 characters.
 
-Storage path templates (``CasaMinter.xcache_scopes``, ``CasaMinter.macaroon_path``) use the placeholder
+Storage path templates (``XCacheToken.scopes``, ``XCacheMacaroon.path``) use the placeholder
 ``{userdir}``; :func:`check_scopes` / :func:`check_path_template` refuse templates that would still let one
 user's credential reach another user's area. Find a user's directory with
 ``python -m casa_hub.credentials.storage NAME``.
@@ -25,6 +25,7 @@ import string
 import sys
 
 PLACEHOLDER = "userdir"
+AREA_ENV = "CASA_STORAGE_AREA"  # the env variable naming the user's own storage area (not a path in the bundle)
 TERMINATOR = "~"
 _KEEP = frozenset(string.ascii_lowercase + string.digits + "._-")
 MAX_ESCAPED = 120  # longer escaped forms are shortened: head + "==" + hash

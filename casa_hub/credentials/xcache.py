@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import hmac
 import uuid
 from typing import Sequence
-
-from pymacaroons import Macaroon
 
 from .issuer import IssuerKey
 
@@ -72,9 +73,38 @@ def mint_macaroon(
     if not path.startswith("/"):
         raise ValueError(f"macaroon path must be absolute, got {path!r}")
     before = (now + lifetime).astimezone(datetime.timezone.utc).replace(microsecond=0)
-    m = Macaroon(location=location, identifier=str(uuid.uuid4()), key=secret)
-    m.add_first_party_caveat(f"name:{user}")
-    m.add_first_party_caveat(f"activity:{','.join(activities)}")
-    m.add_first_party_caveat(f"path:{path}")
-    m.add_first_party_caveat(f"before:{before.strftime('%Y-%m-%dT%H:%M:%SZ')}")
-    return m.serialize().encode() + b"\n", before
+    caveats = (
+        f"name:{user}",
+        f"activity:{','.join(activities)}",
+        f"path:{path}",
+        f"before:{before.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+    )
+    return serialize_macaroon_v1(location, str(uuid.uuid4()), derive_macaroon_key(secret), caveats) + b"\n", before
+
+
+def derive_macaroon_key(secret: bytes) -> bytes:
+    """The HMAC key a macaroon's signature chain starts from (libmacaroons: HMAC of the secret under a fixed
+    key); derive it once per secret."""
+    return hmac.new(b"macaroons-key-generator", secret, hashlib.sha256).digest()
+
+
+def _packet(key: bytes, data: bytes) -> bytes:
+    size = 4 + len(key) + 1 + len(data) + 1  # hex length, key, space, data, newline
+    if size > 0xFFFF:
+        raise ValueError(f"macaroon field {key.decode()} is too long ({size} bytes)")
+    return b"%04x%s %s\n" % (size, key, data)
+
+
+def serialize_macaroon_v1(location: str, identifier: str, derived_key: bytes, caveats: Sequence[str]) -> bytes:
+    """A macaroon with first-party ``caveats``, in the V1 binary format XRootD's libmacaroons reads: the
+    signature is HMAC-SHA256 chained over the identifier and each caveat; fields are length-prefixed packets,
+    the whole base64url without padding. Byte for byte what pymacaroons gives (tested), without its objects."""
+    identifier_bytes = identifier.encode()
+    signature = hmac.new(derived_key, identifier_bytes, hashlib.sha256).digest()
+    packets = [_packet(b"location", location.encode()), _packet(b"identifier", identifier_bytes)]
+    for caveat in caveats:
+        data = caveat.encode()
+        signature = hmac.new(signature, data, hashlib.sha256).digest()
+        packets.append(_packet(b"cid", data))
+    packets.append(_packet(b"signature", signature))
+    return base64.urlsafe_b64encode(b"".join(packets)).rstrip(b"=")

@@ -34,9 +34,26 @@ export interface ICluster {
   workers: IWorker[];
 }
 
-export interface ICredentials {
+/** One mounted credential as the hub's manifest describes it (never its secret). */
+export interface ICredential {
+  name: string;
+  label: string;
+  file: string;
+  env: string | null;
+  audience: string | string[] | null;
+  scopes: string[] | null;
+  present: boolean;
+  expires_at: string | null;
   seconds_left: number | null;
-  credentials: { name: string; label: string; present: boolean; seconds_left: number | null }[];
+  expired: boolean;
+}
+
+export interface ICredentials {
+  user: string;
+  directory: string;
+  issued_at: string | null;
+  seconds_left: number | null;
+  credentials: ICredential[];
 }
 
 /** Call the Casa REST API; a 4xx/5xx becomes an Error carrying the server's message. */

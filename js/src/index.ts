@@ -3,10 +3,12 @@ import { ICommandPalette, MainAreaWidget, WidgetTracker } from '@jupyterlab/appu
 import { ILauncher } from '@jupyterlab/launcher';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
+import { CredentialPanel } from './credentials';
 import { ClusterPanel } from './panel';
 import { CredentialStatus } from './status';
 
 const COMMAND = 'casa:new-dask-cluster';
+const SHOW_CREDENTIALS = 'casa:show-credentials';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'casa-hub-ext:plugin',
@@ -42,8 +44,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (restorer) {
       void restorer.restore(tracker, { command: COMMAND, name: () => 'casa-dask' });
     }
+    let credentials: CredentialPanel | null = null;
+    app.commands.addCommand(SHOW_CREDENTIALS, {
+      label: 'Show Casa credentials',
+      caption: 'Every credential mounted in this server: file, variable, audience/scopes, expiry',
+      execute: () => {
+        if (!credentials || credentials.isDisposed) {
+          credentials = new CredentialPanel();
+          app.shell.add(credentials, 'right', { rank: 1000 });
+        }
+        app.shell.activateById(credentials.id);
+        void credentials.refresh();
+        return credentials;
+      }
+    });
+    palette?.addItem({ command: SHOW_CREDENTIALS, category: 'Casa' });
     statusBar?.registerStatusItem('casa-hub-ext:credentials', {
-      item: new CredentialStatus(),
+      item: new CredentialStatus(() => void app.commands.execute(SHOW_CREDENTIALS)),
       align: 'left',
       rank: 10
     });

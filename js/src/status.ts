@@ -2,25 +2,20 @@ import { Notification } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { casaRequest, ICredentials } from './api';
+import { human } from './credentials';
 
-function human(seconds: number): string {
-  if (seconds <= 0) {
-    return 'expired';
-  }
-  const h = Math.floor(seconds / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  return h ? `${h}h ${m}m` : `${m}m`;
-}
-
-/** Status-bar item: time until the first Casa credential lapses; warns once when it gets close. */
+/** Status-bar item: time until the first Casa credential lapses; warns once when it gets close. Clicking it
+ * calls ``onOpen`` (the extension shows the credentials panel). */
 export class CredentialStatus extends Widget {
   private warned = false;
   private timer = 0;
 
-  constructor(private warnSeconds = 1800, private pollMs = 60000) {
+  constructor(private onOpen: () => void = () => undefined, private warnSeconds = 1800, private pollMs = 60000) {
     super();
     this.addClass('casa-credential-status');
     this.node.setAttribute('data-testid', 'casa-credential-status');
+    this.node.setAttribute('role', 'button');
+    this.node.addEventListener('click', () => this.onOpen());
     void this.update_();
     this.timer = window.setInterval(() => void this.update_(), this.pollMs);
   }
@@ -44,7 +39,7 @@ export class CredentialStatus extends Widget {
       .filter(c => c.seconds_left !== null)
       .sort((a, b) => (a.seconds_left ?? 0) - (b.seconds_left ?? 0))[0];
     this.node.textContent = left === null ? 'Credentials: ok' : `Credentials: ${human(left)}`;
-    this.node.title = first ? `${first.label} expires first` : '';
+    this.node.title = (first ? `${first.label} expires first. ` : '') + 'Click for the list of your credentials.';
     const low = left !== null && left < this.warnSeconds;
     this.node.classList.toggle('casa-warn', low);
     if (low && !this.warned) {

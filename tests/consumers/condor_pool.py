@@ -69,6 +69,8 @@ TRUST_DOMAIN = {domain}
 UID_DOMAIN = {domain}
 SEC_PASSWORD_DIRECTORY = {work}/passwords.d
 SEC_TOKEN_SYSTEM_DIRECTORY = {work}/tokens.d
+# an admin's drop-in files (e.g. Casa's token revocations), read at start and at condor_reconfig
+LOCAL_CONFIG_DIR = {work}/config.d
 SEC_DEFAULT_AUTHENTICATION = REQUIRED
 SEC_DEFAULT_ENCRYPTION = REQUIRED
 SEC_DEFAULT_INTEGRITY = REQUIRED
@@ -81,7 +83,8 @@ ALLOW_READ = *@{domain}
 ALLOW_WRITE = *@{domain}
 ALLOW_DAEMON = condor@{domain}, root@{domain}
 ALLOW_NEGOTIATOR = condor@{domain}, root@{domain}
-ALLOW_ADMINISTRATOR = root@{domain}
+# root's tools on the central manager authenticate by FS as condor@ (condor_reconfig in Pool.admin)
+ALLOW_ADMINISTRATOR = root@{domain}, condor@{domain}
 ALLOW_CONFIG = root@{domain}
 QUEUE_SUPER_USERS = root, condor
 
@@ -255,6 +258,27 @@ class Pool:
             path.chmod(0o755)
         return bin_dir
 
+    def admin(self, args: list[str], *, timeout: float = 30, input: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run a command as root inside the pool's namespace and root, with the pool's own configuration: what
+        an admin on the central manager does (``condor_reconfig`` authenticates as root@TRUST_DOMAIN by FS)."""
+        env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"CONDOR_CONFIG={self.work / 'condor_config'}"]
+        return subprocess.run(
+            ["nsenter", "-t", str(self.proc.pid), "-m", "-r", "--", "/usr/bin/env", "-i", *env, *args],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def install_key(self, key_id: str, content: bytes) -> None:
+        """Put a signing key named ``key_id`` into the pool's ``SEC_PASSWORD_DIRECTORY`` (inside the namespace
+        only, as the pool key is), as an admin adds a key next to ``POOL``."""
+        r = self.admin(["sh", "-c", 'umask 077 && cat > "$0"', str(self.work / "passwords.d" / key_id)], input=content)
+        assert r.returncode == 0, r.stderr.decode()
+
+    def remove_key(self, key_id: str) -> None:
+        r = self.admin(["rm", str(self.work / "passwords.d" / key_id)])
+        assert r.returncode == 0, r.stderr.decode()
+
     def pids(self) -> list[int]:
         """Every process in the pool's mount namespace (the daemons start their own sessions)."""
         found = []
@@ -335,6 +359,7 @@ def start_pool(hub_key_file: Path, *, users=("alice",), trust_domain: str = TRUS
         (work / d).mkdir(mode=0o755)
         os.chown(work / d, cuid, cgid)
     (work / "passwords.d").mkdir(mode=0o700)  # stays empty outside: the key lives in a namespace tmpfs
+    (work / "config.d").mkdir(mode=0o755)
     (work / "no-tokens.d").mkdir(mode=0o755)
     pool_users = _write_passwd(CONDOR_ROOT, work, list(users))
     port = free_port()

@@ -59,8 +59,7 @@ def pool_minter(pool, tmp_path_factory):
 
     return make_minter(
         tmp_path_factory.mktemp("keys"),
-        condor_signing_key_file=str(pool.hub_key_file),
-        condor_trust_domain=condor_pool.TRUST_DOMAIN,
+        HTCondorToken={"signing_key_file": str(pool.hub_key_file), "trust_domain": condor_pool.TRUST_DOMAIN},
     )
 
 

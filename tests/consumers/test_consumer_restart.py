@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from casa_hub.credentials.issuer import generate_issuer_key_pem, load_issuer_key
-from casa_hub.minter import CONDOR_TOKEN
+from casa_hub.credentials.kinds.htcondor import TOKEN_FILE as CONDOR_TOKEN
 from tests.consumers import condor_pool
 from tests.consumers import xrootd_server as xs
 from tests.consumers.htcondor_client import AUTH_FAILED, TD, _ping, _refused, _token

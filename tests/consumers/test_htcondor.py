@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from casa_hub.minter import CONDOR_TOKEN, DASK_CA
+from casa_hub.credentials.kinds.htcondor import TOKEN_FILE as CONDOR_TOKEN
+from casa_hub.credentials.layout import DASK_CA
 from tests.consumers import condor_pool
 from tests.consumers.htcondor_client import AUTH_FAILED, HOUR, TD, _ping, _refused, _token
 

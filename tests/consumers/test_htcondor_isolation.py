@@ -24,7 +24,7 @@ import pytest
 
 from casa_hub.credentials import htcondor as idtokens
 from casa_hub.credentials.htcondor import condor_user
-from casa_hub.minter import CONDOR_TOKEN
+from casa_hub.credentials.kinds.htcondor import TOKEN_FILE as CONDOR_TOKEN
 from tests.consumers import condor_pool
 from tests.support import make_minter
 from tests.user_names import HOSTILE_PAIRS, pair_id
@@ -63,11 +63,8 @@ JOB_WAIT = 120  # seconds, for all RUN_USERS jobs together
 def minter(pool, tmp_path_factory):
     return make_minter(
         tmp_path_factory.mktemp("keys"),
-        condor_signing_key_file=str(pool.hub_key_file),
-        condor_trust_domain=TD,
-        dask_tls_enabled=False,
-        macaroon_enabled=False,
-        servicex_enabled=False,
+        kinds=("xcache", "htcondor"),
+        HTCondorToken={"signing_key_file": str(pool.hub_key_file), "trust_domain": TD},
     )
 
 

@@ -32,7 +32,8 @@ def server(tmp_path):
 
 def _minter(tmp_path, server, **overrides):
     return make_minter(
-        tmp_path / "keys", servicex_endpoint=server.url, servicex_secret_file=str(server.secret_file), **overrides
+        tmp_path / "keys",
+        ServiceXToken={"endpoint": server.url, "secret_file": str(server.secret_file), **overrides},
     )
 
 
@@ -143,7 +144,7 @@ async def test_token_renewed_by_the_hub_is_picked_up(tmp_path, server, monkeypat
 
 
 async def test_email_identity_authenticates_as_the_verified_address(tmp_path, server, monkeypatch):
-    minter = _minter(tmp_path, server, servicex_identity="email")
+    minter = _minter(tmp_path, server, identity="email")
     server.users["alice@example.org"] = User("alice@example.org")
     bundle = minter.mint("alice", email="alice@example.org")
     pod = write_bundle(bundle, tmp_path / "pod")

@@ -62,8 +62,8 @@ def site(site):
         shutil.chown(p, "xrootd", "xrootd")
     site.origin.restart()
     site.cache.restart()
-    site.minter.xcache_scopes = SCOPES
-    site.minter.macaroon_path = MACAROON_PATH
+    site.minter.kind("xcache").scopes = SCOPES
+    site.minter.kind("macaroon").path = MACAROON_PATH
     return site
 
 

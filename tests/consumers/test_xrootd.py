@@ -96,7 +96,7 @@ def test_create_scope_allows_upload_to_own_area_over_https(site):
 
 def test_minted_write_token_uploads_with_xrdcp(site, tmp_path, monkeypatch):
     # the documented hub setting for a user's writable area; xrdcp stats the target, so it also needs read
-    monkeypatch.setattr(site.minter, "xcache_scopes", ["storage.read:/", "storage.create:/user/{userdir}"])
+    monkeypatch.setattr(site.minter.kind("xcache"), "scopes", ["storage.read:/", "storage.create:/user/{userdir}"])
     token = site.minter.mint("erin").files["xcache.token"].content
     (tmp_path / "src").write_bytes(b"histograms\n")
     r = site.xrdcp(str(tmp_path / "src"), site.origin.root_url + "/store/user/erin~/hist.txt", token)

@@ -196,7 +196,7 @@ class Site:
 
     @property
     def macaroon_secret(self) -> bytes:
-        return base64.b64decode(Path(self.minter.macaroon_secret_file).read_bytes())
+        return base64.b64decode(Path(self.minter.kind("macaroon").secret_file).read_bytes())
 
     def token(self, key: IssuerKey | None = None, **overrides) -> bytes:
         """A WLCG token from the hub's pure functions; ``overrides`` replace single claims inputs."""
@@ -299,7 +299,7 @@ def _prepare_workdir(work: Path, *, pki: TestPKI, minter, issuer_url: str) -> No
     (work / "cache-ns").mkdir()
     (work / "authdb").write_text("")  # no static grants
     (work / "scitokens.cfg").write_text(SCITOKENS_CFG.format(audience=AUDIENCE, issuer=issuer_url, base_path=BASE_PATH))
-    shutil.copyfile(minter.macaroon_secret_file, work / "macaroon-secret")
+    shutil.copyfile(minter.kind("macaroon").secret_file, work / "macaroon-secret")
     (work / "macaroon-secret").chmod(0o400)
     # the cache's own credential towards the origin (ztn reads it from BEARER_TOKEN_FILE)
     (work / "cache.token").write_bytes(
@@ -363,10 +363,9 @@ def xrootd_site(tmp: Path):
         # scopes are relative to the site's base_path (/store): "storage.read:/store" would mean /store/store
         minter = make_minter(
             tmp / "keys",
-            issuer_url=issuer_url,
-            xcache_audience=[AUDIENCE],
-            xcache_scopes=["storage.read:/"],
-            macaroon_location=SITE_NAME,
+            CasaMinter={"issuer_url": issuer_url},
+            XCacheToken={"audience": [AUDIENCE], "scopes": ["storage.read:/"]},
+            XCacheMacaroon={"location": SITE_NAME},
         )
         issuer.documents.update(issuer_documents(minter, issuer_url))
         _prepare_workdir(work, pki=pki, minter=minter, issuer_url=issuer_url)

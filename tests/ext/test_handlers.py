@@ -61,8 +61,26 @@ def test_gpus(server):
 
 def test_credentials(server):
     body = api(server, "GET", "credentials").json()
-    assert body["user"] == "alice" and body["seconds_left"] > 6 * 3600 - 120
-    assert {c["name"] for c in body["credentials"] if c["present"]} >= {"xcache", "htcondor", "dask-client"}
+    assert body["user"] == "alice" and 3600 - 120 < body["seconds_left"] <= 3600  # the 1 h storage token first
+    by_name = {c["name"]: c for c in body["credentials"]}
+    assert {name for name, c in by_name.items() if c["present"]} >= {"xcache", "htcondor", "dask-client"}
+    # what the hub's manifest says of each credential: label, file, env variable, audience/scopes, expiry
+    xcache = by_name["xcache"]
+    assert (xcache["label"], xcache["env"], xcache["audience"], xcache["scopes"]) == (
+        "XCache storage token",
+        "BEARER_TOKEN_FILE",
+        "https://wlcg.cern.ch/jwt/v1/any",
+        ["storage.read:/store"],
+    )
+    assert xcache["file"].endswith("/casa/xcache.token") and xcache["expires_at"]
+    condor = by_name["htcondor"]
+    assert (condor["label"], condor["env"], condor["audience"]) == (
+        "HTCondor IDTOKEN",
+        "_CONDOR_SEC_TOKEN_DIRECTORY",
+        None,
+    )
+    assert condor["scopes"] == ["condor:/READ", "condor:/WRITE"] and condor["seconds_left"] > 6 * 3600 - 120
+    assert by_name["dask-ca"]["expires_at"] is None and by_name["dask-ca"]["seconds_left"] is None
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ def pool(tmp_path_factory):
 
 async def test_gpu_worker_job_with_the_users_credentials(pool, tmp_path, monkeypatch):
     minter = make_minter(
-        tmp_path / "keys", condor_signing_key_file=str(pool.hub_key_file), condor_trust_domain=pool.trust_domain
+        tmp_path / "keys",
+        HTCondorToken={"signing_key_file": str(pool.hub_key_file), "trust_domain": pool.trust_domain},
     )
     home = pool.user_dir("alice")
     mount = home / "casa"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -138,8 +139,71 @@ def test_manifest_and_status(mounted, bundle_dir):
     names = {c["name"] for c in status["credentials"]}
     assert {"xcache", "htcondor", "servicex", "dask-worker", "dask-ca"} <= names
     assert all(c["present"] for c in status["credentials"])
-    assert 6 * 3600 - 60 < status["seconds_left"] <= 6 * 3600
+    assert 3600 - 60 < status["seconds_left"] <= 3600  # the storage token (1 h) lapses first
     assert mounted.condor_token_dir == bundle_dir / "condor-tokens"
+
+
+def _rewrite_manifest(bundle_dir, change) -> MountedBundle:
+    path = bundle_dir / "casa.json"
+    doc = json.loads(path.read_text())
+    change(doc["credentials"])
+    path.chmod(0o644)
+    path.write_text(json.dumps(doc))
+    return MountedBundle.from_directory(bundle_dir)
+
+
+def test_a_kind_the_user_side_never_heard_of_is_listed_from_the_manifest(bundle_dir):
+    """What a site's own kind minted shows up with its label, file, env variable and audience: the user side
+    knows no kind by name."""
+    (bundle_dir / "site.token").write_text("token\n")
+    entry = {"name": "site", "label": "Site API token", "file": "site.token", "env": "SITE_TOKEN_FILE"}
+    entry |= {"audience": "https://api.site.example", "scopes": ["read"], "expires_at": "2999-01-01T00:00:00+00:00"}
+    bundle = _rewrite_manifest(bundle_dir, lambda creds: creds.update(site=entry))
+    (item,) = [c for c in bundle.status()["credentials"] if c["name"] == "site"]
+    assert item == {
+        "name": "site",
+        "label": "Site API token",
+        "file": str(bundle_dir / "site.token"),
+        "env": "SITE_TOKEN_FILE",
+        "audience": "https://api.site.example",
+        "scopes": ["read"],
+        "present": True,
+        "expires_at": "2999-01-01T00:00:00+00:00",
+        "seconds_left": item["seconds_left"],
+        "expired": False,
+    }
+    bundle.require("site")
+    (bundle_dir / "site.token").unlink()
+    with pytest.raises(CredentialError, match=r"the Site API token \(site\) is missing"):
+        bundle.require("site")
+
+
+def test_the_dask_files_are_the_ones_the_manifest_names(bundle_dir):
+    (bundle_dir / "dask/worker.key").rename(bundle_dir / "dask/w.key")
+    bundle = _rewrite_manifest(bundle_dir, lambda creds: creds["dask-worker"].update(key_file="dask/w.key"))
+    assert bundle.dask_paths("worker") == (bundle_dir / "dask/worker.crt", bundle_dir / "dask/w.key")
+    assert bundle.security().tls_worker_key == str(bundle_dir / "dask/w.key")
+
+
+def test_a_manifest_of_an_older_hub_still_reads(bundle_dir):
+    """Before the credential kinds the manifest had only file and expiry, and no CA entry."""
+
+    def strip(creds):
+        creds.pop("dask-ca")
+        for name, entry in creds.items():
+            creds[name] = {k: v for k, v in entry.items() if k in ("file", "expires_at", "user")}
+
+    bundle = _rewrite_manifest(bundle_dir, strip)
+    assert bundle.security().tls_ca_file == str(bundle_dir / "dask/ca.pem")
+    assert bundle.condor_user == "alice" and bundle.label("xcache") == "xcache"
+    assert {c["name"]: c["env"] for c in bundle.status()["credentials"]}["xcache"] is None
+
+
+def test_an_unreadable_manifest_is_a_credential_error(bundle_dir):
+    (bundle_dir / "casa.json").chmod(0o644)
+    (bundle_dir / "casa.json").write_text('{"credentials": {"xcache": {"expires_at": null}}}')
+    with pytest.raises(CredentialError, match="casa.json is unreadable: credential 'xcache' of the manifest names no"):
+        MountedBundle.from_directory(bundle_dir)
 
 
 def test_security_from_files(mounted, bundle_dir):

@@ -4,7 +4,8 @@ names and labels; group names never reach Kubernetes objects; Dask certificate S
 The spawner is a real CasaSpawner (KubeSpawner 7.1.0) built in-process as JupyterHub builds it (a user, an ORM
 spawner row carrying the server name, the Hub); it points at an unreachable API server and never calls it: the
 objects checked are the ones its own code builds (``get_pod_manifest``, the Secret/Service/route builders fed
-with the spawner's names and labels, exactly as ``_casa_put_secret`` / ``_casa_create_dask_objects`` do).
+with the spawner's names and labels, exactly as ``_casa_put_secret`` / ``_casa_create_dask_objects`` do;
+outside a start ``get_pod_manifest`` only builds).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from cryptography import x509
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio.client import ApiClient
-from kubespawner.objects import make_owner_reference
 from traitlets.config import Config
 
 from casa_hub import objects
@@ -81,7 +81,7 @@ def authenticator(tmp_path_factory):
     c.CasaAuthenticator.client_secret = "x"
     c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
     c.CasaMinter.issuer_key_file = str(keys["issuer"])
-    c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
+    c.DaskTLS.ca_secret_file = str(keys["dask-ca"])
     return CasaAuthenticator(config=c)
 
 
@@ -94,23 +94,20 @@ def api_json(obj):
 
 def k8s_objects(spawners: Spawners, spawner: CasaSpawner) -> dict[str, dict]:
     """Pod, Secret, Service and route as the spawner would send them (API JSON)."""
-    owner = make_owner_reference(spawner.pod_name, "uid-1")
-    labels = spawner._casa_labels()
-    host = spawner._expand_user_properties(spawner.casa_dask_route_host_template)
+    labels = spawner.casa_labels()
+    host = spawner.format_string(spawner.casa_dask_route_host_template)
     return {
         "pod": api_json(spawners.pod(spawner)),
         "secret": api_json(
-            objects.make_credentials_secret(
-                spawner.casa_secret_name, spawner.namespace, spawner.casa_bundle, labels, [owner]
-            )
+            objects.make_credentials_secret(spawner.casa_secret_name, spawner.namespace, spawner.casa_bundle, labels)
         ),
         "service": api_json(
             objects.make_dask_scheduler_service(
                 spawner.casa_service_name,
                 spawner.namespace,
-                spawner._build_pod_labels({}),
+                spawner.casa_server_selector(),
                 spawner.casa_dask_scheduler_port,
-                [owner],
+                [],
                 labels,
             )
         ),
@@ -120,7 +117,7 @@ def k8s_objects(spawners: Spawners, spawner: CasaSpawner) -> dict[str, dict]:
             host,
             spawner.casa_service_name,
             spawner.casa_dask_scheduler_port,
-            [owner],
+            [],
             labels,
             spawner.casa_dask_route_entry_point,
         ),
@@ -215,7 +212,7 @@ def _names(spawner: CasaSpawner) -> dict[str, str]:
         "pod": spawner.pod_name,
         "secret": spawner.casa_secret_name,
         "service": spawner.casa_service_name,
-        "host": spawner._expand_user_properties(spawner.casa_dask_route_host_template),
+        "host": spawner.format_string(spawner.casa_dask_route_host_template),
     }
 
 
@@ -230,15 +227,15 @@ def test_distinct_users_and_servers_never_share_a_name(authenticator, spawners, 
     for u in list(users):
         slug_spawner = spawners.make(u)
         for squat in (
-            slug_spawner._expand_user_properties("{username}"),
-            slug_spawner._casa_labels()["hub.jupyter.org/username"],
+            slug_spawner.format_string("{username}"),
+            slug_spawner.casa_labels()["hub.jupyter.org/username"],
         ):
             if accepted(authenticator, squat) == squat:
                 users.add(squat)
     assume(len(users) >= 2)
     seen: dict[str, dict[str, tuple]] = {kind: {} for kind in ("pod", "secret", "service", "host", "label")}
     for user in sorted(users):
-        label = spawners.make(user)._casa_labels()["hub.jupyter.org/username"]
+        label = spawners.make(user).casa_labels()["hub.jupyter.org/username"]
         assert seen["label"].setdefault(label, (user,)) == (user,), f"{user!r} and {seen['label'][label]} share {label}"
         for server in set(servers):
             for kind, name in _names(spawners.make(user, server)).items():
@@ -275,9 +272,7 @@ def test_group_names_never_reach_certificates():
 # ------------------------------------------------------------------ Dask certificate SANs
 @pytest.fixture(scope="module")
 def dask_minter(tmp_path_factory):
-    return make_minter(
-        tmp_path_factory.mktemp("sans-keys"), macaroon_enabled=False, condor_enabled=False, servicex_enabled=False
-    )
+    return make_minter(tmp_path_factory.mktemp("sans-keys"), kinds=("xcache", "dask-tls"))
 
 
 @settings(FUZZ, max_examples=60)
@@ -295,7 +290,7 @@ def test_dask_certificate_sans_are_dns_names(authenticator, dask_minter, raw):
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = san.get_values_for_type(x509.DNSName)
         assert names and all(is_dns_name(n) for n in names), names
-        assert len(names) == len(dask_minter.dask_hostnames) - len(san.get_values_for_type(x509.IPAddress))
+        assert len(names) == len(dask_minter.kind("dask-tls").hostnames) - len(san.get_values_for_type(x509.IPAddress))
 
 
 @FUZZ

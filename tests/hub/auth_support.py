@@ -45,7 +45,7 @@ def make_authenticator(tmp_path, issuer: str, **traits) -> CasaAuthenticator:
     c.CasaAuthenticator.credential_refresh_margin = 1800
     c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
     c.CasaMinter.issuer_key_file = str(keys["issuer"])
-    c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
+    c.DaskTLS.ca_secret_file = str(keys["dask-ca"])
     for name, value in traits.items():
         cls, _, trait = name.rpartition("__")
         setattr(getattr(c, cls or "CasaAuthenticator"), trait, value)

@@ -45,9 +45,9 @@ c.KubeSpawner.namespace = "default"
 c.KubeSpawner.port = {pod_port}
 c.KubeSpawner.start_timeout = 30
 c.KubeSpawner.image = "registry.example.org/casa/notebook:test"
-c.CasaMinter.xcache_lifetime = 90
+c.XCacheToken.lifetime = 90
 c.CasaAuthenticator.credential_refresh_margin = 60
-c.CasaSpawner.casa_refresh_jitter = 0
+c.CasaRefresher.jitter = 0
 """
 
 
@@ -214,3 +214,28 @@ def facility_command(port: int, oidc_port: int, state: Path, *args) -> list[str]
         str(state),
         *map(str, args),
     ]
+
+
+def verified_storage_claims(hub: Hub, token: bytes | str, audience: str = "https://wlcg.cern.ch/jwt/v1/any") -> dict:
+    """The claims of a storage token, verified as XRootD verifies it: the hub's issuer discovery document, its
+    JWKS, the token's ``kid``, this audience and this issuer."""
+    import jwt
+
+    token = token.decode() if isinstance(token, bytes) else token
+    issuer = f"{hub.url}/hub/casa-issuer"
+    discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10).json()
+    jwks = jwt.PyJWKSet.from_dict(httpx.get(discovery["jwks_uri"], timeout=10).json())
+    kid = jwt.get_unverified_header(token.strip())["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    return jwt.decode(token.strip(), key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer)
+
+
+def assert_renewed_for(hub: Hub, user: str, renewed: bytes, first: bytes) -> None:
+    """``renewed`` is a fresh storage token of ``user`` (signed by the hub, later expiry, new ``jti``) replacing
+    ``first``. (Not compared with the stored auth_state: a refresh persists nothing the hub can re-mint.)"""
+    import jwt
+
+    new = verified_storage_claims(hub, renewed)
+    old = jwt.decode(first.strip(), options={"verify_signature": False})  # maybe from this hub before a restart
+    assert new["sub"] == old["sub"] == user
+    assert new["jti"] != old["jti"] and new["exp"] > old["exp"]

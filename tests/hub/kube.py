@@ -568,8 +568,8 @@ current-context: emu
 
 
 def assert_credentials_mounted(pod: dict, secret: dict, bundle, user: str) -> tuple[dict, dict]:
-    """The Secret holds exactly ``bundle`` and is owned by the pod; the pod mounts it read-only at /etc/casa.
-    Returns the container and the credentials volume for further checks."""
+    """The Secret holds exactly ``bundle`` and is owned by nothing (written before the pod; the stop deletes it);
+    the pod mounts it read-only at /etc/casa. Returns the container and the credentials volume."""
     import base64
 
     from casa_hub.objects import secret_key
@@ -578,8 +578,8 @@ def assert_credentials_mounted(pod: dict, secret: dict, bundle, user: str) -> tu
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
         secret_key(p): f.content for p, f in bundle.files.items()
     }
-    (owner,) = secret["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", f"jupyter-{user}", pod["metadata"]["uid"])
+    assert not secret["metadata"].get("ownerReferences")
+    assert pod["metadata"]["labels"]["casa-hub/server"] == f"jupyter-{user}"
     container = pod["spec"]["containers"][0]
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"]
     assert mount == {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}

@@ -10,7 +10,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from casa_hub.authenticator import CasaAuthenticator
+from casa_hub.authenticator import CasaAuthenticator, groups_from_claim
 from tests.hub import hub as H
 from tests.hub.oidc import start_provider, stop_provider
 from tests.support import free_port, need, write_keys
@@ -26,7 +26,7 @@ def _config(tmp_path, **auth) -> Config:
         setattr(c.CasaAuthenticator, name, value)
     c.CasaMinter.issuer_url = "https://hub.test/hub/casa-issuer"
     c.CasaMinter.issuer_key_file = str(keys["issuer"])
-    c.CasaMinter.dask_ca_secret_file = str(keys["dask-ca"])
+    c.DaskTLS.ca_secret_file = str(keys["dask-ca"])
     return c
 
 
@@ -53,9 +53,9 @@ def test_missing_signing_key_fails_at_construction_not_at_login(tmp_path, caplog
 
 def test_minter_is_configured_through_its_own_section_and_parented(tmp_path):
     c = _config(tmp_path)
-    c.CasaMinter.xcache_lifetime = 1234
+    c.XCacheToken.lifetime = 1234
     auth = CasaAuthenticator(config=c)
-    assert auth.minter.parent is auth and auth.minter.xcache_lifetime == 1234
+    assert auth.minter.parent is auth and auth.minter.kind("xcache").lifetime == 1234
 
 
 def test_defaults_suit_a_facility(tmp_path):
@@ -64,33 +64,52 @@ def test_defaults_suit_a_facility(tmp_path):
     assert auth.username_claim == "preferred_username" and "openid" in auth.scope
 
 
-# ---------------------------------------------------------------- groups claims
+# ---------------------------------------------------------------- groups: oauthenticator's auth_state_groups_key
+WLCG = groups_from_claim("wlcg.groups", strip="/")
+
+
 @pytest.mark.parametrize(
-    "claim,value,expected",
+    "key,claim,value,expected",
     [
-        ("groups", ["cms", " gpu-users ", "", 7], {"cms", "gpu-users"}),
-        ("groups", "cms, atlas", {"cms", "atlas"}),
-        ("wlcg.groups", ["/cms", "/cms/uscms", "/atlas"], {"cms", "cms/uscms", "atlas"}),
+        (None, "groups", ["cms", " gpu-users ", "", 7], {"cms", "gpu-users"}),  # the default: oauth_user.groups
+        (None, "groups", "cms, atlas", {"cms", "atlas"}),
+        (WLCG, "wlcg.groups", ["/cms", "/cms/uscms", "/atlas"], {"cms", "cms/uscms", "atlas"}),
         (
+            "oauth_user.eduperson_entitlement",
             "eduperson_entitlement",
             ["urn:mace:casa:cms", "urn:mace:casa:gpu"],
             {"urn:mace:casa:cms", "urn:mace:casa:gpu"},
         ),
-        ("groups", None, set()),
+        (lambda state: {"from-a-callable"}, "groups", ["cms"], {"from-a-callable"}),
+        (None, "groups", None, set()),
     ],
 )
-async def test_groups_claim_forms(tmp_path, claim, value, expected):
-    auth = CasaAuthenticator(config=_config(tmp_path, groups_claim=claim))
+async def test_groups_key_forms(tmp_path, key, claim, value, expected):
+    auth = CasaAuthenticator(config=_config(tmp_path, **({} if key is None else {"auth_state_groups_key": key})))
     user_info = {"sub": "u"} if value is None else {"sub": "u", claim: value}
     assert await auth.get_user_groups({auth.user_auth_state_key: user_info}) == expected
 
 
-async def test_groups_fall_back_to_the_verified_id_token(tmp_path):
-    auth = CasaAuthenticator(config=_config(tmp_path, groups_claim="wlcg.groups"))
+@pytest.mark.parametrize("key", [None, WLCG])
+async def test_groups_fall_back_to_the_verified_id_token(tmp_path, key):
+    auth = CasaAuthenticator(config=_config(tmp_path, **({} if key is None else {"auth_state_groups_key": key})))
+    claim = "groups" if key is None else "wlcg.groups"
     state = {
         auth.user_auth_state_key: {"sub": "u"},
-        "token_response": {"id_token_claims": {"sub": "u", "wlcg.groups": ["/cms"]}},
+        "token_response": {"id_token_claims": {"sub": "u", claim: ["/cms"] if key else ["cms"]}},
     }
+    assert await auth.get_user_groups(state) == {"cms"}
+
+
+def test_a_dotted_wlcg_groups_key_is_a_config_error_that_says_what_to_write(tmp_path):
+    with pytest.raises(TraitError, match=r"auth_state_groups_key='oauth_user.wlcg.groups'.*groups_from_claim"):
+        CasaAuthenticator(config=_config(tmp_path, auth_state_groups_key="oauth_user.wlcg.groups"))
+
+
+async def test_the_deprecated_groups_claim_still_works_and_warns(tmp_path, caplog):
+    auth = CasaAuthenticator(config=_config(tmp_path, groups_claim="wlcg.groups"))
+    assert "groups_claim is deprecated" in caplog.text
+    state = {auth.user_auth_state_key: {"sub": "u", "wlcg.groups": ["/cms"]}}
     assert await auth.get_user_groups(state) == {"cms"}
 
 

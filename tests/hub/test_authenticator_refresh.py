@@ -7,6 +7,7 @@ import logging
 
 import httpx
 import pytest
+from tornado import web
 
 from casa_hub.authenticator import CasaAuthenticator, CredentialsRefused
 from casa_hub.credentials.bundle import CredentialBundle
@@ -78,35 +79,27 @@ async def test_revoked_user_must_log_in_again(tmp_path, provider):
     assert await auth.refresh_user(user) is False
 
 
-async def test_casa_refresh_persists_then_delivers(tmp_path, provider):
-    from casa_hub.mixin import CasaCredentialsMixin
-
-    delivered = []
-
-    class Server(CasaCredentialsMixin):
-        active = True
-        log = logging.getLogger("test")
-        _log_name = "alice"
-
-        def __init__(self, user):
-            super().__init__()
-            self.user = user
-
-        async def casa_write_bundle(self, bundle):
-            delivered.append((bundle, dict(self.user._state)))
-
-        def casa_schedule_refresh(self, expires_at):
-            pass
-
+async def test_a_renewal_persists_only_what_the_hub_cannot_re_create(tmp_path, provider):
+    """renew() asks the provider and mints; save_session() writes auth_state only when the provider's session
+    (a rotated refresh token), the identity, the groups or the verified e-mail changed, never for the bundle
+    alone (the hub re-mints it; the running server holds its copy)."""
     auth = _authenticator(tmp_path, provider)
     await auth.discover()
     user = await _logged_in(auth, provider)
-    user.spawners[""] = Server(user)
-    bundle = await auth.casa_refresh_credentials(user)
-    assert bundle is not None and bundle.user == "alice"
-    ((written, state_when_written),) = delivered
-    assert written == bundle
-    assert CredentialBundle.from_dict(state_when_written["casa"]) == bundle  # saved before delivery
+    stored = dict(user._state)
+    model, bundle = await auth.renew(user)
+    assert bundle.user == "alice" and bundle != _bundle(user)
+    assert await auth.save_session(user, stored, model, bundle) is False
+    assert user._state == stored  # nothing written
+
+    rotated = {**model, "auth_state": {**model["auth_state"], "refresh_token": "rotated-by-the-provider"}}
+    assert await auth.save_session(user, stored, rotated, bundle) is True
+    assert user._state["refresh_token"] == "rotated-by-the-provider"
+    assert _bundle(user) == bundle  # written anyway, so the fresh bundle rides along
+
+    regrouped = {**model, "auth_state": {**model["auth_state"], "casa_groups": ["cms"]}}
+    assert await auth.save_session(user, dict(user._state), regrouped, bundle) is True
+    assert user._state["casa_groups"] == ["cms"]
 
 
 async def test_minting_for_another_user_is_refused_by_the_server():
@@ -132,7 +125,7 @@ async def test_user_moved_out_of_allowed_groups_gets_no_new_credentials(tmp_path
         assert await auth.refresh_user(user) is False
     assert "No fresh credentials for alice: it is no longer allowed" in caplog.text
     with pytest.raises(CredentialsRefused):
-        await auth.casa_refresh_credentials(user)
+        await auth.renew(user)
 
 
 async def test_no_token_or_secret_is_logged_during_login_refresh_and_outage(tmp_path, provider, caplog):
@@ -264,3 +257,27 @@ async def test_a_server_start_mounts_the_stored_credentials_unless_they_are_near
     assert mounted.expires_at > stored.expires_at
     assert mounted.files["xcache.token"].content != stored.files["xcache.token"].content
     assert mounted == _bundle(user)  # what was mounted is what is stored
+
+
+async def test_a_server_start_without_refresh_pre_spawn_renews_near_expiry_credentials_itself(tmp_path, provider):
+    """``refresh_pre_spawn`` off: pre_spawn_start asks the provider itself before minting (admitted, same
+    identity), and keeps valid stored credentials while the provider is down."""
+    from casa_hub.local import CasaLocalSpawner
+
+    auth = _authenticator(tmp_path, provider)
+    await auth.discover()
+    user = await _logged_in(auth, provider)
+    stored = _bundle(user)
+    _at(auth, stored.expires_at - datetime.timedelta(minutes=10))
+    spawner = CasaLocalSpawner(user=user, log=logging.getLogger("test"))
+    await auth.pre_spawn_start(user, spawner)
+    assert spawner.casa_bundle.expires_at > stored.expires_at and spawner.casa_bundle.user == "alice"
+
+    stop_provider(provider)
+    spawner = CasaLocalSpawner(user=user, log=logging.getLogger("test"))
+    await auth.pre_spawn_start(user, spawner)
+    assert spawner.casa_bundle == stored  # valid for 10 more minutes: started with what is stored
+    _at(auth, stored.expires_at + datetime.timedelta(seconds=1))
+    with pytest.raises(web.HTTPError) as refused:
+        await auth.pre_spawn_start(user, CasaLocalSpawner(user=user, log=logging.getLogger("test")))
+    assert refused.value.status_code == 503

@@ -43,8 +43,14 @@ def start_facility(tmp_path):
     yield start
     for proc in procs:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            # SIGTERM first: the facility stops its hub and provider, which run in sessions of their own (a
+            # SIGKILL of its process group alone would leave them running)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 @pytest.fixture
@@ -102,7 +108,7 @@ def test_log_in_start_a_server_see_credentials_then_ctrl_c(facility):
 # what a person would put in my-facility.py (README): a lifetime, one more profile (with its Dask backends), and
 # an API token so that this test can read what the hub minted
 MY_FACILITY = """
-c.CasaMinter.xcache_lifetime = 1234
+c.XCacheToken.lifetime = 1234
 c.CasaLocalSpawner.profiles.append(
     {"display_name": "Big CPU", "slug": "bigcpu", "description": "more workers, local Dask only",
      "environment": {"CASA_GPU_COUNT": "0", "CASA_DASK_BACKENDS": "local"}})
@@ -134,7 +140,7 @@ def test_a_config_file_changes_what_the_facility_does(start_facility, tmp_path):
 
 def test_a_broken_config_file_is_refused_before_anything_starts(tmp_path):
     config = tmp_path / "my-facility.py"
-    config.write_text("c.CasaMinter.xcache_lifetime = = 1\n")
+    config.write_text("c.XCacheToken.lifetime = = 1\n")
     result = subprocess.run(
         [
             sys.executable,

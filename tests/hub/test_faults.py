@@ -20,7 +20,6 @@ import kmock
 import pytest
 from kubespawner import KubeSpawner
 
-from casa_hub.credentials.bundle import CredentialBundle
 from casa_hub.errors import SpawnRefused
 from casa_hub.objects import EXPIRY_ANNOTATION, secret_key
 from tests.hub import hub as H
@@ -67,7 +66,7 @@ async def test_a_slow_secret_create_is_retried_and_the_late_write_taken_over(kub
     try:
         pod, secret = kube.get("pods", "jupyter-slow"), kube.get("secrets", "casa-slow")
         assert decoded(secret) == expected_data(spawner.casa_bundle)
-        assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [pod["metadata"]["uid"]]
+        assert pod is not None and not secret["metadata"].get("ownerReferences")  # before the pod: owned by nothing
         assert "Kubernetes did not answer in 1s while writing Secret casa-slow; retrying" in caplog.text
         assert "Secret casa-slow exists; replacing it" in caplog.text
     finally:
@@ -82,7 +81,7 @@ async def test_a_secret_create_that_keeps_timing_out_fails_clearly_and_leaves_no
         await start(spawner, profile="cpu")
     assert (failed.value.status_code, failed.value.jupyterhub_message) == (503, USER_ERROR)
     assert "Kubernetes kept failing for 3s while writing Secret casa-stuck" in failed.value.log_message
-    assert _nothing_left(kube, "stuck")  # the pod was deleted, its Secret (stored by the first try) with it
+    assert _nothing_left(kube, "stuck")  # no pod; the failed start deleted the Secret its first try stored
     await spawner.stop()  # what the hub does after a failed spawn
     assert _nothing_left(kube, "stuck")
 
@@ -94,7 +93,7 @@ async def test_a_slow_dask_service_create_is_retried_and_taken_over(kube, caplog
         await start(spawner, profile="cpu")
     try:
         pod, service = kube.get("pods", "jupyter-dasky"), kube.get("services", "casa-dask-dasky")
-        assert [r["uid"] for r in service["metadata"]["ownerReferences"]] == [pod["metadata"]["uid"]]
+        assert pod is not None and service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         assert len([s for s in kube.stored("services") if s["metadata"]["name"] == "casa-dask-dasky"]) == 1
         assert "did not answer in 1s while writing Service casa-dask-dasky; retrying" in caplog.text
     finally:
@@ -112,7 +111,7 @@ async def test_a_dask_service_create_that_keeps_failing_fails_clearly_and_leaves
     assert (failed.value.status_code, failed.value.jupyterhub_message) == (503, USER_ERROR)
     assert "Kubernetes kept failing for 2s while writing Service casa-dask-nodask" in failed.value.log_message
     assert "Kubernetes answered 500 while writing Service casa-dask-nodask; retrying" in caplog.text
-    assert _nothing_left(kube, "nodask")  # the Secret went with the pod (it owns it)
+    assert _nothing_left(kube, "nodask")  # no pod; the failed start deleted the Secret
     await spawner.stop()
     assert _nothing_left(kube, "nodask")
 
@@ -136,7 +135,7 @@ async def test_a_lost_slow_or_failing_refresh_is_retried_and_the_secret_gets_the
                 await spawner.casa_apply_bundle(fresh)
             after = kube.get("secrets", "casa-patchy")
             assert decoded(after) == expected_data(fresh), fault
-            assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+            assert after["metadata"]["labels"] == before["metadata"]["labels"]
             assert len([s for s in kube.stored("secrets") if s["metadata"]["name"] == "casa-patchy"]) == 1
             if fault == "delay":
                 assert "did not answer in 1s while refreshing Secret casa-patchy; retrying" in caplog.text
@@ -147,19 +146,11 @@ async def test_a_lost_slow_or_failing_refresh_is_retried_and_the_secret_gets_the
     assert _nothing_left(kube, "patchy")
 
 
-# ------------------------------------------------------------------ stop: Secret delete
-def _disown(kube, name: str) -> None:
-    """Make the Secret one the garbage collector will not take with the pod (as a Secret re-created by a refresh
-    while the pod had no UID yet), so that only the spawner's own delete removes it."""
-    secret = kube.get("secrets", name)
-    secret["metadata"].pop("ownerReferences")
-    httpx.put(f"{kube.url}/api/v1/namespaces/default/secrets/{name}", json=secret, timeout=10).raise_for_status()
-
-
+# ------------------------------------------------------------------ stop: Secret delete (owned by nothing: only the
+# spawner's own delete removes it)
 async def test_a_lost_or_failing_secret_delete_is_retried_and_stop_completes(kube, caplog):
     spawner = make_spawner(kube, name="deller", **FAST)
     await start(spawner, profile="cpu")
-    _disown(kube, "casa-deller")
     kube.delay(kmock.action.DELETE, "secrets", SLOW, lost=True)
     kube.fail(kmock.action.DELETE, "secrets", 503)
     with caplog.at_level(logging.WARNING):
@@ -173,12 +164,11 @@ async def test_a_lost_or_failing_secret_delete_is_retried_and_stop_completes(kub
 async def test_a_secret_delete_that_keeps_failing_does_not_block_stop(kube, caplog):
     spawner = make_spawner(kube, name="undel", **dict(FAST, k8s_api_request_retry_timeout=2))
     await start(spawner, profile="cpu")
-    _disown(kube, "casa-undel")
     kube.fail(kmock.action.DELETE, "secrets", 503, times=1000)
     try:
         with caplog.at_level(logging.WARNING):
             await spawner.stop()  # returns: the server is stopped even though its Secret could not go
-        assert kube.get("pods", "jupyter-undel") is None and spawner._casa_refresh_task is None
+        assert kube.get("pods", "jupyter-undel") is None and spawner.casa_expires_at is None
         assert "Could not remove the credentials of" in caplog.text
         assert "Kubernetes kept failing for 2s while deleting Secret casa-undel" in caplog.text
     finally:
@@ -244,12 +234,13 @@ def test_hub_restart_restores_the_refresh_timer_and_refreshes_the_secret(tmp_pat
             f"Secret refreshed after the restart\n{hub.log()[-3000:]}",
         )
         assert len(_user_secrets(kube, "alice")) == 1  # no duplicate
-        assert refreshed["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
+        assert refreshed["metadata"]["labels"] == first["metadata"]["labels"]
         old_expiry = first["metadata"]["annotations"][EXPIRY_ANNOTATION]
         assert refreshed["metadata"]["annotations"][EXPIRY_ANNOTATION] > old_expiry
         model = _user(hub, "alice")
-        persisted = CredentialBundle.from_dict(model["auth_state"]["casa"])
-        assert base64.b64decode(refreshed["data"][token_key]) == persisted.files["xcache.token"].content
+        H.assert_renewed_for(
+            hub, "alice", base64.b64decode(refreshed["data"][token_key]), base64.b64decode(first["data"][token_key])
+        )
         log = hub.log()
         assert "did not answer in 1s while refreshing Secret casa-alice; retrying" in log
         assert "Delivered fresh credentials to" in log and "Traceback" not in log

@@ -41,9 +41,7 @@ class Clock:
 def _authenticator(tmp_path, issuer: str, **traits) -> tuple[CasaAuthenticator, Clock, list]:
     """CasaAuthenticator for ``issuer``, its JWKS cache on a test clock, and the list of its JWKS fetches."""
     # credentials within the default 30 min refresh margin: every refresh re-mints
-    auth = make_authenticator(
-        tmp_path, issuer, allowed_groups={"cms", "atlas"}, CasaMinter__xcache_lifetime=600, **traits
-    )
+    auth = make_authenticator(tmp_path, issuer, allowed_groups={"cms", "atlas"}, XCacheToken__lifetime=600, **traits)
     clock, fetches = Clock(), []
 
     async def fetch():

@@ -1,6 +1,6 @@
 """Credentials belong to exactly one hub user, bound to one provider identity, for as long as JupyterHub's
 own admission rules admit that user: CasaAuthenticator in-process against the real demo provider, driven the
-way JupyterHub drives it (``get_authenticated_user`` at login, ``refresh_user`` and the server's timer later,
+way JupyterHub drives it (``get_authenticated_user`` at login, ``refresh_user`` and the hub's refresher later,
 ``pre_spawn_start`` before a server starts). The same flows through a real hub are in test_identity_hub.py."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ async def test_a_rename_at_the_provider_mints_nothing_for_the_new_name(tmp_path,
     with caplog.at_level(logging.WARNING):
         assert await auth.refresh_user(user) is False
         with pytest.raises(CredentialsRefused, match="another user name"):
-            await auth.casa_refresh_credentials(user)
+            await auth.renew(user)
     assert mints == []
     assert user._state["casa"] == before  # nothing stored for anyone else
     assert "No fresh credentials for alice: the provider now gives this identity another user name" in caplog.text
@@ -146,7 +146,7 @@ async def test_a_session_whose_provider_names_another_identity_gets_nothing(tmp_
     near_expiry(auth, user)
     mints.clear()
     with pytest.raises(CredentialsRefused, match="another identity"):
-        await auth.casa_refresh_credentials(user)
+        await auth.renew(user)
     assert mints == []
 
 
@@ -154,7 +154,7 @@ async def test_a_refresh_keeps_the_binding_and_mints_for_the_hub_user(tmp_path, 
     auth = make_authenticator(tmp_path, provider.url)
     user = await logged_in(auth, provider)
     near_expiry(auth, user)
-    bundle = await auth.casa_refresh_credentials(user)
+    _, bundle = await auth.renew(user)
     assert bundle.user == "alice" and mints == ["alice", "alice"]
     assert user._state["casa_identity"] == {"iss": provider.url, "sub": "alice"}
 
@@ -176,7 +176,7 @@ async def test_a_user_the_hub_no_longer_admits_gets_no_fresh_credentials(tmp_pat
         assert await restarted.refresh_user(user) is False  # even while the credentials are fresh
         near_expiry(restarted, user)
         with pytest.raises(CredentialsRefused):
-            await restarted.casa_refresh_credentials(user)
+            await restarted.renew(user)
         with pytest.raises(web.HTTPError) as refused:
             await restarted.pre_spawn_start(user, None)
     assert refused.value.status_code == 403
@@ -185,25 +185,13 @@ async def test_a_user_the_hub_no_longer_admits_gets_no_fresh_credentials(tmp_pat
     assert mints == []
 
 
-async def test_the_timer_of_a_refused_user_stops_for_good(tmp_path, provider, caplog):
-    auth = make_authenticator(tmp_path, provider.url, blocked_users={"alice"})
-    user = await logged_in(make_authenticator(tmp_path / "before", provider.url), provider)
-    user.authenticator = auth
-    spawner = CasaLocalSpawner(user=user, casa_refresh_jitter=0, log=logging.getLogger("test"))
-    spawner.casa_schedule_refresh(datetime.datetime.now(datetime.timezone.utc))  # due now
-    with caplog.at_level(logging.WARNING):
-        await spawner._casa_refresh_task
-    assert "are no longer renewed" in caplog.text and "trying again" not in caplog.text
-    assert spawner._casa_refresh_task.done()
-
-
 # ------------------------------------------------------------------ verified identities only
 async def test_an_unverified_email_never_becomes_the_servicex_identity(tmp_path, provider, mints):
     traits = {
-        "CasaMinter__servicex_enabled": True,
-        "CasaMinter__servicex_identity": "email",
-        "CasaMinter__servicex_secret_file": str(tmp_path / "keys" / "servicex"),
-        "CasaMinter__servicex_endpoint": "http://127.0.0.1:1",
+        "CasaMinter__kinds": ["xcache", "servicex", "dask-tls"],
+        "ServiceXToken__identity": "email",
+        "ServiceXToken__secret_file": str(tmp_path / "keys" / "servicex"),
+        "ServiceXToken__endpoint": "http://127.0.0.1:1",
     }
     auth = make_authenticator(tmp_path, provider.url, **traits)
     with pytest.raises(web.HTTPError) as refused:

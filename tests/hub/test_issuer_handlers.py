@@ -30,8 +30,10 @@ async def issuer(tmp_path):
     retired.write_bytes(keys.generate("issuer", "RS256"))
     minter = make_minter(
         tmp_path / "keys",
-        issuer_url=f"http://127.0.0.1:{port}{PREFIX}/casa-issuer",
-        issuer_retired_key_files=[str(retired)],
+        CasaMinter={
+            "issuer_url": f"http://127.0.0.1:{port}{PREFIX}/casa-issuer",
+            "issuer_retired_key_files": [str(retired)],
+        },
     )
     app = web.Application([(PREFIX + route, handler, kwargs) for route, handler, kwargs in issuer_handlers(minter)])
     server = HTTPServer(app)
@@ -95,7 +97,7 @@ async def test_a_minted_token_verifies_the_way_a_consumer_does_it(issuer):
             token,
             signing_key.key,
             algorithms=["ES256", "RS256"],
-            audience=minter.xcache_audience[0],
+            audience=minter.kind("xcache").audience[0],
             issuer=config["issuer"],
         )
 
@@ -125,7 +127,7 @@ def test_authenticator_serves_the_documents_of_its_own_minter(tmp_path):
     c = Config()
     c.CasaAuthenticator.oidc_issuer = "http://127.0.0.1:1"
     c.CasaAuthenticator.client_id = "casa-test"
-    c.CasaMinter = minter.config.CasaMinter
+    c.merge(minter.config)  # CasaMinter and its kinds' sections
     auth = CasaAuthenticator(config=c)
     routes = {
         route: (handler, kwargs)

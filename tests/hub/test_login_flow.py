@@ -18,9 +18,9 @@ from tests.hub import hub as H
 # credentials live 70 s and are refreshed 60 s before expiry: the server's timer fires ~10 s after start
 SHORT_LIVED = """
 c.JupyterHub.log_level = "DEBUG"
-c.CasaMinter.xcache_lifetime = 70
+c.XCacheToken.lifetime = 70
 c.CasaAuthenticator.credential_refresh_margin = 60
-c.CasaLocalSpawner.casa_refresh_jitter = 0
+c.CasaRefresher.jitter = 0
 """
 
 
@@ -114,7 +114,8 @@ def test_spawn_writes_private_credentials_refreshes_and_cleans_up(facility):
     assert stat.S_IMODE(creds.stat().st_mode) == 0o700
     token_file = creds / "xcache.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o400
-    first = jwt.decode(token_file.read_bytes().strip(), options={"verify_signature": False})
+    first_token = token_file.read_bytes()
+    first = jwt.decode(first_token.strip(), options={"verify_signature": False})
     assert first["sub"] == "bob"
     # the server is reachable through the proxy with the user's own cookie-less token via the hub API
     with facility.api() as api:
@@ -127,8 +128,7 @@ def test_spawn_writes_private_credentials_refreshes_and_cleans_up(facility):
         refreshed = jwt.decode(token_file.read_bytes().strip(), options={"verify_signature": False})
     assert refreshed["jti"] != first["jti"], "credentials were not refreshed while the server ran"
     assert refreshed["exp"] > first["exp"]
-    persisted = CredentialBundle.from_dict(_auth_state(facility, "bob")["auth_state"]["casa"])
-    assert persisted.files["xcache.token"].content.strip() == token_file.read_bytes().strip()
+    H.assert_renewed_for(facility, "bob", token_file.read_bytes(), first_token)
     with facility.api() as api:
         assert api.delete("/users/bob/server").status_code in (202, 204)
     deadline = time.monotonic() + 30

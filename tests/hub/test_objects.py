@@ -267,3 +267,39 @@ def test_dask_dashboard_ingress():
             ],
         },
     }
+
+
+# ------------------------------------------------------------------ names and labels from public values
+@pytest.mark.parametrize(
+    "user,server",
+    [("alice", ""), ("Alice.B", ""), ("alice", "gpu box"), ("a" * 60, ""), ("bob", "s" * 40), ("al/ice", "x")],
+)
+def test_name_fields_are_kubespawners_template_fields(user, server):
+    """The same ``{username}``/``{servername}``/``{user_server}`` as KubeSpawner's pod names use (a drift
+    check against its private expansion, in the test only)."""
+    from types import SimpleNamespace
+
+    from kubespawner import KubeSpawner
+
+    fake = SimpleNamespace(
+        slug_scheme="safe",
+        name=server,
+        user=SimpleNamespace(name=user, id=1),
+        _namespace_default=lambda: "default",
+        pod_name="p",
+        pvc_name="c",
+        namespace="default",
+    )
+    fields = objects.name_fields(user, server)
+    for field in ("username", "servername", "user_server"):
+        assert fields[field] == KubeSpawner._expand_user_properties(fake, "{%s}" % field), field
+
+
+def test_credentials_labels():
+    assert objects.credentials_labels("Alice.B", {"app": "jupyterhub", "component": "site"}) == {
+        "hub.jupyter.org/username": objects.label_value("Alice.B"),
+        "component": "site",  # the deployment's common_labels win, as on KubeSpawner's own objects
+        "app.kubernetes.io/component": "casa-credentials",
+        "app": "jupyterhub",
+    }
+    assert objects.label_value("alice") == "alice" and objects.label_value("Alice.B") != "alice-b"

@@ -234,3 +234,59 @@ def test_describe_availability():
     )
     assert profiles.describe_availability({"nvidia.com/gpu": 0}) == "0 GPUs free now"
     assert profiles.describe_availability({}) == ""
+
+
+# ------------------------------------------------------------------ KubeSpawner's profile rules, without its privates
+def test_initialized_profiles_complete_slugs_and_defaults_and_leave_the_input_alone():
+    raw = [
+        {"display_name": "Small CPU"},
+        {"display_name": "Pick", "slug": "pick", "profile_options": {"img": {"choices": {"a": {}, "b": {}}}}},
+        {"display_name": "Own", "slug": "own", "profile_options": {"img": {"unlisted_choice": {"enabled": True}}}},
+    ]
+    before = copy.deepcopy(raw)
+    assert profiles.initialized_profiles(raw) == [
+        {"display_name": "Small CPU", "slug": "small-cpu", "default": True},
+        {
+            "display_name": "Pick",
+            "slug": "pick",
+            "profile_options": {
+                "img": {"choices": {"a": {"default": True}, "b": {}}, "unlisted_choice": {"enabled": False}}
+            },
+        },
+        {
+            "display_name": "Own",
+            "slug": "own",
+            "profile_options": {"img": {"unlisted_choice": {"enabled": True, "display_name_in_choices": "Other..."}}},
+        },
+    ]
+    assert raw == before
+
+
+def test_initialized_profiles_match_kubespawners_own_reading():
+    """The same rules as KubeSpawner 7's own (private) initialisation: a drift check, in the test only."""
+    from kubespawner import KubeSpawner
+
+    raw = [GPU, {"display_name": "CPU only"}, {"display_name": "X", "slug": "x", "default": True}]
+    assert profiles.initialized_profiles(raw) == KubeSpawner._get_initialized_profile_list(None, raw)
+
+
+@pytest.mark.parametrize(
+    "groups,options,completed",
+    [
+        # the configured default (GPU) is not this user's: their default is the first profile they see
+        (["cms"], {}, {"profile": "cpu"}),
+        # a GPU user gets the GPU default with its default choice made explicit
+        (["gpu-users"], {}, {"profile": "gpu", "gpus": "1"}),
+        (["gpu-users"], {"profile": "gpu", "gpus": "mig-1g.5gb"}, {"profile": "gpu", "gpus": "mig-1g.5gb"}),
+        (["gpu-users"], {"profile": "cpu"}, {"profile": "cpu"}),
+    ],
+)
+def test_complete_user_options_makes_the_users_own_defaults_explicit(groups, options, completed):
+    gpu_first = [dict(GPU, default=True), {"display_name": "CPU", "slug": "cpu"}]
+    visible = profiles.initialized_profiles(profiles.visible_profiles(gpu_first, groups))
+    assert profiles.complete_user_options(visible, options) == completed
+
+
+def test_complete_user_options_refuses_a_user_without_any_profile():
+    with pytest.raises(ProfileRefused, match="No server profile is available to your account"):
+        profiles.complete_user_options([], {})

@@ -18,18 +18,16 @@ import kmock
 import pytest
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from traitlets.config import Config
 
-from casa_hub.credentials.bundle import BundleFile
 from casa_hub.errors import SpawnRefused
 from casa_hub.spawner import CasaSpawner
-from tests.hub.kube import KubeThread
-from tests.hub.spawners import EXP, NOW, bundle, decoded, expected_data, make_spawner, start, use_kubeconfig
+from tests.hub.spawners import EXP, PROFILES, bundle, decoded, expected_data, make_spawner, start, use_kubeconfig
 
 
 @pytest.fixture(scope="module")
-def kube(tmp_path_factory):
-    with KubeThread() as kube, use_kubeconfig(kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")):
-        yield kube
+def kube(kube_emulator):
+    return kube_emulator
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +39,7 @@ async def _reflectors(kube):
 
 
 # ------------------------------------------------------------------ start / stop
-async def test_gpu_profile_start_writes_a_secret_owned_by_the_pod_and_mounts_it(kube):
+async def test_gpu_profile_start_writes_the_secret_before_the_pod_and_mounts_it(kube):
     spawner = make_spawner(kube, groups=["cms", "gpu-users"])
     events = []
 
@@ -56,19 +54,13 @@ async def test_gpu_profile_start_writes_a_secret_owned_by_the_pod_and_mounts_it(
     await asyncio.wait_for(watcher, 10)
     try:
         pod, secret = kube.get("pods", "jupyter-alice"), kube.get("secrets", "casa-alice")
-        # the Secret holds exactly the bundle, is labelled, and is owned by the pod (deleted with it)
+        # the Secret holds exactly the bundle and is labelled; written before the pod (so owned by nothing: the
+        # stop deletes it), so the pod never waits for it
         assert decoded(secret) == expected_data(spawner.casa_bundle)
         assert secret["type"] == "Opaque"
-        assert secret["metadata"]["ownerReferences"] == [
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": "jupyter-alice",
-                "uid": pod["metadata"]["uid"],
-                "blockOwnerDeletion": True,
-                "controller": False,
-            }
-        ]
+        assert not secret["metadata"].get("ownerReferences")
+        assert int(secret["metadata"]["resourceVersion"]) < int(pod["metadata"]["resourceVersion"])
+        assert pod["metadata"]["labels"]["casa-hub/server"] == "jupyter-alice"
         assert secret["metadata"]["labels"]["component"] == "casa-credentials"
         assert secret["metadata"]["labels"]["hub.jupyter.org/username"] == "alice"
         assert secret["metadata"]["annotations"] == {"casa-hub/expires-at": EXP.isoformat()}
@@ -107,7 +99,6 @@ async def test_gpu_profile_start_writes_a_secret_owned_by_the_pod_and_mounts_it(
     finally:
         await spawner.stop()
     assert kube.get("secrets", "casa-alice") is None and kube.get("pods", "jupyter-alice") is None
-    assert spawner._casa_refresh_task is None
 
 
 async def test_mig_slice_and_owner_only_files_without_fsgroup(kube):
@@ -141,7 +132,7 @@ async def test_leftover_secret_is_replaced_and_respawns_do_not_duplicate_volumes
             pod, secret = kube.get("pods", "jupyter-alice"), kube.get("secrets", "casa-alice")
             assert decoded(secret) == expected_data(spawner.casa_bundle)  # no stale key
             assert "stale" not in secret["metadata"]["labels"]
-            assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+            assert secret["metadata"]["labels"]["component"] == "casa-credentials"
             assert [v["name"] for v in pod["spec"]["volumes"]].count("casa-credentials") == 1
             assert [m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]].count("casa-credentials") == 1
             env_names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
@@ -162,59 +153,23 @@ async def test_refresh_replaces_the_secret_with_only_the_charts_rights(kube):
         await spawner.casa_apply_bundle(fresh)
         after = kube.get("secrets", "casa-alice")
         assert decoded(after) == expected_data(fresh)  # new token, the dropped file's key removed
-        assert after["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+        assert after["metadata"]["labels"] == before["metadata"]["labels"]
         assert len([s for s in kube.stored("secrets") if s["metadata"]["name"] == "casa-alice"]) == 1
         assert spawner.casa_bundle is fresh
         # a bundle minted for someone else never reaches this server
         with pytest.raises(ValueError, match="refusing to deliver"):
             await spawner.casa_apply_bundle(bundle(user="mallory", token=b"evil"))
         assert decoded(kube.get("secrets", "casa-alice")) == expected_data(fresh)
-        # the Secret deleted behind our back: the refresh creates it again, owned by the pod
+        # the Secret deleted behind our back: the refresh creates it again
         httpx.delete(f"{kube.url}/api/v1/namespaces/default/secrets/casa-alice", timeout=10).raise_for_status()
         await spawner.casa_apply_bundle(before_bundle := bundle(token=b"token-3\n"))
         again = kube.get("secrets", "casa-alice")
         assert decoded(again) == expected_data(before_bundle)
-        assert again["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+        assert again["metadata"]["labels"] == before["metadata"]["labels"]
     finally:
         await spawner.stop()
 
 
-async def test_refresh_timer_calls_the_authenticator_and_is_restored_after_a_hub_restart(kube):
-    spawner = make_spawner(kube, casa_refresh_jitter=0)
-    calls = []
-
-    async def casa_refresh_credentials(user):
-        calls.append(user.name)
-        fresh = bundle(token=b"token-2\n")
-        await spawner.casa_apply_bundle(fresh)
-        return fresh
-
-    spawner.user.authenticator = SimpleNamespace(
-        credential_refresh_margin=600, casa_refresh_credentials=casa_refresh_credentials
-    )
-    spawner.casa_bundle = bundle(extra={"xcache.token": BundleFile(b"short", 0o400, NOW)})  # expires now
-    await start(spawner, profile="cpu")
-    try:
-        for _ in range(100):
-            if decoded(kube.get("secrets", "casa-alice"))["xcache.token"] == b"token-2\n":
-                break
-            await asyncio.sleep(0.1)
-        assert calls == ["alice"]
-        assert decoded(kube.get("secrets", "casa-alice"))["xcache.token"] == b"token-2\n"
-        # a restarted hub: a new spawner from the saved state re-arms the timer in poll()
-        state = spawner.get_state()
-        assert state["casa_expires_at"] == EXP.isoformat()
-        restored = make_spawner(kube)
-        restored.load_state(state)
-        assert restored._casa_refresh_task is None
-        assert await restored.poll() is None
-        assert restored._casa_refresh_task is not None and not restored._casa_refresh_task.done()
-        restored.casa_cancel_refresh()
-    finally:
-        await spawner.stop()
-
-
-# ------------------------------------------------------------------ Kubernetes failures
 async def test_500s_on_secret_create_are_retried(kube, caplog):
     kube.fail(kmock.action.CREATE, "secrets", 500, times=2)
     spawner = make_spawner(kube)
@@ -274,9 +229,9 @@ async def test_stop_tolerates_objects_already_gone(kube):
 
 
 # ------------------------------------------------------------------ Dask Service and route
-async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
-    # a leftover Service of an earlier pod is replaced (else the garbage collector would remove it); the route
-    # needs the casa-dask-route Role of helm-values/extra-rbac.yaml
+async def test_dask_scheduler_service_and_route_select_the_pod_and_go_with_the_stop(kube):
+    # a leftover Service of an earlier server is replaced; the route needs the casa-dask-route Role of
+    # helm-values/extra-rbac.yaml
     kube.set_rbac("chart+extras")
     httpx.post(
         f"{kube.url}/api/v1/namespaces/default/services",
@@ -297,23 +252,15 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
     await start(spawner, profile="cpu")
     try:
         pod = kube.get("pods", "jupyter-alice")
-        owner = [
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": "jupyter-alice",
-                "uid": pod["metadata"]["uid"],
-                "blockOwnerDeletion": True,
-                "controller": False,
-            }
-        ]
         service = kube.get("services", "casa-dask-alice")
         assert service["spec"]["ports"] == [
             {"name": "dask-scheduler", "port": 8786, "targetPort": 8786, "protocol": "TCP"}
         ]
-        assert service["spec"]["selector"]["hub.jupyter.org/username"] == "alice"
-        assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
-        assert service["metadata"]["ownerReferences"] == owner
+        # the label Casa sets on this pod alone (pod names are unique in a namespace)
+        assert service["spec"]["selector"] == {"casa-hub/server": "jupyter-alice"}
+        assert pod["metadata"]["labels"]["casa-hub/server"] == "jupyter-alice"
+        assert service["metadata"]["labels"]["hub.jupyter.org/username"] == "alice"
+        assert not service["metadata"].get("ownerReferences")  # created before the pod: the stop deletes it
         route = kube.get("ingressroutetcps", "casa-dask-alice")
         assert route["spec"] == {
             "entryPoints": ["dask"],
@@ -325,7 +272,7 @@ async def test_dask_scheduler_service_and_route_owned_by_the_pod(kube):
                 }
             ],
         }
-        assert route["metadata"]["ownerReferences"] == owner
+        assert not route["metadata"].get("ownerReferences")
     finally:
         await spawner.stop()
         kube.set_rbac("chart")
@@ -501,18 +448,36 @@ async def test_names_are_collision_free_slugs(kube):
     assert all(len(n) <= 63 and n == n.lower() and n.replace("-", "").isalnum() for n in names), names
 
 
-async def test_a_configured_after_pod_created_hook_runs_after_casas(kube):
+async def test_the_admins_pod_hooks_read_back_as_set_and_both_run(kube):
+    """Casa takes no KubeSpawner hook: what the admin configures reads back unchanged, and KubeSpawner runs it
+    (modify_pod_hook on the pod Casa built, with the Secret already there; after_pod_created_hook once the pod
+    exists)."""
     seen = []
 
-    async def mine(spawner, pod):
-        seen.append((pod["metadata"]["name"], kube.get("secrets", "casa-alice") is not None))
+    def modify(spawner, pod):
+        volumes = [v.name for v in pod.spec.volumes]
+        seen.append(("modify", "casa-credentials" in volumes, kube.get("secrets", "casa-alice") is not None))
+        pod.metadata.labels["site/admin-hook"] = "yes"
+        return pod
 
-    spawner = make_spawner(kube, after_pod_created_hook=mine)
+    async def after(spawner, pod):
+        seen.append(("after", pod["metadata"]["name"], pod["metadata"]["labels"].get("site/admin-hook")))
+
+    config = Config()
+    config.CasaSpawner.modify_pod_hook = modify
+    config.CasaSpawner.after_pod_created_hook = after
+    config.CasaSpawner.profile_list = PROFILES
+    spawner = make_spawner(kube, config=config)
+    assert spawner.modify_pod_hook is modify and spawner.after_pod_created_hook is after
+    assert spawner.profile_list == PROFILES and spawner.options_form == spawner._casa_options_form
     await start(spawner, profile="cpu")
-    await spawner.stop()
-    assert seen == [("jupyter-alice", True)]
-    unset = make_spawner(kube, after_pod_created_hook=None)  # Casa's own step cannot be configured away
-    assert unset.after_pod_created_hook == unset._casa_after_pod_created
+    try:
+        assert seen == [("modify", True, True), ("after", "jupyter-alice", "yes")]
+        assert spawner.modify_pod_hook is modify and spawner.after_pod_created_hook is after
+    finally:
+        await spawner.stop()
+    plain = make_spawner(kube)  # nothing configured: nothing set by Casa either
+    assert plain.modify_pod_hook is None and plain.after_pod_created_hook is None
 
 
 # ------------------------------------------------------------------ opt-in: a real cluster
@@ -552,7 +517,7 @@ async def _real_cluster_round_trip(spawner, namespace):
 
 # ------------------------------------------------------------------ deliveries racing a stop
 async def test_a_delivery_racing_a_stop_never_recreates_the_secret_or_arms_a_timer(kube):
-    spawner = make_spawner(kube, casa_refresh_jitter=0)
+    spawner = make_spawner(kube)
     await start(spawner, profile="cpu")
     kube.delay(kmock.action.DELETE, "secrets", 1.0)  # the refresh's delete is answered late: the stop comes meanwhile
     in_flight = asyncio.ensure_future(spawner.casa_apply_bundle(bundle(token=b"token-2\n")))
@@ -563,16 +528,7 @@ async def test_a_delivery_racing_a_stop_never_recreates_the_secret_or_arms_a_tim
     await asyncio.sleep(0.5)  # anything left in flight would have written by now
     assert kube.get("secrets", "casa-alice") is None, "a delivery re-created the Secret after the stop"
     assert kube.get("pods", "jupyter-alice") is None
-    assert spawner._casa_refresh_task is None
-
-
-async def test_a_bundle_of_another_user_is_refused(kube):
-    from traitlets import TraitError
-
-    spawner = make_spawner(kube)
-    with pytest.raises(TraitError, match="refusing credentials of 'mallory' for 'alice'"):
-        spawner.casa_bundle = bundle(user="mallory")
-    assert spawner.casa_bundle.user == "alice"
+    assert spawner.casa_expires_at is None  # nothing left for the hub's refresher
 
 
 # ------------------------------------------------------------------ the emulator enforces the chart's rights

@@ -36,6 +36,15 @@ def test_wheel_holds_the_built_front_end_the_server_switch_and_the_license(wheel
     assert "BSD 3-Clause License" in license_text and "Casa Hub contributors" in license_text
     assert "casa = casa_hub.authenticator:CasaAuthenticator" in entry_points
     assert "casa-local = casa_hub.local:CasaLocalSpawner" in entry_points
+    kinds = entry_points.split("[casa_hub.credentials]\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert {line.split(" = ")[0] for line in kinds} == {
+        "xcache",
+        "macaroon",
+        "htcondor",
+        "servicex",
+        "dask-tls",
+        "mlflow",
+    }
 
 
 def test_wheel_holds_product_code_only(wheel):

@@ -146,22 +146,22 @@ def test_bundle_env_points_into_mount(minter):
 def _all_secret_forms(minter) -> dict[str, bytes]:
     """Every hub-held secret in every encoding it could leak in."""
     forms = {}
-    ca = minter.user_ca("alice")
+    ca = minter.kind("dask-tls").user_ca("alice")
     der = ca.key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     forms["ca key der"] = der
     forms["ca key b64"] = base64.b64encode(der)
     forms["ca key scalar"] = ca.key.private_numbers().private_value.to_bytes(32, "big")
-    for name in (
-        "issuer_key_file",
-        "dask_ca_secret_file",
-        "macaroon_secret_file",
-        "servicex_secret_file",
-        "condor_signing_key_file",
+    for owner, name in (
+        (minter, "issuer_key_file"),
+        (minter.kind("dask-tls"), "ca_secret_file"),
+        (minter.kind("macaroon"), "secret_file"),
+        (minter.kind("servicex"), "secret_file"),
+        (minter.kind("htcondor"), "signing_key_file"),
     ):
-        raw = Path(getattr(minter, name)).read_bytes()
-        forms[name] = raw.strip()
+        raw = Path(getattr(owner, name)).read_bytes()
+        forms[f"{type(owner).__name__}.{name}"] = raw.strip()
     issuer_der = minter.issuer_keys[0].private_key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -211,7 +211,7 @@ def test_manifest_lists_credentials_without_secrets(minter):
 
 
 def test_scopes_template_the_user_dir(tmp_path):
-    m = make_minter(tmp_path, xcache_scopes=["storage.read:/store", "storage.create:/store/user/{userdir}"])
+    m = make_minter(tmp_path, XCacheToken={"scopes": ["storage.read:/store", "storage.create:/store/user/{userdir}"]})
     import jwt
 
     claims = jwt.decode(m.mint("carol").files["xcache.token"].content.strip(), options={"verify_signature": False})
@@ -219,7 +219,7 @@ def test_scopes_template_the_user_dir(tmp_path):
 
 
 def test_missing_key_file_is_a_clear_error(tmp_path):
-    m = make_minter(tmp_path, issuer_key_file=str(tmp_path / "nope.pem"))
+    m = make_minter(tmp_path, CasaMinter={"issuer_key_file": str(tmp_path / "nope.pem")})
     with pytest.raises(RuntimeError, match="issuer signing key.*nope.pem"):
         m.load_keys()
 
@@ -232,12 +232,17 @@ def test_empty_user_is_refused(minter):
 def test_macaroon_lifetime_trait_is_validated(tmp_path):
     from traitlets import TraitError
 
-    with pytest.raises(TraitError, match="macaroon_lifetime"):
-        make_minter(tmp_path, macaroon_lifetime=90000)
+    from casa_hub.credentials.kinds.xcache_macaroon import XCacheMacaroon
+
+    with pytest.raises(TraitError, match=r"^XCacheMacaroon\.lifetime=90000: XRootD caps macaroons at 86400 s"):
+        XCacheMacaroon(lifetime=90000)
+    with pytest.raises(RuntimeError, match=r"^XCacheMacaroon\.lifetime=90000: XRootD caps"):  # at hub start
+        make_minter(tmp_path, XCacheMacaroon={"lifetime": 90000})
+    assert XCacheMacaroon(lifetime=86400).lifetime == 86400
 
 
 def test_email_identity_needs_an_email(tmp_path):
-    m = make_minter(tmp_path, servicex_identity="email")
+    m = make_minter(tmp_path, ServiceXToken={"identity": "email"})
     with pytest.raises(ValueError, match="e-mail"):
         m.mint("alice")
     assert m.mint("alice", email="alice@example.org").files["servicex.token"]
@@ -393,19 +398,26 @@ def test_distinct_users_never_share_a_common_name(users):
 
 
 @pytest.mark.parametrize(
-    "trait,content,message",
+    "section,trait,content,message",
     [
-        ("dask_ca_secret_file", b"short", "must be at least 32 bytes"),
-        ("issuer_key_file", b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "is not usable"),
-        ("condor_signing_key_file", b"\0abc", "is not usable"),  # HTCondor cuts the file at its first NUL
+        ("DaskTLS", "ca_secret_file", b"short", "must be at least 32 bytes"),
+        (
+            "CasaMinter",
+            "issuer_key_file",
+            b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+            "is not usable",
+        ),
+        ("HTCondorToken", "signing_key_file", b"\0abc", "is not usable"),  # HTCondor cuts the file at its first NUL
+        ("XCacheMacaroon", "secret_file", b"", "is empty"),
+        ("ServiceXToken", "secret_file", b"\n", "is empty"),
     ],
 )
-def test_unusable_keys_fail_at_start_naming_the_trait(tmp_path, trait, content, message):
+def test_unusable_keys_fail_at_start_naming_the_trait(tmp_path, section, trait, content, message):
     """A malformed or too short key is one message naming the trait when the hub starts, not a traceback later."""
     from tests.support import make_minter
 
     bad = tmp_path / "bad-key"
     bad.write_bytes(content)
-    m = make_minter(tmp_path / "keys", **{trait: str(bad)})
-    with pytest.raises(RuntimeError, match=rf"CasaMinter\.{trait}=.*{message}"):
+    m = make_minter(tmp_path / "keys", **{section: {trait: str(bad)}})
+    with pytest.raises(RuntimeError, match=rf"^{section}\.{trait}.*{message}"):
         m.load_keys()

@@ -4,7 +4,7 @@
   repository, ``tests/x.py::test_name`` included) exists; in-pod and example paths (``/etc/casa/...``,
   ``$CASA_CREDENTIALS_DIR/...``, ``/store/user/...``) start with ``/``, ``$`` or ``~`` and are not checked;
 - every ``Class.trait`` (also ``c.Class.trait``, ``hub.config.Class.trait``, ``Class.method(...)``) exists on
-  that class, and every bare Casa trait name in backticks (``xcache_lifetime``) on some Casa class;
+  that class, and every bare Casa trait name in backticks (``casa_mount_path``) on some Casa class;
 - every command they show runs or exists: ``python -m MODULE`` (importable and runnable; Casa's own small CLIs
   are run with the documented arguments), ``casa-hub-keys ...`` (declared in pyproject.toml and run), and the
   ``--flags`` given to a script of this repository (``scripts/*.sh``, ``benchmarks/*.py``);
@@ -164,8 +164,20 @@ def test_the_path_check_catches_a_made_up_path():
 CLASSES = {
     "CasaAuthenticator": "casa_hub.authenticator",
     "CasaMinter": "casa_hub.minter",
+    "CasaRefresher": "casa_hub.refresher",
+    "XCacheToken": "casa_hub.credentials.kinds.xcache_token",
+    "XCacheMacaroon": "casa_hub.credentials.kinds.xcache_macaroon",
+    "HTCondorToken": "casa_hub.credentials.kinds.htcondor",
+    "ServiceXToken": "casa_hub.credentials.kinds.servicex",
+    "DaskTLS": "casa_hub.credentials.kinds.dask_tls",
+    "MLflowToken": "casa_hub.credentials.kinds.mlflow",
+    "CredentialKind": "casa_hub.credentials.kind",
+    "MintRequest": "casa_hub.credentials.kind",
+    "Minted": "casa_hub.credentials.kind",
+    "ManifestEntry": "casa_hub.credentials.layout",
     "CasaSpawner": "casa_hub.spawner",
     "CasaLocalSpawner": "casa_hub.local",
+    "CasaRevocations": "casa_hub.revoke",
     "CasaCredentialsMixin": "casa_hub.mixin",
     "CredentialBundle": "casa_hub.credentials.bundle",
     "SpawnRefused": "casa_hub.errors",
@@ -181,9 +193,23 @@ CLASSES = {
     "OAuthenticator": "oauthenticator.oauth2",
     "GenericOAuthenticator": "oauthenticator.generic",
     "ServerApp": "jupyter_server.serverapp",
+    "Application": "traitlets.config.application",
 }
 # Casa's configurable classes: a bare trait name in backticks must be an attribute of one of these
-CASA_CONFIGURABLES = ("CasaAuthenticator", "CasaMinter", "CasaSpawner", "CasaLocalSpawner", "CasaClusterSettings")
+CASA_CONFIGURABLES = (
+    "CasaAuthenticator",
+    "CasaRefresher",
+    "CasaMinter",
+    "CasaSpawner",
+    "CasaLocalSpawner",
+    "CasaClusterSettings",
+    "XCacheToken",
+    "XCacheMacaroon",
+    "HTCondorToken",
+    "ServiceXToken",
+    "DaskTLS",
+    "MLflowToken",
+)
 # bare names that look like Casa traits but are not, on purpose
 NOT_TRAITS = {
     "casa_hub",
@@ -195,7 +221,9 @@ NOT_TRAITS = {
     "servicex_token_mode",  # the admin guide says it is gone
     "condor_token_create",
     "condor_store_cred",
-    "condor_submit",  # HTCondor's tools
+    "condor_submit",
+    "condor_reconfig",  # HTCondor's tools
+    "casa_audit",  # the audit line's schema key (casa_hub/audit.py)
 }
 TRAIT_REF = re.compile(r"(?<![\w.])(c\.|hub\.config\.)?([A-Z][A-Za-z0-9]+)\.([A-Za-z_*][A-Za-z0-9_*]*)(\()?")
 BARE_TRAIT = re.compile(
@@ -212,6 +240,21 @@ def _class(name: str):
 def _names_of(cls) -> set[str]:
     traits = set(cls.class_traits()) if hasattr(cls, "class_traits") else set()
     return traits | {n for n in dir(cls) if not n.startswith("__")}
+
+
+@functools.lru_cache
+def _metric_names() -> set[str]:
+    """The Prometheus metrics Casa defines (a doc naming one that does not exist is caught like a trait) and
+    the values of their bounded labels."""
+    from prometheus_client import CollectorRegistry
+
+    from casa_hub import metrics
+
+    registry = CollectorRegistry()
+    metrics.casa_metrics(registry)
+    names = {m.name for m in registry.collect()} | {f"{m.name}_total" for m in registry.collect()}
+    labels = (metrics.MINT_OUTCOMES, metrics.REFRESH_OUTCOMES, metrics.DELIVERY_CAUSES, metrics.SECRET_OPERATIONS)
+    return names | {v for values in labels for v in values}
 
 
 def trait_problems(text: str) -> list[str]:
@@ -235,7 +278,7 @@ def trait_problems(text: str) -> list[str]:
             elif attr not in _names_of(cls):
                 problems.append(f"{cls_name}.{attr}: no such trait or attribute")
     bare = {s for s in code_spans(text) if BARE_TRAIT.match(s)} - NOT_TRAITS
-    known = set().union(*(_names_of(_class(c)) for c in CASA_CONFIGURABLES))
+    known = set().union(*(_names_of(_class(c)) for c in CASA_CONFIGURABLES)) | _metric_names()
     problems += [f"`{name}`: no Casa class has this trait" for name in sorted(bare - known)]
     return sorted(set(problems))
 
@@ -247,13 +290,13 @@ def test_every_trait_the_docs_name_exists(doc):
 
 def test_the_trait_check_catches_made_up_names():
     good = (
-        "`c.CasaMinter.xcache_lifetime`, `hub.config.CryptKeeper.keys`, `CasaMinter.*_lifetime`, "
+        "`c.XCacheToken.lifetime`, `hub.config.CryptKeeper.keys`, `HTCondorToken.*_file`, "
         "`CasaMinter.mint(user)`, `Authenticator.allow_existing_users`, `KubeSpawner.tolerations`, "
-        "`CasaClusterSettings.max_workers`, `casa_refresh_jitter`, `credential_refresh_margin`"
+        "`CasaClusterSettings.max_workers`, `retry_interval`, `credential_refresh_margin`"
     )
     assert trait_problems(good) == []
     made_up = (
-        "`c.CasaMinter.xcache_lifetme`, `hub.config.CasaSpawnr.casa_mount_path`, `CasaMinter.*_duration`, "
+        "`c.XCacheToken.lifetme`, `hub.config.CasaSpawnr.casa_mount_path`, `DaskTLS.*_duration`, "
         "`CasaAuthenticator.refresh_everything()`, `KubeSpawner.tolerance`, `casa_refresh_jiter`"
     )
     assert len(trait_problems(made_up)) == 6

@@ -59,24 +59,42 @@ def _warnings_for(cls, config: Config, caplog) -> list[str]:
 
 @pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
 def test_hub_config_instantiates_casa_classes_without_unknown_traits(path, caplog):
+    import importlib
+    import sys
+
     from casa_hub.authenticator import CasaAuthenticator
+    from casa_hub.credentials.kind import installed_kinds, kind_class
     from casa_hub.minter import CasaMinter
     from casa_hub.spawner import CasaSpawner
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
+    import gen_config_reference  # the configurable classes of the configuration reference
+
     config = _hub_config(path)
-    for cls in (CasaAuthenticator, CasaMinter, CasaSpawner):
-        section = config.get(cls.__name__, {})
-        unknown = sorted(set(section) - set(cls.class_trait_names(config=True)))
-        assert not unknown, f"{path.name}: hub.config.{cls.__name__} has unknown traits {unknown}"
-    warnings = _warnings_for(CasaMinter, config, caplog)
+    kinds = [kind_class(name) for name in installed_kinds()]
+    documented = [getattr(importlib.import_module(m), c) for m, c in gen_config_reference.CLASSES]
+    classes = {cls.__name__: cls for cls in (CasaAuthenticator, CasaMinter, CasaSpawner, *kinds, *documented)}
+    for name, section in config.items():
+        if name in ("JupyterHub", "Authenticator"):
+            continue
+        assert name in classes, f"{path.name}: hub.config.{name} configures no Casa class (typo?)"
+        unknown = sorted(set(section) - set(classes[name].class_trait_names(config=True)))
+        assert not unknown, f"{path.name}: hub.config.{name} has unknown traits {unknown}"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        enabled = CasaMinter(config=config, log=logging.getLogger("casa-test")).enabled_kinds
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [w for w in warnings if "not recognized" in w or "unrecognized" in w.lower()], warnings
+    assert [k.name for k in enabled] == list(config.CasaMinter.kinds)
 
 
 def test_unknown_trait_is_detected(tmp_path):
     """The unknown-trait check above can fail."""
+    from casa_hub.credentials.kinds.xcache_token import XCacheToken
     from casa_hub.minter import CasaMinter
 
-    assert "xcache_lifetme" not in CasaMinter.class_trait_names(config=True)
+    assert "issuer_key_fil" not in CasaMinter.class_trait_names(config=True)
+    assert "lifetme" not in XCacheToken.class_trait_names(config=True)
 
 
 @pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)

@@ -19,7 +19,9 @@ from traitlets import TraitError
 
 from casa_hub.credentials import htcondor
 from casa_hub.credentials.htcondor import condor_user
-from casa_hub.minter import CONDOR_TOKEN, MANIFEST
+from casa_hub.credentials.kinds.htcondor import TOKEN_FILE as CONDOR_TOKEN
+from casa_hub.credentials.kinds.htcondor import HTCondorToken
+from casa_hub.credentials.layout import MANIFEST
 from tests.support import make_minter
 from tests.user_names import HOSTILE_PAIRS
 
@@ -155,8 +157,10 @@ def test_token_subject_is_the_account_at_the_trust_domain():
 def test_trust_domain_with_at_or_space_is_refused(domain, tmp_path):
     with pytest.raises(ValueError, match="trust domain"):
         htcondor.idtoken_claims(trust_domain=domain, user="alice", now=NOW, lifetime=HOUR)
-    with pytest.raises(TraitError, match="CasaMinter.condor_trust_domain"):
-        make_minter(tmp_path, condor_trust_domain=domain)
+    with pytest.raises(TraitError, match=r"^HTCondorToken\.trust_domain=.*cannot contain '@' or white space"):
+        HTCondorToken(trust_domain=domain)
+    with pytest.raises(RuntimeError, match=r"^HTCondorToken\.trust_domain="):  # at hub start
+        make_minter(tmp_path, HTCondorToken={"trust_domain": domain})
 
 
 def test_bundle_names_the_account(tmp_path):
@@ -175,7 +179,7 @@ def test_bundle_names_the_account(tmp_path):
 
 
 def test_no_condor_account_without_condor(tmp_path):
-    bundle = make_minter(tmp_path, condor_enabled=False).mint("alice")
+    bundle = make_minter(tmp_path, kinds=("xcache", "macaroon", "servicex", "dask-tls")).mint("alice")
     assert "CASA_CONDOR_USER" not in bundle.env
 
 

@@ -64,16 +64,14 @@ def site(request, tmp_path_factory):
         minter = make_minter(
             tmp / "keys",
             algorithm=request.param,
-            issuer_url=issuer_url,
-            xcache_audience=[AUDIENCE],
-            xcache_scopes=SCOPES,
+            CasaMinter={"issuer_url": issuer_url},
+            XCacheToken={"audience": [AUDIENCE], "scopes": SCOPES},
         )
         other = make_minter(
             tmp / "other-keys",
             algorithm=request.param,
-            issuer_url=other_url,
-            xcache_audience=[AUDIENCE],
-            xcache_scopes=SCOPES,
+            CasaMinter={"issuer_url": other_url},
+            XCacheToken={"audience": [AUDIENCE], "scopes": SCOPES},
         )
         server.documents.update(issuer_documents(minter, issuer_url))
         server.documents.update(issuer_documents(other, other_url))
@@ -133,7 +131,9 @@ def test_enforcer_gives_no_user_the_others_area(site, pair):
 
 
 def test_expired_token_is_refused(site):
-    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=site.minter.xcache_lifetime + 60)
+    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+        seconds=site.minter.kind("xcache").lifetime + 60
+    )
     token = site.token("alice", now=old)
     with pytest.raises(jwt.ExpiredSignatureError):
         scitokens.SciToken.deserialize(token)

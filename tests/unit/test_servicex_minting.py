@@ -9,22 +9,25 @@ import jwt
 import pytest
 from traitlets.config import Config
 
-from casa_hub.minter import SERVICEX_CONFIG, SERVICEX_TOKEN, CasaMinter
+from casa_hub.credentials.kinds.servicex import CONFIG_FILE as SERVICEX_CONFIG
+from casa_hub.credentials.kinds.servicex import TOKEN_FILE as SERVICEX_TOKEN
+from casa_hub.credentials.kinds.servicex import ServiceXToken
+from casa_hub.minter import CasaMinter
 from tests.support import make_minter
 
 
 def test_email_identity_without_a_verified_email_is_refused_clearly(tmp_path):
-    m = make_minter(tmp_path, servicex_identity="email")
+    m = make_minter(tmp_path, ServiceXToken={"identity": "email"})
     with pytest.raises(ValueError) as e:
         m.mint("alice", email=None)  # CasaAuthenticator passes None unless email_verified is true
     message = str(e.value)
-    assert "'alice'" in message and "present and verified" in message and "servicex_identity='email'" in message
+    assert "'alice'" in message and "present and verified" in message and "ServiceXToken.identity='email'" in message
     with pytest.raises(ValueError, match="present and verified"):
         m.mint("alice", email="")
 
 
 def test_email_identity_uses_the_given_address(tmp_path):
-    bundle = make_minter(tmp_path, servicex_identity="email").mint("alice", email="alice@example.org")
+    bundle = make_minter(tmp_path, ServiceXToken={"identity": "email"}).mint("alice", email="alice@example.org")
     claims = jwt.decode(bundle.files[SERVICEX_TOKEN].content.strip(), options={"verify_signature": False})
     assert claims["sub"] == "alice@example.org" and claims["type"] == "access"
 
@@ -37,13 +40,14 @@ def test_only_an_access_token_is_minted(tmp_path):
     doc = json.loads(bundle.files[SERVICEX_CONFIG].content)  # YAML in JSON flow style
     assert doc["api_endpoints"][0]["token"] == ""  # no refresh token anywhere
     assert bundle.env["CASA_SERVICEX_TOKEN_FILE"] == "{mount}/" + SERVICEX_TOKEN
-    assert not hasattr(CasaMinter, "servicex_token_mode")
+    assert not hasattr(ServiceXToken, "token_mode")
 
 
 def test_removed_token_mode_setting_is_reported(caplog):
     c = Config()
-    c.CasaMinter.servicex_token_mode = "refresh"
+    c.CasaMinter.kinds = ["servicex"]
+    c.ServiceXToken.token_mode = "refresh"
     with caplog.at_level(logging.WARNING):
-        m = CasaMinter(config=c)
-    assert "servicex_token_mode" in caplog.text and "not recognized" in caplog.text
-    assert not hasattr(m, "servicex_token_mode")
+        kind = CasaMinter(config=c).kind("servicex")
+    assert "`token_mode` not recognized by `ServiceXToken`" in caplog.text
+    assert not hasattr(kind, "token_mode")

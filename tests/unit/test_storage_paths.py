@@ -1,4 +1,4 @@
-"""Per-user storage directories (``{userdir}``) and the storage path templates of CasaMinter.
+"""Per-user storage directories (``{userdir}``) and the storage path templates of the XCache kinds.
 
 XRootD 5.5 matches SciTokens scope paths and macaroon ``path:`` caveats as plain string prefixes, so the
 directory names must be injective *and* prefix-free; the real-server half of this is
@@ -18,6 +18,8 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from casa_hub.credentials import storage
+from casa_hub.credentials.kinds.xcache_macaroon import XCacheMacaroon
+from casa_hub.credentials.kinds.xcache_token import XCacheToken
 from casa_hub.credentials.storage import user_dir
 from casa_hub.minter import CasaMinter
 from tests.support import make_minter
@@ -149,14 +151,19 @@ SAFE_SCOPES = [
     ["read:/store", "write:/store/user/{userdir}"],
     ["openid", "offline_access", "storage.read:/"],
     ["storage.create:/store/scratch", "storage.create:/store/user/{userdir}"],  # a sibling shared area is fine
-    [],
 ]
 
 
 @pytest.mark.parametrize("scopes", SAFE_SCOPES, ids=str)
 def test_safe_scopes_are_accepted(scopes):
     storage.check_scopes(scopes)
-    assert CasaMinter(xcache_scopes=scopes).xcache_scopes == scopes
+    assert XCacheToken(scopes=scopes).scopes == scopes
+
+
+def test_a_token_without_scopes_is_refused_at_configuration():
+    storage.check_scopes([])  # nothing unsafe in it, but a storage token without a scope grants nothing
+    with pytest.raises(TraitError, match=r"^XCacheToken\.scopes: a storage token needs at least one scope"):
+        XCacheToken(scopes=[])
 
 
 # (scopes, what the message must say)
@@ -202,24 +209,24 @@ UNSAFE_SCOPES = [
 def test_unsafe_scopes_are_refused_naming_the_trait(scopes, message):
     with pytest.raises(ValueError, match=message):
         storage.check_scopes(scopes)
-    with pytest.raises(TraitError, match=r"^CasaMinter\.xcache_scopes: .*" + message):
-        CasaMinter(xcache_scopes=scopes)
+    with pytest.raises(TraitError, match=r"^XCacheToken\.scopes: .*" + message):
+        XCacheToken(scopes=scopes)
 
 
 def test_unsafe_scopes_fail_config_load(tmp_path):
     c = Config()
-    c.CasaMinter.xcache_scopes = ["storage.read:/store", "storage.create:/store/user/{username}"]
-    with pytest.raises(TraitError, match=r"^CasaMinter\.xcache_scopes: .*\{userdir\}"):
-        CasaMinter(config=c)
-    m = CasaMinter()
-    with pytest.raises(TraitError, match=r"^CasaMinter\.xcache_scopes"):
-        m.xcache_scopes = ["storage.create:/store/user/{userdir}/"]
-    assert m.xcache_scopes == ["storage.read:/store"]  # unchanged
+    c.XCacheToken.scopes = ["storage.read:/store", "storage.create:/store/user/{username}"]
+    with pytest.raises(RuntimeError, match=r"^XCacheToken\.scopes: .*\{userdir\}"):  # at hub start
+        CasaMinter(config=c).load_keys()
+    m = XCacheToken()
+    with pytest.raises(TraitError, match=r"^XCacheToken\.scopes"):
+        m.scopes = ["storage.create:/store/user/{userdir}/"]
+    assert m.scopes == ["storage.read:/store"]  # unchanged
 
 
 @pytest.mark.parametrize("path", ["/store", "/", "/store/user/{userdir}", "/store/{userdir}/public"])
 def test_safe_macaroon_paths_are_accepted(path):
-    assert CasaMinter(macaroon_path=path).macaroon_path == path
+    assert XCacheMacaroon(path=path).path == path
 
 
 @pytest.mark.parametrize(
@@ -235,8 +242,8 @@ def test_safe_macaroon_paths_are_accepted(path):
     ],
 )
 def test_unsafe_macaroon_paths_are_refused_naming_the_trait(path, message):
-    with pytest.raises(TraitError, match=r"^CasaMinter\.macaroon_path: .*" + message):
-        CasaMinter(macaroon_path=path)
+    with pytest.raises(TraitError, match=r"^XCacheMacaroon\.path: .*" + message):
+        XCacheMacaroon(path=path)
 
 
 # ---------------------------------------------------------------- minting
@@ -250,12 +257,14 @@ def _scope(bundle) -> list[str]:
 def test_mint_renders_userdir_and_exports_the_storage_area(tmp_path):
     m = make_minter(
         tmp_path,
-        xcache_scopes=[
-            "storage.read:/store/public",
-            "storage.create:/store/user/{userdir}",
-            "storage.read:/store/user/{userdir}",
-        ],
-        macaroon_path="/store/user/{userdir}",
+        XCacheToken={
+            "scopes": [
+                "storage.read:/store/public",
+                "storage.create:/store/user/{userdir}",
+                "storage.read:/store/user/{userdir}",
+            ]
+        },
+        XCacheMacaroon={"path": "/store/user/{userdir}"},
     )
     b = m.mint("ali")
     assert _scope(b) == [
@@ -278,14 +287,18 @@ def test_no_storage_area_without_a_per_user_scope(tmp_path):
 
 
 def test_storage_area_from_the_macaroon_path_when_tokens_are_off(tmp_path):
-    b = make_minter(tmp_path, xcache_enabled=False, macaroon_path="/store/user/{userdir}").mint("bob@cern.ch")
+    b = make_minter(tmp_path, kinds=("macaroon", "dask-tls"), XCacheMacaroon={"path": "/store/user/{userdir}"}).mint(
+        "bob@cern.ch"
+    )
     assert b.env["CASA_STORAGE_AREA"] == "/store/user/bob=40cern.ch~"
 
 
 @pytest.mark.parametrize("pair", HOSTILE_PAIRS, ids=pair_id)
 def test_minted_scopes_of_hostile_pairs_are_not_prefixes(tmp_path, pair):
     m = make_minter(
-        tmp_path, xcache_scopes=["storage.create:/store/user/{userdir}"], macaroon_path="/store/user/{userdir}"
+        tmp_path,
+        XCacheToken={"scopes": ["storage.create:/store/user/{userdir}"]},
+        XCacheMacaroon={"path": "/store/user/{userdir}"},
     )
     first, second, _ = pair
     a, b = m.mint(first), m.mint(second)

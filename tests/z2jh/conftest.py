@@ -46,8 +46,9 @@ def site_values(*, provider_url: str, public_url: str, hub_port: int, pod_port: 
                     "credential_refresh_margin": 60,
                 },
                 # credentials live 70 s and are refreshed 60 s before expiry: a refresh ~10 s after login
-                "CasaMinter": {"issuer_url": f"{public_url}/hub/casa-issuer", "xcache_lifetime": 70},
-                "CasaSpawner": {"casa_refresh_jitter": 0},
+                "CasaMinter": {"issuer_url": f"{public_url}/hub/casa-issuer"},
+                "XCacheToken": {"lifetime": 70},
+                "CasaRefresher": {"jitter": 0},
                 # the chart binds the hub to :8081 of its pod; on a shared machine, a free port of 127.0.0.1
                 "JupyterHub": {"hub_bind_url": f"http://127.0.0.1:{hub_port}"},
                 # the emulator's stand-in single-user servers answer on 127.0.0.1:<port>

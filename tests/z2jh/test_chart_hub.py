@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from casa_hub.credentials.bundle import CredentialBundle
+from casa_hub.credentials.kind import kind_class
 from casa_hub.objects import secret_key
 from tests import helm
 from tests.hub import hub as H
@@ -79,16 +80,23 @@ def test_casa_values_line_up_with_the_chart():
         for m in values["hub"]["extraVolumeMounts"]
         if volumes[m["name"]].get("secret", {}).get("secretName") == KEY_SECRET
     ]
-    minter = values["hub"]["config"]["CasaMinter"]
-    files = {k: v for k, v in minter.items() if k.endswith("_file")}
-    assert files and all(v.startswith(mount["mountPath"] + "/") for v in files.values()), files
-    needed = {"issuer_key_file"} | {
-        f"{kind}_signing_key_file" if kind == "condor" else f"{kind}_secret_file"
-        for kind in ("condor", "servicex", "macaroon")
-        if minter.get(f"{kind}_enabled")
+    config = values["hub"]["config"]
+    # every key file the configuration names, as "Section.trait" (CasaMinter's and each credential kind's)
+    files = {
+        f"{section}.{trait}": value
+        for section, traits in config.items()
+        for trait, value in traits.items()
+        if trait.endswith("_file")
     }
-    needed.add("dask_ca_secret_file")
-    assert set(files) >= needed, needed - set(files)
+    assert files and all(v.startswith(mount["mountPath"] + "/") for v in files.values()), files
+    kinds = [kind_class(name) for name in config["CasaMinter"]["kinds"]]
+    needed = {"CasaMinter.issuer_key_file"} | {  # the key files of every enabled kind
+        f"{cls.__name__}.{trait}"
+        for cls in kinds
+        for trait in cls.class_trait_names(config=True)
+        if trait.endswith("_file")
+    }
+    assert "DaskTLS.ca_secret_file" in needed and set(files) >= needed, needed - set(files)
     offered = set(KEY_FILES.values())  # what the test's casa-hub-keys Secret holds (admin guide §1)
     assert {files[k].rsplit("/", 1)[1] for k in needed} <= offered
 
@@ -187,9 +195,10 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
             timeout=40,
             what=f"Secret refreshed\n{deployment.hub_proc.log()[-4000:]}",
         )
-        persisted = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
-        assert base64.b64decode(refreshed["data"][token_key]) == persisted.files["xcache.token"].content
-        assert refreshed["metadata"]["ownerReferences"] == secret["metadata"]["ownerReferences"]
+        H.assert_renewed_for(
+            hub, "alice", base64.b64decode(refreshed["data"][token_key]), base64.b64decode(secret["data"][token_key])
+        )
+        assert refreshed["metadata"]["labels"] == secret["metadata"]["labels"]
         assert len([s for s in cluster.objects("secrets") if s["metadata"]["name"] == "casa-alice"]) == 1
         assert "Delivered fresh credentials to alice" in deployment.hub_proc.log()
 
