@@ -230,12 +230,14 @@ def verified_storage_claims(hub: Hub, token: bytes | str, audience: str = "https
     return jwt.decode(token.strip(), key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer)
 
 
-def assert_renewed_for(hub: Hub, user: str, renewed: bytes, first: bytes) -> None:
+def assert_renewed_for(
+    hub: Hub, user: str, renewed: bytes, first: bytes, audience: str = "https://wlcg.cern.ch/jwt/v1/any"
+) -> None:
     """``renewed`` is a fresh storage token of ``user`` (signed by the hub, later expiry, new ``jti``) replacing
     ``first``. (Not compared with the stored auth_state: a refresh persists nothing the hub can re-mint.)"""
     import jwt
 
-    new = verified_storage_claims(hub, renewed)
+    new = verified_storage_claims(hub, renewed, audience)
     old = jwt.decode(first.strip(), options={"verify_signature": False})  # maybe from this hub before a restart
     assert new["sub"] == old["sub"] == user
     assert new["jti"] != old["jti"] and new["exp"] > old["exp"]

@@ -195,8 +195,13 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
             timeout=40,
             what=f"Secret refreshed\n{deployment.hub_proc.log()[-4000:]}",
         )
+        [audience] = deployment.values["hub"]["config"]["XCacheToken"]["audience"]  # the facility's XCache
         H.assert_renewed_for(
-            hub, "alice", base64.b64decode(refreshed["data"][token_key]), base64.b64decode(secret["data"][token_key])
+            hub,
+            "alice",
+            base64.b64decode(refreshed["data"][token_key]),
+            base64.b64decode(secret["data"][token_key]),
+            audience=audience,
         )
         assert refreshed["metadata"]["labels"] == secret["metadata"]["labels"]
         assert len([s for s in cluster.objects("secrets") if s["metadata"]["name"] == "casa-alice"]) == 1
