@@ -216,18 +216,26 @@ def facility_command(port: int, oidc_port: int, state: Path, *args) -> list[str]
     ]
 
 
-def verified_storage_claims(hub: Hub, token: bytes | str, audience: str = "https://wlcg.cern.ch/jwt/v1/any") -> dict:
-    """The claims of a storage token, verified as XRootD verifies it: the hub's issuer discovery document, its
-    JWKS, the token's ``kid``, this audience and this issuer."""
+def issuer_key_for(hub: Hub, token: str):
+    """``(issuer, key)``: what a consumer of the hub's tokens (XRootD, an MLflow server) finds for ``token``, the
+    issuer's discovery document, its JWKS and there the key the token names in its ``kid``."""
     import jwt
 
-    token = token.decode() if isinstance(token, bytes) else token
     issuer = f"{hub.url}/hub/casa-issuer"
     discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10).json()
     jwks = jwt.PyJWKSet.from_dict(httpx.get(discovery["jwks_uri"], timeout=10).json())
-    kid = jwt.get_unverified_header(token.strip())["kid"]
-    key = next(k for k in jwks.keys if k.key_id == kid)
-    return jwt.decode(token.strip(), key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer)
+    kid = jwt.get_unverified_header(token)["kid"]
+    return issuer, next(k for k in jwks.keys if k.key_id == kid)
+
+
+def verified_storage_claims(hub: Hub, token: bytes | str, audience: str = "https://wlcg.cern.ch/jwt/v1/any") -> dict:
+    """The claims of a storage token, verified as XRootD verifies it (:func:`issuer_key_for`, this audience,
+    this issuer)."""
+    import jwt
+
+    token = (token.decode() if isinstance(token, bytes) else token).strip()
+    issuer, key = issuer_key_for(hub, token)
+    return jwt.decode(token, key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer)
 
 
 def assert_renewed_for(

@@ -77,16 +77,16 @@ def use_kubeconfig(path: Path):
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old
 
 
-def make_spawner(kube, name="alice", groups=("cms",), **traits) -> CasaSpawner:
-    user = SimpleNamespace(
-        name=name,
-        id=7,
-        url=f"/user/{name}/",
-        escaped_name=name,
-        groups=[],
-        spawners={},
-        authenticator=SimpleNamespace(credential_refresh_margin=600),
+def hub_user(name: str, user_id: int, **extra) -> SimpleNamespace:
+    """What a spawner reads of JupyterHub's User. No ``authenticator``: a Casa spawner never calls it (refresh
+    flows hub -> spawner)."""
+    return SimpleNamespace(
+        name=name, id=user_id, url=f"/user/{name}/", escaped_name=name, groups=[], spawners={}, **extra
     )
+
+
+def make_spawner(kube, name="alice", groups=("cms",), **traits) -> CasaSpawner:
+    user = hub_user(name, 7)
     defaults = dict(
         namespace="default",
         k8s_api_host=kube.url,
@@ -189,16 +189,7 @@ class LocalKit:
         self.tmp_path = tmp_path
 
     def make(self, name="alice", groups=("cms",), **traits) -> CasaLocalSpawner:
-        user = SimpleNamespace(
-            name=name,
-            id=1,
-            url=f"/user/{name}/",
-            escaped_name=name,
-            groups=[],
-            spawners={},
-            authenticator=SimpleNamespace(credential_refresh_margin=60),
-            server=Server(base_url=f"/user/{name}/"),
-        )
+        user = hub_user(name, 1, server=Server(base_url=f"/user/{name}/"))
         traits.setdefault("run_as_hub_user", True)
         traits.setdefault("home_dir_template", str(self.tmp_path / "home" / "{username}"))
         traits.setdefault("cmd", _SLEEPER)

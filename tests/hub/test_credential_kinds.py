@@ -15,7 +15,6 @@ import os
 import textwrap
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 
@@ -84,11 +83,7 @@ def test_mlflow_token_from_login_to_the_secret_verified_with_the_hubs_jwks(mlflo
     assert all(token not in (v or "") for v in env.values())  # a file, never an env value
 
     # what an MLflow server (or its proxy) does: the issuer's discovery document, its JWKS, this audience only
-    issuer = f"{hub.url}/hub/casa-issuer"
-    discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10).json()
-    jwks = jwt.PyJWKSet.from_dict(httpx.get(discovery["jwks_uri"], timeout=10).json())
-    kid = jwt.get_unverified_header(token)["kid"]
-    key = next(k for k in jwks.keys if k.key_id == kid)
+    issuer, key = H.issuer_key_for(hub, token)
     claims = jwt.decode(token, key, algorithms=[key.algorithm_name], audience=MLFLOW_AUDIENCE, issuer=issuer)
     assert (claims["sub"], claims["scope"], claims["exp"] - claims["iat"]) == ("alice", "mlflow", 3600)
     with pytest.raises(jwt.InvalidAudienceError):  # a service with another audience refuses it
@@ -209,9 +204,8 @@ def test_a_sites_own_kind_is_minted_by_a_real_hub(tmp_path):
     with H.running_hub(tmp_path, config, env={"PYTHONPATH": path}) as hub:
         H.oauth_login(hub, "alice")
         bundle = CredentialBundle.from_dict(_user(hub, "alice")["auth_state"]["casa"])
-        jwks = jwt.PyJWKSet.from_dict(httpx.get(f"{hub.url}/hub/casa-issuer/jwks.json", timeout=10).json())
-    token = bundle.files["site/api.token"].content.decode()
-    key = next(k for k in jwks.keys if k.key_id == jwt.get_unverified_header(token)["kid"])
+        token = bundle.files["site/api.token"].content.decode()
+        _, key = H.issuer_key_for(hub, token)
     claims = jwt.decode(token, key, algorithms=[key.algorithm_name], audience="https://api.site.example")
     assert (claims["sub"], claims["exp"] - claims["iat"]) == ("alice", 900)
     assert bundle.env["SITE_API_TOKEN_FILE"] == "{mount}/site/api.token"

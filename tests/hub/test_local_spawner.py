@@ -12,7 +12,6 @@ import stat
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from jupyterhub.objects import Hub, Server
 
 from casa_hub.credentials.bundle import BundleFile, CredentialBundle
 from casa_hub.local import CasaLocalSpawner, remove_bundle_dir, write_bundle_dir
+from tests.hub.spawners import hub_user
 from tests.support import VENV_BIN, free_port
 
 EXP = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
@@ -118,21 +118,8 @@ def test_remove_tolerates_a_missing_directory(tmp_path):
 
 
 # ------------------------------------------------------------------ the spawner
-class _User(SimpleNamespace):
-    pass
-
-
 def _spawner(tmp_path, name="alice", **traits) -> CasaLocalSpawner:
-    user = _User(
-        name=name,
-        id=1,
-        url=f"/user/{name}/",
-        escaped_name=name,
-        groups=[],
-        spawners={},
-        authenticator=SimpleNamespace(credential_refresh_margin=60),
-        server=Server(base_url=f"/user/{name}/"),
-    )
+    user = hub_user(name, 1, server=Server(base_url=f"/user/{name}/"))
     traits.setdefault("run_as_hub_user", True)
     traits.setdefault("home_dir_template", str(tmp_path / "home" / "{username}"))
     spawner = CasaLocalSpawner(
