@@ -130,11 +130,22 @@ def test_mount_and_env():
         "mountPath": "/etc/casa",
         "readOnly": True,
     }
+    # with or without a trailing "/", the same paths
+    assert api(objects.make_credentials_env(BUNDLE, "/etc/casa")) == api(
+        objects.make_credentials_env(BUNDLE, "/etc/casa/")
+    )
     assert api(objects.make_credentials_env(BUNDLE, "/etc/casa/")) == [
         {"name": "BEARER_TOKEN_FILE", "value": "/etc/casa/xcache.token"},
         {"name": "CASA_CREDENTIALS_DIR", "value": "/etc/casa"},
         {"name": "_CONDOR_SEC_TOKEN_DIRECTORY", "value": "/etc/casa/condor-tokens"},
     ]
+
+
+def test_upserts_replace_by_name():
+    vols = objects.upsert_volume(
+        [{"name": "casa-credentials", "old": True}, {"name": "home"}], objects.make_credentials_mount("/x")
+    )
+    assert [objects._name(v) for v in vols] == ["home", "casa-credentials"]
 
 
 def _pod(**container):
@@ -199,6 +210,17 @@ def test_dask_scheduler_service():
                 {"name": "dask-dashboard", "port": 8787, "targetPort": 8787, "protocol": "TCP"},
             ],
         },
+    }
+
+
+def test_dask_scheduler_service_without_a_dashboard_port_has_the_scheduler_port_only():
+    service = objects.make_dask_scheduler_service(
+        "casa-dask-alice", "jhub", {"hub.jupyter.org/username": "alice"}, 8786, [OWNER]
+    )
+    assert api(service)["spec"] == {
+        "selector": {"hub.jupyter.org/username": "alice"},
+        "type": "ClusterIP",
+        "ports": [{"name": "dask-scheduler", "port": 8786, "targetPort": 8786, "protocol": "TCP"}],
     }
 
 
