@@ -131,3 +131,23 @@ def wait_until(predicate, timeout: float = 40, what: str = "condition", interval
             return value
         time.sleep(interval)
     raise TimeoutError(what)
+
+
+# ---------------------------------------------------------------- the real browser (Debian's chromium + playwright)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium driven by playwright (never ``playwright install``), headless, as every browser test
+    runs it."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

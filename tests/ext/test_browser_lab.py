@@ -16,20 +16,10 @@ from distributed import Client
 from casa_hub_ext.bundle import MountedBundle
 from tests.ext.conftest import write_bundle
 from tests.ext.jupyter_proc import LABEXTENSION, start_jupyter, stop_jupyter
-from tests.support import make_minter, need
+from tests.support import CHROMIUM, launch_chromium, make_minter, need
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT = 60
 
 
@@ -67,7 +57,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -13,20 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.hub import hub as H
-from tests.support import REPO, free_port, need, wait_for_port
+from tests.support import CHROMIUM, REPO, free_port, launch_chromium, need, wait_for_port
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 # screenshots for the guides: regenerated into docs/ with CASA_UPDATE_SCREENSHOTS=1, else kept as artifacts
 SHOTS = REPO / ("docs/screenshots" if os.environ.get("CASA_UPDATE_SCREENSHOTS") else "test-artifacts/screenshots")
 
@@ -68,7 +58,7 @@ def page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         pg = context.new_page()
         pg.set_default_timeout(20_000)

@@ -21,7 +21,7 @@ import pytest
 from casa_hub.credentials.bundle import CredentialBundle
 from tests.hub import hub as H
 from tests.hub.kube import assert_credentials_mounted, start_kube, stop_kube
-from tests.support import free_port, need, wait_until
+from tests.support import CHROMIUM, free_port, launch_chromium, need, wait_until
 
 MLFLOW_URI = "https://mlflow.casa.test"
 MLFLOW_AUDIENCE = "casa-mlflow"
@@ -97,7 +97,6 @@ def test_mlflow_token_from_login_to_the_secret_verified_with_the_hubs_jwks(mlflo
 
 def test_jupyterlab_lists_the_mlflow_token_in_its_credentials_panel(mlflow_site):
     from tests.ext.jupyter_proc import LABEXTENSION, start_jupyter, stop_jupyter
-    from tests.ext.test_browser_lab import CHROMIUM, CHROMIUM_ARGS
 
     need(Path(CHROMIUM).exists(), "Debian chromium")
     need(importlib.util.find_spec("playwright") is not None, "playwright (python)")
@@ -115,7 +114,7 @@ def test_jupyterlab_lists_the_mlflow_token_in_its_credentials_panel(mlflow_site)
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.set_default_timeout(60_000)
