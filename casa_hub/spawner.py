@@ -171,6 +171,16 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
     casa_dask_route_entry_point = Unicode("dask", help="Traefik entry point of the Dask route.").tag(config=True)
 
+    casa_dask_route_port = Integer(
+        8786,
+        min=1,
+        max=65535,
+        help="""The port of the Dask route's entry point as clients outside the cluster reach it (the router's
+        LoadBalancer port). With ``casa_dask_route_host_template`` set, the user's server gets
+        ``CASA_DASK_ADDRESS=tls://<route host>:<this port>``: the address its laptop bundle (``casa/client-bundle``)
+        points at. Default 8786.""",
+    ).tag(config=True)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # what the deployment configured, before any profile: profiles extend it (see load_user_options)
@@ -201,6 +211,14 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         return {objects.SERVER_LABEL: objects.label_value(self.pod_name)}
 
     # ------------------------------------------------------------------ pod
+    def get_env(self):
+        """The Spawner's env, plus the address laptops reach this server's Dask scheduler at (when routed)."""
+        env = super().get_env()
+        if self.casa_dask_service_enabled and self.casa_dask_route_host_template:
+            host = self.format_string(self.casa_dask_route_host_template)
+            env["CASA_DASK_ADDRESS"] = f"tls://{host}:{self.casa_dask_route_port}"
+        return env
+
     # set while start() runs: only then does making the pod manifest write the objects the pod needs
     _casa_starting = False
 

@@ -273,6 +273,9 @@ async def test_dask_scheduler_service_and_route_select_the_pod_and_go_with_the_s
             ],
         }
         assert not route["metadata"].get("ownerReferences")
+        # the address the user's laptop bundle points at: the route's host on the router's port
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["CASA_DASK_ADDRESS"] == "tls://dask-alice.hub.example.org:8786"
     finally:
         await spawner.stop()
         kube.set_rbac("chart")
@@ -302,6 +305,8 @@ async def test_no_dask_objects_by_default(kube):
     await start(spawner, profile="cpu")
     try:
         assert kube.stored("services") == [] and kube.stored("ingressroutetcps") == []
+        pod = kube.get("pods", "jupyter-alice")
+        assert "CASA_DASK_ADDRESS" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
     finally:
         await spawner.stop()
 
