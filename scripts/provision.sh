@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything Casa Hub's tests and local facility need, pinned and idempotent.
-#   - Debian packages: XRootD 5.5 with SciTokens/macaroons/XCache plugins, Chromium, debootstrap
+#   - Debian packages: XRootD 5.5 with SciTokens/macaroons/XCache plugins, Chromium, debootstrap, HAProxy
 #   - .venv with the pinned Python dependencies and both Casa packages (editable)
 #   - configurable-http-proxy from npm (package-lock.json)
 #   - an HTCondor 23.9 personal-pool root (Debian trixie, debootstrap) in $CASA_CONDOR_ROOT
@@ -17,6 +17,7 @@ Z2JH_ROOT=${CASA_Z2JH_ROOT:-/var/cache/casa-hub/sid-root}
 Z2JH_DEBS="python3.14 python3.14-venv nodejs ca-certificates"
 CONDOR_VERSION=23.9.6+dfsg-2.1+b10
 XROOTD_VERSION=5.5.3-1
+HAPROXY_VERSION=2.6.12-1+deb12u4
 
 log() { printf '[provision] %s\n' "$*" >&2; }
 
@@ -24,6 +25,7 @@ apt_packages=(
   "xrootd-server=$XROOTD_VERSION" "xrootd-client=$XROOTD_VERSION" "xrootd-plugins=$XROOTD_VERSION"
   "xrootd-server-plugins=$XROOTD_VERSION" "xrootd-scitokens-plugins=$XROOTD_VERSION"
   chromium debootstrap
+  "haproxy=$HAPROXY_VERSION"  # the SNI router in tests/consumers/test_sni_router.py (TLS passthrough by SNI)
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -88,6 +90,13 @@ if [[ ! -f $CONDOR_ROOT/.casa-ready ]] || [[ $(cat "$CONDOR_ROOT/.casa-ready") !
   chroot "$CONDOR_ROOT.tmp" apt-get clean
   echo "$CONDOR_VERSION" > "$CONDOR_ROOT.tmp/.casa-ready"
   rm -rf "$CONDOR_ROOT"; mv "$CONDOR_ROOT.tmp" "$CONDOR_ROOT"
+fi
+# worker nodes read storage with the XRootD client (tests/consumers/test_worker_token_refresh.py); trixie's pin
+if ! chroot "$CONDOR_ROOT" dpkg -s xrootd-client xrootd-plugins >/dev/null 2>&1; then
+  log "htcondor: adding the XRootD client to the worker node root"
+  chroot "$CONDOR_ROOT" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends xrootd-client=5.8.1-1 xrootd-plugins=5.8.1-1 >/dev/null"
+  chroot "$CONDOR_ROOT" apt-get clean
 fi
 
 # The Z2JH chart's hub: JupyterHub 5.5.0 etc. (the chart image's pins) on Python 3.14, as in its hub image
