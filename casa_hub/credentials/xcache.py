@@ -9,6 +9,10 @@ import hmac
 import uuid
 from typing import Sequence
 
+import jwt
+import scitokens
+from scitokens.utils.errors import MissingIssuerException, MissingKeyException
+
 from .issuer import IssuerKey
 
 WLCG_VERSION = "1.0"
@@ -45,11 +49,57 @@ def wlcg_token_claims(
     }
 
 
+class SciTokenIssuedAt(scitokens.SciToken):
+    """A ``scitokens.SciToken`` that is issued at a given time instead of at ``time.time()``.
+
+    ``SciToken.serialize(lifetime=...)`` (scitokens 1.9) stamps ``iat``/``nbf``/``exp`` from its own clock and
+    has no parameter for the time, but the hub's mint is pure: its caller decides ``now`` (refresh plans, tests
+    minting tokens that have already expired). This overrides only that: :meth:`serialize` is the library's
+    1.9.7 ``serialize`` with ``issued_at`` in place of ``int(time.time())`` and without its debug log line of
+    the payload; key, algorithm (RS256/ES256, checked against the key by ``SciToken``), ``kid`` header, claims,
+    ``jti`` and the PyJWT encoding are the library's. tests/unit/test_credential_tokens.py checks it against
+    ``SciToken.serialize`` for the same claims, so a library change that breaks it fails there.
+    """
+
+    def __init__(self, key, algorithm: str, key_id: str, *, issued_at: int):
+        super().__init__(key=key, algorithm=algorithm, key_id=key_id)
+        self.issued_at = int(issued_at)
+
+    def serialize(self, include_key=False, issuer=None, lifetime=600) -> bytes:
+        if include_key is not False:
+            raise NotImplementedError()  # as the library: a key in the token is not supported
+        if self._key is None:
+            raise MissingKeyException("Unable to serialize, missing private key")
+        if issuer is None and "iss" not in self:
+            raise MissingIssuerException("Issuer not specified in claims or as argument")
+        payload = dict(self._verified_claims)
+        payload.update(self._claims)
+        payload.update(
+            {
+                "iss": issuer or self["iss"],
+                "exp": self.issued_at + int(lifetime),
+                "iat": self.issued_at,
+                "nbf": self.issued_at,
+            }
+        )
+        if "jti" not in payload:
+            payload["jti"] = self._claims["jti"] = str(uuid.uuid4())
+        headers = {"kid": self._key_id} if self._key_id is not None else None
+        encoded = jwt.encode(payload, self._key, algorithm=self._key_alg, headers=headers)
+        self._serialized_token = encoded
+        self._verified_claims.update(self._claims)  # as the library: serialized claims count as verified
+        self._claims = {}
+        return encoded.encode()
+
+
 def mint_wlcg_token(key: IssuerKey, **claims_kwargs) -> tuple[bytes, datetime.datetime]:
-    """Sign a WLCG token; returns the token bytes (as written to ``BEARER_TOKEN_FILE``) and its expiry."""
+    """Mint a WLCG token with the SciTokens library, issued at ``now``; returns the token bytes (as written to
+    ``BEARER_TOKEN_FILE``) and its expiry."""
     claims = wlcg_token_claims(**claims_kwargs)
-    token = key.sign(claims)
-    return token.encode() + b"\n", datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
+    token = SciTokenIssuedAt(key.private_key, key.algorithm, key.kid, issued_at=claims["iat"])
+    token.update_claims(claims)  # iat, nbf and exp are serialize's: the same values, from issued_at + lifetime
+    serialized = token.serialize(lifetime=claims["exp"] - claims["iat"])
+    return serialized + b"\n", datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
 
 
 def mint_macaroon(

@@ -8,11 +8,14 @@ import json
 
 import jwt
 import pytest
+import scitokens
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymacaroons import Macaroon, Verifier
+from scitokens.utils.errors import MissingIssuerException, MissingKeyException, UnsupportedKeyException
 
 from casa_hub.credentials import htcondor, issuer, servicex, xcache
 
@@ -76,6 +79,67 @@ def test_wlcg_token_verifies_against_published_jwks(key):
     assert claims["sub"] == "alice" and claims["exp"] == T + 3600 and claims["aud"] == ["a1", "a2"]
     assert exp == NOW + HOUR
     assert jwt.get_unverified_header(token.decode().strip())["alg"] == key.algorithm
+
+
+def _segments(token: bytes) -> tuple[dict, dict, str]:
+    """Header, claims (unverified) and signing input (``header.payload`` as sent) of a token."""
+    token = token.strip()
+    signing_input = token.decode().rpartition(".")[0]
+    return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False}), signing_input
+
+
+def test_wlcg_token_is_the_scitoken_of_its_claims(key):
+    """Every claim of wlcg_token_claims, issued at the hub's ``now`` (two days ago: an expired token), header
+    ``alg`` + ``kid`` + ``typ``; the signature verifies under the issuer's public key (scitokens' deserialize)."""
+    two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    kw = dict(
+        issuer="https://hub/casa-issuer",
+        subject="alice",
+        scopes=["storage.read:/store", "storage.create:/store/user/alice~"],
+        audience=["https://xcache:1094", "https://origin:1094"],
+        now=two_days_ago,
+        lifetime=HOUR,
+        jti="j-1",
+    )
+    token, expires_at = xcache.mint_wlcg_token(key, **kw)
+    assert token.endswith(b"\n") and token.count(b"\n") == 1
+    header, claims, _ = _segments(token)
+    assert header == {"alg": key.algorithm, "kid": key.kid, "typ": "JWT"}
+    assert claims == xcache.wlcg_token_claims(**kw)
+    assert claims["iat"] == claims["nbf"] == int(two_days_ago.timestamp())
+    assert expires_at == datetime.datetime.fromtimestamp(claims["exp"], datetime.timezone.utc)
+    public_pem = key.private_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(jwt.ExpiredSignatureError):  # scitokens' own verification: signature good, but expired
+        scitokens.SciToken.deserialize(token.strip(), public_key=public_pem)
+
+
+def test_issued_at_changes_nothing_but_the_clock_of_scitokens_serialize(key):
+    """SciTokenIssuedAt.serialize against the library's own SciToken.serialize, same key and claims: the same
+    header and payload bytes once the issue time is the same (so a scitokens release that changes serialize,
+    or the attributes the subclass reads, fails here)."""
+    claims = {"wlcg.ver": "1.0", "sub": "alice", "aud": "https://x", "scope": "storage.read:/store", "jti": "j-2"}
+    theirs = scitokens.SciToken(key=key.private_key, algorithm=key.algorithm, key_id=key.kid)
+    theirs.update_claims(claims)
+    their_token = theirs.serialize(issuer="https://hub/casa-issuer", lifetime=1800)
+    _, their_claims, their_signing_input = _segments(their_token)
+    ours = xcache.SciTokenIssuedAt(key.private_key, key.algorithm, key.kid, issued_at=their_claims["iat"])
+    ours.update_claims(claims)
+    our_token = ours.serialize(issuer="https://hub/casa-issuer", lifetime=1800)
+    assert _segments(our_token)[2] == their_signing_input
+    assert dict(ours.claims()) == dict(theirs.claims())  # and the object afterwards, too
+    if key.algorithm == "RS256":  # PKCS#1 v1.5 is deterministic: the whole token is the library's
+        assert our_token == their_token
+
+
+def test_scitoken_issued_at_refuses_what_the_library_refuses(key):
+    other = "RS256" if key.algorithm == "ES256" else "ES256"
+    with pytest.raises(UnsupportedKeyException):  # the key is not one for that algorithm
+        xcache.SciTokenIssuedAt(key.private_key, other, key.kid, issued_at=T)
+    token = xcache.SciTokenIssuedAt(key.private_key, key.algorithm, key.kid, issued_at=T)
+    with pytest.raises(MissingIssuerException):
+        token.serialize(lifetime=60)
+    with pytest.raises(MissingKeyException):
+        xcache.SciTokenIssuedAt(None, key.algorithm, key.kid, issued_at=T).serialize(issuer="https://i")
 
 
 def test_jwks_has_public_members_only(key):

@@ -1,11 +1,11 @@
 """The WLCG storage token, judged by a second, independent validator: the SciTokens library's ``Enforcer``.
 
-The token is what ``CasaMinter.mint`` writes (``xcache.token``, signed with PyJWT: ``SciToken.serialize`` stamps
-``iat``/``exp`` from its own clock, and the hub's clock must decide them). The library verifies it as a consumer
-does: it fetches ``<iss>/.well-known/openid-configuration`` and the JWKS it names over https from the hub's issuer
-documents (served on 127.0.0.1 by tests/issuer_server.py, trusted through a throw-away CA), checks the
-signature, ``exp``/``nbf``/``iat`` (``SciToken.deserialize``), then ``iss``, ``aud`` and the scopes
-(``Enforcer.test``).
+The token is what ``CasaMinter.mint`` writes (``xcache.token``, minted with this same library's ``SciToken``
+through ``xcache.SciTokenIssuedAt``, which only lets the hub's clock decide ``iat``/``nbf``/``exp``). The library
+verifies it as a consumer does, whoever minted it: it fetches ``<iss>/.well-known/openid-configuration`` and the
+JWKS it names over https from the hub's issuer documents (served on 127.0.0.1 by tests/issuer_server.py, trusted
+through a throw-away CA), checks the signature, ``exp``/``nbf``/``iat`` (``SciToken.deserialize``), then ``iss``,
+``aud`` and the scopes (``Enforcer.test``).
 
 The Python library (1.9) names the rights as they are spelt in the token: ``storage.read`` / ``storage.create``
 (WLCG profile), not the SciTokens 1.0 ``read`` / ``write``, which it does not map; and it registers no validator

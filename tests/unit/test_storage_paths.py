@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import urllib.parse
 
 import jwt
 import pytest
@@ -313,3 +314,95 @@ def _macaroon_caveats(bundle) -> bytes:
 
     mac = Macaroon.deserialize(bundle.files["xcache.macaroon"].content.decode().strip())
     return b"\n".join(c.caveat_id_bytes for c in mac.caveats)
+
+
+# ---------------------------------------------------------------- the facility's XCache: CASA_XCACHE_URL
+
+GOOD_CACHE_URLS = [
+    "root://xcache.example.org:1094",
+    "root://xcache.example.org",
+    "roots://xcache.example.org:1094",
+    "https://xcache.example.org:8443",
+    "davs://xcache.example.org",
+    "root://10.0.0.7:1094",
+    "root://[2001:db8::7]:1094",
+    "root://xcache.example.org.:1094",
+]
+
+
+@pytest.mark.parametrize("url", GOOD_CACHE_URLS)
+def test_cache_url_is_put_in_the_environment(tmp_path, url):
+    b = make_minter(tmp_path, XCacheToken={"cache_url": url}).mint("alice")
+    assert b.env["CASA_XCACHE_URL"] == url
+    assert b.env_for("/mnt")["CASA_XCACHE_URL"] == url  # not a path inside the bundle
+    # what a notebook does with it: a URL on the cache host, the path after XRootD's '//'
+    parts = urllib.parse.urlsplit(f"{b.env['CASA_XCACHE_URL']}//store/data/run1.root")
+    assert (parts.scheme, parts.path) == (url.split(":")[0], "//store/data/run1.root")
+    assert f"{parts.scheme}://{parts.netloc}" == url
+
+
+def test_no_cache_url_by_default(tmp_path):
+    assert XCacheToken().cache_url == ""
+    assert "CASA_XCACHE_URL" not in make_minter(tmp_path).mint("alice").env
+
+
+def test_cache_url_is_owned_by_the_token_kind():
+    assert "CASA_XCACHE_URL" in XCacheToken().env_names()
+
+
+def test_a_changed_cache_url_takes_effect_at_once(tmp_path):
+    m = make_minter(tmp_path, XCacheToken={"cache_url": "root://old.example.org"})
+    assert m.mint("alice").env["CASA_XCACHE_URL"] == "root://old.example.org"
+    m.kind("xcache").cache_url = "root://new.example.org:1094"
+    assert m.mint("alice").env["CASA_XCACHE_URL"] == "root://new.example.org:1094"
+    m.kind("xcache").cache_url = ""
+    assert "CASA_XCACHE_URL" not in m.mint("alice").env
+
+
+# (URL, what the message must say)
+BAD_CACHE_URLS = [
+    ("xcache.example.org:1094", r"must start with one of root://, roots://, https://, davs://"),
+    ("http://xcache.example.org", r"must start with one of"),
+    ("file:///store", r"must start with one of"),
+    ("ROOT://xcache.example.org", r"must start with one of"),
+    ("root:/xcache.example.org", r"must start with one of"),
+    ("root://", r"no host"),
+    ("root://:1094", r"no host"),
+    ("root://xcache.example.org/", r"no path \(not even a trailing /\)"),
+    ("root://xcache.example.org:1094//store", r"no path"),
+    ("root://xcache.example.org/store/user", r"no path"),
+    ("https://xcache.example.org?authz=x", r"query"),
+    ("https://xcache.example.org?", r"query"),
+    ("https://xcache.example.org#top", r"fragment"),
+    ("root://alice:hunter2@xcache.example.org", r"no user or password"),
+    ("root://alice@xcache.example.org", r"no user or password"),
+    ("root://xcache.example.org:0", r"bad port"),
+    ("root://xcache.example.org:", r"bad port"),
+    ("root://xcache.example.org:65536", r"bad port"),
+    ("root://xcache.example.org:root", r"bad port"),
+    ("root://xcache_1.example.org", r"not a host name"),
+    ("root://-xcache.example.org", r"not a host name"),
+    ("root://[not-ipv6]", r"IPv"),
+    ("root://[2001:db8::7", r"IPv6"),
+    ("root://xcache.example.org :1094", r"white space"),
+    ("root://xcache.example.org\n", r"white space"),
+    (" root://xcache.example.org", r"white space"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_CACHE_URLS, ids=[u for u, _ in BAD_CACHE_URLS])
+def test_bad_cache_url_is_refused_naming_the_trait(url, message):
+    with pytest.raises(TraitError, match=r"^XCacheToken\.cache_url: .*" + message) as refused:
+        XCacheToken(cache_url=url)
+    assert "hunter2" not in str(refused.value)  # a password in the URL stays out of the log
+
+
+def test_bad_cache_url_fails_config_load():
+    c = Config()
+    c.XCacheToken.cache_url = "root://xcache.example.org/store"
+    with pytest.raises(RuntimeError, match=r"^XCacheToken\.cache_url: .*no path"):  # at hub start
+        CasaMinter(config=c).load_keys()
+    m = XCacheToken(cache_url="root://xcache.example.org")
+    with pytest.raises(TraitError, match=r"^XCacheToken\.cache_url"):
+        m.cache_url = "root://xcache.example.org/"
+    assert m.cache_url == "root://xcache.example.org"  # unchanged

@@ -4,6 +4,9 @@ issuer (``BEARER_TOKEN_FILE``)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import re
+import urllib.parse
 
 from traitlets import List, TraitError, Unicode, validate
 
@@ -15,6 +18,11 @@ from .per_user import PerUserCache
 
 TOKEN_FILE = "xcache.token"
 TOKEN_ENV = "BEARER_TOKEN_FILE"  # what WLCG token consumers (XRootD clients, gfal, ServiceX) read
+CACHE_URL_ENV = "CASA_XCACHE_URL"  # the facility's XCache, for notebooks that build their own file URLs
+CACHE_URL_SCHEMES = ("root", "roots", "https", "davs")  # XRootD's native protocol and its https/WebDAV door
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 
 
 class XCacheToken(CredentialKind):
@@ -57,6 +65,24 @@ class XCacheToken(CredentialKind):
         below this). Example: ``c.XCacheToken.lifetime = 1800``""",
     ).tag(config=True)
 
+    cache_url = Unicode(
+        "",
+        help="""The facility's XCache as an XRootD URL root: scheme ``root``, ``roots``, ``https`` or ``davs``, a
+        host and optionally a port; no user, path (not even ``/``), query or fragment. Put in the user's
+        environment as ``CASA_XCACHE_URL``, so notebooks read through the cache the same way at every facility,
+        ``f"{os.environ['CASA_XCACHE_URL']}//store/data/f.root"``, instead of having client-side code rewrite
+        file URLs to the cache host as Coffea-Casa does. Default ``""``: not set, and ``CASA_XCACHE_URL`` is
+        not in the environment. Example: ``c.XCacheToken.cache_url = "root://xcache.example.org:1094"``""",
+    ).tag(config=True)
+
+    @validate("cache_url")
+    def _check_cache_url(self, proposal):
+        try:
+            check_cache_url(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"XCacheToken.cache_url: {e}") from None  # not the value: it may hold a password
+        return proposal.value
+
     @validate("scopes")
     def _check_scopes(self, proposal):
         if not proposal.value:
@@ -71,7 +97,7 @@ class XCacheToken(CredentialKind):
         return (TOKEN_FILE,)
 
     def env_names(self) -> tuple[str, ...]:
-        return (TOKEN_ENV, storage.AREA_ENV)
+        return (TOKEN_ENV, storage.AREA_ENV, CACHE_URL_ENV)
 
     def _settings(self):
         audience = self.audience[0] if len(self.audience) == 1 else list(self.audience)
@@ -83,6 +109,8 @@ class XCacheToken(CredentialKind):
         area = storage.storage_area(self.scopes, user)
         if area is not None:
             env[storage.AREA_ENV] = area
+        if self.cache_url:
+            env[CACHE_URL_ENV] = self.cache_url
         entry = ManifestEntry(self.name, self.label, TOKEN_FILE, TOKEN_ENV, audience=audience, scopes=tuple(scopes))
         return scopes, env, entry
 
@@ -99,3 +127,44 @@ class XCacheToken(CredentialKind):
             lifetime=lifetime,
         )
         return Minted({TOKEN_FILE: BundleFile(token, 0o400, expires_at)}, env, ((entry, expires_at),))
+
+
+def check_cache_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is empty (not set) or an XRootD URL root ``SCHEME://HOST[:PORT]``."""
+    if not url:
+        return
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("white space or control characters in the URL")
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in CACHE_URL_SCHEMES:
+        raise ValueError(
+            f"the URL must start with one of {', '.join(s + '://' for s in CACHE_URL_SCHEMES)} "
+            "(e.g. root://xcache.example.org:1094)"
+        )
+    parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError("no user or password in the URL: the user's storage token authenticates")
+    host = parts.hostname
+    if not host:
+        raise ValueError("the URL has no host")
+    if not (_is_ipv6(host) if parts.netloc.startswith("[") else _HOST_NAME.fullmatch(host)):
+        raise ValueError(f"{host!r} is not a host name, IPv4 address or [IPv6] address")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"bad port: {e}") from None
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("bad port: it must be 1-65535, or left out")
+    if parts.path or parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(
+            "the URL must be SCHEME://HOST[:PORT] only, with no path (not even a trailing /), query or fragment: "
+            "notebooks append //PATH to it"
+        )
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
