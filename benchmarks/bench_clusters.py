@@ -8,6 +8,8 @@ dask-jobqueue in the same run (same machine, same TLS material), with ratios.
 * htcondor: make_cluster(backend="htcondor") vs dask_jobqueue.HTCondorCluster, against the personal pool of
             tests/consumers/condor_pool.py (skipped when it is not importable/available)
 
+Rounds alternate which side starts first, with a pause between measurements.
+
 Run: .venv/bin/python benchmarks/bench_clusters.py [--rounds N] [--backends local,gateway,htcondor]
 """
 
@@ -35,6 +37,7 @@ from tests.support import make_minter  # noqa: E402
 
 WORKERS = 2
 TIMEOUT = 120
+SETTLE = 2.0  # seconds between measurements
 
 
 async def _until_workers(cluster, security) -> None:
@@ -88,17 +91,33 @@ def local_pair(bundle: MountedBundle):
 
 
 def gateway_pair(bundle: MountedBundle, work: Path):
+    """Both sides authenticate with a user's JupyterHub token against a real hub, as in the facility."""
+    import contextlib
+    import secrets
+
     from dask_gateway import GatewayCluster
 
     from tests.ext.gateway_server import start_gateway, stop_gateway
+    from tests.ext.test_gateway import GATEWAY_SERVICE
+    from tests.hub import hub as H
 
-    server = start_gateway(work / "gateway")
+    stack = contextlib.ExitStack()
+    service_token = secrets.token_hex(16)
+    (work / "hub").mkdir()
+    hub = stack.enter_context(H.running_hub(work / "hub", GATEWAY_SERVICE.format(token=service_token)))
+    H.oauth_login(hub, "alice")
+    with hub.api() as api:
+        r = api.post("/users/alice/tokens", json={"note": "bench", "expires_in": 3600})
+        r.raise_for_status()
+        os.environ["JUPYTERHUB_API_TOKEN"] = r.json()["token"]
+    server = start_gateway(work / "gateway", hub.url + "/hub/api", service_token)
+    stack.callback(stop_gateway, server)
     settings = CasaClusterSettings(
         backends=["gateway"],
         max_gpus_per_worker=1,
         gateway_address=server.address,
         gateway_proxy_address=server.proxy_address,
-        gateway_auth="basic",
+        gateway_auth="jupyterhub",
     )
 
     async def casa():
@@ -114,7 +133,7 @@ def gateway_pair(bundle: MountedBundle, work: Path):
         cluster = await GatewayCluster(
             address=server.address,
             proxy_address=server.proxy_address,
-            auth="basic",
+            auth="jupyterhub",
             asynchronous=True,
             worker_cores=1,
             worker_memory=1.0,
@@ -126,7 +145,7 @@ def gateway_pair(bundle: MountedBundle, work: Path):
     async def close(cluster):
         await cluster.shutdown()
 
-    return casa, raw, close, None, lambda: stop_gateway(server)
+    return casa, raw, close, None, stack.close
 
 
 def htcondor_pair(work: Path):
@@ -187,12 +206,47 @@ def htcondor_pair(work: Path):
     return casa, raw, _close, sec, lambda: condor_pool.stop_pool(pool)
 
 
+# ------------------------------------------------------------------------------------------ Casa's own work
+def casa_own_ms(bundle: MountedBundle, backend: str, repeat: int = 200) -> float:
+    """What Casa does in this process before the library starts anything (option validation, the ledger's
+    booking, the bundle's certificate checks, the backend's kwargs and class), per cluster, in ms: the part of
+    the end-to-end difference that is Casa's rather than noise of a shared machine."""
+    from casa_hub_ext import factory
+    from casa_hub_ext.ledger import Ledger
+
+    settings = CasaClusterSettings(
+        backends=[backend], max_gpus_per_worker=1, gateway_address="http://127.0.0.1:1", htcondor_python=sys.executable
+    )
+    inventory = Inventory((GPU(0, "0"), GPU(1, "1")), "CASA_GPU_COUNT")
+    request = {"backend": backend, "workers": WORKERS, "gpus_per_worker": 1 if backend != "htcondor" else 0}
+
+    def once():
+        options = factory._validated(request, settings, inventory)
+        Ledger(settings, inventory).reserve(options)
+        if backend == "local":
+            factory.local_kwargs(options, bundle)
+        elif backend == "gateway":
+            factory.gateway_kwargs(options, settings), factory.gateway_cluster_class()
+        else:
+            factory.htcondor_kwargs(options, bundle, settings), factory.htcondor_cluster_class()
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        once()
+    return (time.perf_counter() - t0) / repeat * 1000
+
+
 # ------------------------------------------------------------------------------------------ main
 async def bench(backend: str, pair, rounds: int) -> tuple[float, float] | None:
     casa, raw, close, sec, _ = pair
     times = {"casa": [], "raw": []}
-    for _ in range(rounds):
-        for name, create in (("raw", raw), ("casa", casa)):
+    for i in range(rounds):
+        # alternate who goes first and let the previous cluster's processes wind down: the second of a pair
+        # otherwise starts while the first one's scheduler and workers still exit (a bias of ~0.3-0.7 s)
+        pairs = [("raw", raw), ("casa", casa)]
+        for name, create in pairs if i % 2 == 0 else pairs[::-1]:
+            await asyncio.sleep(SETTLE)
             if sec is None:  # gateway: the client's TLS comes from the cluster object
                 t0 = time.perf_counter()
                 cluster = await create()
@@ -204,12 +258,13 @@ async def bench(backend: str, pair, rounds: int) -> tuple[float, float] | None:
                     await close(cluster)
             else:
                 times[name].append(await _timed(create, close, sec))
+    print(f"{backend}: casa {[round(t, 2) for t in times['casa']]}  raw {[round(t, 2) for t in times['raw']]}")
     return statistics.median(times["casa"]), statistics.median(times["raw"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="an even number: each side goes first as often")
     parser.add_argument("--backends", default="local,gateway,htcondor")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="casa-bench-"))
@@ -236,10 +291,16 @@ def main() -> None:
             if pair[4]:
                 pair[4]()
         rows.append((backend, casa_s, raw_s))
+    print("\nCasa's own work before the library starts, per cluster:")
+    for backend in args.backends.split(","):
+        try:
+            print(f"  {backend:<10}{casa_own_ms(bundle, backend):8.3f} ms")
+        except Exception as e:  # htcondor without a token in the bundle, ...
+            print(f"  {backend:<10} n/a ({e})")
     print(f"\ncreate -> {WORKERS} workers connected, median of {args.rounds} round(s)")
-    print(f"{'backend':<10}{'casa (s)':>10}{'raw (s)':>10}{'casa/raw':>10}")
+    print(f"{'backend':<10}{'casa (s)':>10}{'raw (s)':>10}{'casa/raw':>10}{'casa-raw (ms)':>15}")
     for backend, casa_s, raw_s in rows:
-        print(f"{backend:<10}{casa_s:>10.2f}{raw_s:>10.2f}{casa_s / raw_s:>10.2f}")
+        print(f"{backend:<10}{casa_s:>10.2f}{raw_s:>10.2f}{casa_s / raw_s:>10.2f}{(casa_s - raw_s) * 1000:>15.0f}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,23 @@ class CasaUserError(Exception):
     """
 
     status_code = 400
+    field: str | None = None  # the request field at fault, when there is one (the form highlights it)
 
 
 class OptionError(CasaUserError):
     """A cluster request outside the bounds the facility allows (nothing has been submitted)."""
 
     status_code = 422
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class LimitError(OptionError):
+    """A request that is valid by itself but exceeds what the user has left: concurrent clusters, GPUs booked."""
+
+    status_code = 409
 
 
 class CredentialError(CasaUserError):

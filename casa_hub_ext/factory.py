@@ -10,28 +10,42 @@
   ``request_gpus``, a per-user accounting group and ``--resources GPU=n``;
 * ``gateway``: a dask-gateway cluster whose cluster options carry cores, memory and GPUs.
 
-For dask-labextension, point its factory at :func:`CasaCluster`::
+Every cluster holds a :class:`~casa_hub_ext.ledger.Booking` and checks it in its own ``scale`` and ``adapt``,
+so dask-labextension's sidebar, which calls those directly, cannot go past the facility's bounds either.
+
+dask-labextension builds Casa clusters through :func:`CasaCluster` (the Casa server extension configures it
+when the admin left dask-labextension's default ``LocalCluster``)::
 
     labextension:
-      factory: {module: casa_hub_ext.factory, class: CasaCluster, args: [], kwargs: {gpus_per_worker: 1}}
+      factory: {module: casa_hub_ext.factory, class: CasaCluster, args: [], kwargs: {}}
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
+import logging
+import math
 import os
 from inspect import isawaitable
 from pathlib import Path
 from typing import Mapping
 
+from dask.utils import parse_bytes
 from distributed import LocalCluster
+from distributed.core import Status
+from distributed.deploy.adaptive import Adaptive
 from distributed.security import Security
 
 from .bundle import CredentialError, MountedBundle
 from .errors import OptionError
 from .gpu import Inventory, discover
+from .ledger import Booking, Ledger
 from .options import CasaClusterSettings, ClusterOptions, OptionsSpec
+
+log = logging.getLogger(__name__)
+HOOK_TIMEOUT = 30
 
 
 def worker_tls_files(bundle: MountedBundle) -> tuple[Path, Path, Path]:
@@ -44,6 +58,99 @@ def worker_tls_files(bundle: MountedBundle) -> tuple[Path, Path, Path]:
     return files
 
 
+# ---------------------------------------------------------------------------------------------- bounds
+class CasaAdaptive(Adaptive):
+    """Adaptive scaling inside the booked maximum: it scales without the user-facing checks of ``scale``."""
+
+    async def scale_up(self, n):
+        result = self.cluster._scale_within_booking(n)
+        if isawaitable(result):
+            await result
+
+
+class BookedCluster:
+    """Mixin for Casa's cluster classes: ``scale``/``adapt`` within the :class:`Booking`, which is released and
+    announced (``on_closing`` hooks) when the cluster closes."""
+
+    casa_booking: Booking | None = None
+    _casa_closing_done = False
+
+    def _casa_attach(self, booking: Booking | None) -> None:
+        self.casa_booking = booking
+        if booking is not None:
+            booking.cluster = self
+
+    def _casa_rebook(self, workers: int | None = None, adapt: tuple[int, int] | None = None) -> None:
+        if self.casa_booking is not None:
+            self.casa_booking.rebook(workers, adapt)
+
+    def _casa_adapt_bounds(self, minimum, maximum) -> tuple[int, int]:
+        if maximum is None or maximum == math.inf:
+            limit = self.casa_booking.ledger.settings.max_workers if self.casa_booking else "max_workers"
+            raise OptionError(f"adaptive scaling needs a maximum of at most {limit} workers", field="adapt.maximum")
+        spec_field = self.casa_booking.ledger.spec().field("adapt") if self.casa_booking else None
+        if spec_field is None:
+            return int(minimum or 0), int(maximum)
+        return spec_field.validate({"minimum": 0 if minimum is None else minimum, "maximum": maximum})
+
+    async def _casa_closing(self) -> None:
+        """Run the ``on_closing`` hooks once, before the workers go; a failing hook never stops the close."""
+        if self._casa_closing_done or self.casa_booking is None:
+            return
+        self._casa_closing_done = True
+        for hook in list(self.casa_booking.on_closing):
+            try:
+                await asyncio.wait_for(hook(self), HOOK_TIMEOUT)
+            except Exception:
+                log.exception("casa: a closing hook of cluster %s failed", getattr(self, "name", "?"))
+
+    def _casa_release(self) -> None:
+        if self.casa_booking is not None:
+            self.casa_booking.release()
+
+
+class BookedSpecCluster(BookedCluster):
+    """``scale``/``adapt`` of a SpecCluster (LocalCluster, dask-jobqueue) checked against the booking."""
+
+    def scale(self, n=None, memory=None, cores=None, **kwargs):
+        if n is not None:  # SpecCluster's n defaults to 0, dask-jobqueue's to None (then ``jobs`` counts)
+            kwargs["n"] = n
+        if self.status in (Status.closing, Status.closed):  # closing scales to 0: always allowed
+            return super().scale(memory=memory, cores=cores, **kwargs)
+        target = max(n or 0, kwargs.get("jobs") or 0)  # one worker per job: processes=1
+        if memory is not None:
+            target = max(target, math.ceil(parse_bytes(memory) / self._memory_per_worker()))
+        if cores is not None:
+            target = max(target, math.ceil(cores / self._threads_per_worker()))
+        self._casa_rebook(workers=target)
+        if self._adaptive is not None:  # a user's scale ends adaptive scaling (dask-labextension forgets to)
+            self._adaptive.stop()
+            self._adaptive = None
+        return super().scale(memory=memory, cores=cores, **kwargs)
+
+    def _scale_within_booking(self, n):
+        return super().scale(n)
+
+    def adapt(self, *args, minimum=0, maximum=math.inf, **kwargs):
+        if args or "Adaptive" in kwargs:
+            raise TypeError("Casa clusters adapt with their own Adaptive; give minimum and maximum only")
+        for key in ("minimum_cores", "maximum_cores", "minimum_memory", "maximum_memory"):
+            if kwargs.get(key) is not None:
+                raise OptionError(f"adapt with {key} is not supported: give minimum and maximum workers", field="adapt")
+            kwargs.pop(key, None)
+        bounds = self._casa_adapt_bounds(minimum, maximum)
+        self._casa_rebook(adapt=bounds)
+        return super().adapt(CasaAdaptive, minimum=bounds[0], maximum=bounds[1], **kwargs)
+
+    async def _close(self):
+        if self.status in (Status.running, Status.failed):
+            await self._casa_closing()
+        try:
+            return await super()._close()
+        finally:
+            self._casa_release()
+
+
 # ---------------------------------------------------------------------------------------------- local
 def gpu_groups(inventory: Inventory, per_worker: int) -> list[str]:
     """``CUDA_VISIBLE_DEVICES`` values for the local GPU workers: consecutive, disjoint groups of devices."""
@@ -53,39 +160,45 @@ def gpu_groups(inventory: Inventory, per_worker: int) -> list[str]:
     return [",".join(ids[i : i + per_worker]) for i in range(0, len(ids) - per_worker + 1, per_worker)]
 
 
-class CasaLocalCluster(LocalCluster):
-    """A ``LocalCluster`` whose GPU workers each own disjoint devices (``CUDA_VISIBLE_DEVICES`` in their env).
+class CasaLocalCluster(BookedSpecCluster, LocalCluster):
+    """A ``LocalCluster`` whose GPU workers each own devices no other worker of any of the user's clusters holds
+    (``CUDA_VISIBLE_DEVICES`` in their env, handed out by the server's :class:`~casa_hub_ext.ledger.Ledger`).
 
-    Workers are always added through :meth:`new_worker_spec`, at start-up too, so every worker gets a free
-    device group; asking for more GPU workers than groups is an :class:`OptionError`.
+    Workers are always added through :meth:`new_worker_spec`, at start-up too, so every worker gets free
+    devices; asking for more GPU workers than are free is an :class:`OptionError`.
     """
 
-    def __init__(self, *, n_workers: int = 0, gpu_devices: list[str] = (), gpus_per_worker: int = 0, **kwargs):
-        self._gpu_devices = list(gpu_devices)
+    def __init__(self, *, n_workers: int = 0, gpus_per_worker: int = 0, booking: Booking | None = None, **kwargs):
+        self._gpus_per_worker = gpus_per_worker
         if gpus_per_worker:
             kwargs["resources"] = {**kwargs.get("resources", {}), "GPU": gpus_per_worker}
+        self._casa_attach(booking)
         super().__init__(n_workers=0, **kwargs)
-        for _ in range(n_workers):
-            self.worker_spec.update(self.new_worker_spec())
-        if not self.asynchronous and n_workers:
-            self.sync(self._correct_state)
+        try:
+            for _ in range(n_workers):
+                self.worker_spec.update(self.new_worker_spec())
+            if not self.asynchronous and n_workers:
+                self.sync(self._correct_state)
+        except BaseException:
+            if not self.asynchronous:
+                self.close()
+            else:
+                self._casa_release()
+            raise
 
     def new_worker_spec(self):
         spec = super().new_worker_spec()
-        if not self._gpu_devices:
+        if not self._gpus_per_worker or self.casa_booking is None:
             return spec
-        used = {s["options"].get("env", {}).get("CUDA_VISIBLE_DEVICES") for s in self.worker_spec.values()}
-        free = [g for g in self._gpu_devices if g not in used]
-        if not free:
-            raise OptionError(f"no free GPUs for another worker: all {len(self._gpu_devices)} GPU group(s) in use")
+        devices = self.casa_booking.ledger.take_devices(self._gpus_per_worker)
         ((name, worker),) = spec.items()
         worker = copy.deepcopy(worker)
-        worker["options"]["env"] = {**worker["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": free[0]}
+        worker["options"]["env"] = {**worker["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": devices}
         return {name: worker}
 
 
-def local_kwargs(options: ClusterOptions, bundle: MountedBundle, inventory: Inventory) -> dict:
-    return dict(
+def local_kwargs(options: ClusterOptions, bundle: MountedBundle, scheduler_address=None) -> dict:
+    kwargs = dict(
         n_workers=options.workers,
         threads_per_worker=options.cores,
         memory_limit=options.memory,
@@ -95,8 +208,10 @@ def local_kwargs(options: ClusterOptions, bundle: MountedBundle, inventory: Inve
         dashboard_address="127.0.0.1:0",
         security=bundle.security(),
         gpus_per_worker=options.gpus_per_worker,
-        gpu_devices=gpu_groups(inventory, options.gpus_per_worker),
     )
+    if scheduler_address:  # the login cluster: a fixed scheduler address, workers stay on 127.0.0.1
+        kwargs["scheduler_kwargs"] = {"host": scheduler_address[0], "port": scheduler_address[1]}
+    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------- htcondor
@@ -151,7 +266,9 @@ def htcondor_job_class(token_dir: str, tls_names: tuple[str, ...]):
     return CasaHTCondorJob
 
 
-def htcondor_kwargs(options: ClusterOptions, bundle: MountedBundle, settings: CasaClusterSettings) -> dict:
+def htcondor_kwargs(
+    options: ClusterOptions, bundle: MountedBundle, settings: CasaClusterSettings, scheduler_address=None
+) -> dict:
     bundle.require("htcondor")
     extra = ["--resources", f"GPU={options.gpus_per_worker}"] if options.gpus_per_worker else []
     return dict(
@@ -162,13 +279,32 @@ def htcondor_kwargs(options: ClusterOptions, bundle: MountedBundle, settings: Ca
         python=settings.htcondor_python,
         protocol="tls://",
         security=bundle.security(),
-        scheduler_options={"dashboard_address": "127.0.0.1:0", **settings.htcondor_scheduler_options},
+        scheduler_options=htcondor_scheduler_options(settings, scheduler_address),
         job_extra_directives=htcondor_job_directives(options, bundle, settings),
         worker_extra_args=extra + list(settings.htcondor_worker_extra_args),
         log_directory=settings.htcondor_log_directory or None,
         submit_command_extra=list(settings.htcondor_submit_command_extra),
         job_cls=htcondor_job_class(str(bundle.condor_token_dir), tuple(f.name for f in worker_tls_files(bundle))),
     )
+
+
+def htcondor_scheduler_options(settings: CasaClusterSettings, scheduler_address=None) -> dict:
+    options = {"dashboard_address": "127.0.0.1:0", **settings.htcondor_scheduler_options}
+    if scheduler_address:  # the login cluster
+        options.update(host=scheduler_address[0], port=scheduler_address[1])
+    return options
+
+
+@functools.cache
+def htcondor_cluster_class():
+    from dask_jobqueue import HTCondorCluster
+
+    class CasaHTCondorCluster(BookedSpecCluster, HTCondorCluster):
+        def __init__(self, *args, booking: Booking | None = None, **kwargs):
+            self._casa_attach(booking)
+            super().__init__(*args, **kwargs)
+
+    return CasaHTCondorCluster
 
 
 # ---------------------------------------------------------------------------------------------- gateway
@@ -193,6 +329,60 @@ def gateway_kwargs(options: ClusterOptions, settings: CasaClusterSettings) -> di
     )
 
 
+class _GatewayAdapt:
+    """What ``adapt`` gives on an asynchronous gateway cluster: dask-labextension reads ``minimum``/``maximum``
+    from it without awaiting, so the request is sent in the background (and can still be awaited)."""
+
+    def __init__(self, request, minimum: int, maximum: int):
+        self.minimum, self.maximum = minimum, maximum
+        self._task = asyncio.ensure_future(request)
+        self._task.add_done_callback(self._log_failure)
+
+    @staticmethod
+    def _log_failure(task):
+        if not task.cancelled() and task.exception() is not None:
+            log.error("casa: adaptive scaling of a gateway cluster failed: %s", task.exception())
+
+    def stop(self):
+        pass
+
+    def __await__(self):
+        return self._task.__await__()
+
+
+@functools.cache
+def gateway_cluster_class():
+    from dask_gateway import GatewayCluster
+
+    class CasaGatewayCluster(BookedCluster, GatewayCluster):
+        def __init__(self, *args, booking: Booking | None = None, **kwargs):
+            self._casa_attach(booking)
+            super().__init__(*args, **kwargs)
+
+        def scale(self, n, **kwargs):
+            if self.status not in ("closing", "closed"):
+                self._casa_rebook(workers=n)
+            return super().scale(n, **kwargs)
+
+        def adapt(self, minimum=None, maximum=None, active=True, **kwargs):
+            if not active:
+                return super().adapt(minimum=minimum, maximum=maximum, active=False, **kwargs)
+            bounds = self._casa_adapt_bounds(minimum, maximum)
+            self._casa_rebook(adapt=bounds)
+            result = super().adapt(minimum=bounds[0], maximum=bounds[1], active=True, **kwargs)
+            return _GatewayAdapt(result, *bounds) if self.asynchronous else result
+
+        async def _stop_internal(self, shutdown=None):
+            if self.status == "running":
+                await self._casa_closing()
+            try:
+                return await super()._stop_internal(shutdown)
+            finally:
+                self._casa_release()
+
+    return CasaGatewayCluster
+
+
 # ---------------------------------------------------------------------------------------------- entry points
 def _validated(options, settings, inventory) -> ClusterOptions:
     spec = OptionsSpec(settings, inventory)
@@ -207,40 +397,67 @@ def make_cluster(
     settings: CasaClusterSettings | None = None,
     inventory: Inventory | None = None,
     asynchronous: bool = False,
+    booking: Booking | None = None,
+    scheduler_address: tuple[str, int] | None = None,
 ):
     """Validate ``options`` and build the cluster. Synchronous: returns a running cluster with ``workers``
     requested. ``asynchronous=True``: returns an awaitable giving the same. Raises :class:`OptionError` /
-    :class:`CredentialError` before anything starts or is submitted."""
+    :class:`CredentialError` before anything starts or is submitted.
+
+    ``booking``: the place reserved in the server's ledger (its options are the validated ones); without it
+    the cluster gets a ledger of its own. ``scheduler_address``: ``(host, port)`` for the scheduler (the login
+    cluster)."""
     settings = settings or CasaClusterSettings()
     inventory = inventory or discover()
-    opts = _validated(options, settings, inventory)
-    bundle = bundle or MountedBundle.from_env()
-
-    if opts.backend == "local":
-        kwargs = local_kwargs(opts, bundle, inventory)
-        if asynchronous:
-            return _started(CasaLocalCluster(asynchronous=True, **kwargs), None)
-        return CasaLocalCluster(**kwargs)
-    if opts.backend == "htcondor":
-        from dask_jobqueue import HTCondorCluster
-
-        kwargs = htcondor_kwargs(opts, bundle, settings)
-        cluster = HTCondorCluster(asynchronous=asynchronous, **kwargs)
-    else:
-        from dask_gateway import GatewayCluster
-
-        cluster = GatewayCluster(asynchronous=asynchronous, **gateway_kwargs(opts, settings))
+    if booking is None:
+        booking = Ledger(settings, inventory).reserve(_validated(options, settings, inventory))
+    opts = booking.options
+    try:
+        bundle = bundle or MountedBundle.from_env()
+        if scheduler_address and opts.backend == "gateway":
+            raise OptionError(
+                "a gateway cluster cannot have a fixed scheduler address (CasaClusterSettings.login_cluster): "
+                "use the local or htcondor backend",
+                field="backend",
+            )
+        if opts.backend == "local":
+            kwargs = local_kwargs(opts, bundle, scheduler_address)
+            if asynchronous:
+                return _started(CasaLocalCluster(asynchronous=True, booking=booking, **kwargs), None, opts)
+            cluster = CasaLocalCluster(booking=booking, **kwargs)
+            _adapt_sync(cluster, opts)
+            return cluster
+        if opts.backend == "htcondor":
+            kwargs = htcondor_kwargs(opts, bundle, settings, scheduler_address)
+            cluster = htcondor_cluster_class()(asynchronous=asynchronous, booking=booking, **kwargs)
+        else:
+            cluster = gateway_cluster_class()(
+                asynchronous=asynchronous, booking=booking, **gateway_kwargs(opts, settings)
+            )
+    except BaseException:
+        booking.release()
+        raise
     if asynchronous:
-        return _started(cluster, opts.workers)
+        return _started(cluster, opts.workers, opts)
     cluster.scale(opts.workers)
+    _adapt_sync(cluster, opts)
     return cluster
 
 
-async def _started(cluster, workers: int | None):
+def _adapt_sync(cluster, opts: ClusterOptions) -> None:
+    if opts.adapt:
+        cluster.adapt(minimum=opts.adapt[0], maximum=opts.adapt[1])
+
+
+async def _started(cluster, workers: int | None, opts: ClusterOptions | None = None):
     try:
         await cluster
         if workers:
             result = cluster.scale(workers)
+            if isawaitable(result):
+                await result
+        if opts is not None and opts.adapt:
+            result = cluster.adapt(minimum=opts.adapt[0], maximum=opts.adapt[1])
             if isawaitable(result):
                 await result
     except BaseException:  # failed or cancelled (start timeout): leave no scheduler, process or job behind
@@ -252,9 +469,22 @@ async def _started(cluster, workers: int | None):
 
 
 def CasaCluster(*args, asynchronous: bool = False, **options):  # noqa: N802 - dask-labextension calls it a class
-    """dask-labextension factory: ``await CasaCluster(asynchronous=True, backend=..., gpus_per_worker=...)``.
-    Options are bounded like every other request; credentials come from ``$CASA_CREDENTIALS_DIR``."""
+    """dask-labextension's factory: ``await CasaCluster(asynchronous=True, backend=..., gpus_per_worker=...)``.
+
+    Inside the Jupyter server, the cluster takes a place in the server's ledger like every Casa cluster: the
+    options Casa's REST API validated (passed along by :mod:`casa_hub_ext.labmanager`), or, for the sidebar's
+    "+NEW" and ``labextension.initial``, the facility's defaults (over ``labextension.factory.kwargs``).
+    Elsewhere (a notebook) the options are bounded the same way and the cluster books only for itself.
+    Credentials come from ``$CASA_CREDENTIALS_DIR``."""
+    from .labmanager import active_manager, pending_cluster
+
     if args:
         raise TypeError("CasaCluster takes keyword options only")
     options = {k.replace("-", "_"): v for k, v in options.items()}
+    pending = pending_cluster()
+    if pending is not None and asynchronous:
+        return pending.build()
+    manager = active_manager()
+    if manager is not None and asynchronous:
+        return manager.prepare(options, from_labextension=True).build()
     return make_cluster(options, asynchronous=asynchronous)

@@ -1,19 +1,22 @@
 """Thin REST layer over :class:`~casa_hub_ext.manager.ClusterManager` (all logic lives there).
 
-GET  /casa/gpus                  inventory + the bounded options the form offers
+GET  /casa/options               the form's bounded fields, limits and what is booked, GPU availability
+GET  /casa/gpus                  inventory + the bounded options (older shape, kept for compatibility)
 GET  /casa/credentials           every mounted credential, present or not, as the hub's manifest describes it
                                  (name, label, file, env, audience, scopes, expires_at), seconds to expiry
-GET  /casa/clusters              list;   POST /casa/clusters  {backend, workers, cores, memory, gpus_per_worker}
-GET  /casa/clusters/<id>         one;    PATCH {workers: n} scales;   DELETE shuts it down
+GET  /casa/clusters              the Casa clusters among dask-labextension's (its model + "casa")
+POST /casa/clusters              {name?, backend, workers | adapt: {minimum, maximum}, cores, memory,
+                                 gpus_per_worker} -> 201 the model
+GET  /casa/clusters/<id>         one;  PATCH {workers: n} | {adapt: {minimum, maximum}};  DELETE -> 204
 
-A :class:`~casa_hub_ext.errors.CasaUserError` becomes a 4xx with ``{"message": ...}``; anything else is logged
-and a generic 500.
+Cluster ids are dask-labextension's, so ``/dask/clusters/<id>`` and ``/dask/dashboard/<id>/`` serve the same
+clusters. A :class:`~casa_hub_ext.errors.CasaUserError` becomes a 4xx with ``{"message", "error", "field"}``;
+anything else is logged and a generic 500.
 """
 
 from __future__ import annotations
 
 import json
-from urllib.parse import urlparse
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -21,7 +24,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .errors import CasaUserError
-from .manager import ClusterManager, scale_request
+from .manager import ClusterManager
 
 AUTH_RESOURCE = "casa"
 
@@ -50,16 +53,19 @@ class CasaHandler(APIHandler):
         self.finish(json.dumps(value))
 
     def with_proxy_link(self, model: dict) -> dict:
-        link = model.get("dashboard_link")
-        port = urlparse(link).port if link else None
-        model["dashboard_proxy"] = url_path_join(self.base_url, "proxy", str(port), "status") if port else None
+        """Where dask-labextension's proxy serves the cluster's dashboard in this server."""
+        if model.get("dashboard_link"):
+            model["dashboard_proxy"] = url_path_join(self.base_url, "dask", "dashboard", model["id"], "status")
+        else:
+            model["dashboard_proxy"] = None
         return model
 
     def write_error(self, status_code, **kwargs):
         error = kwargs.get("exc_info", (None, None))[1]
         if isinstance(error, CasaUserError):
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"message": str(error), "error": type(error).__name__}))
+            body = {"message": str(error), "error": type(error).__name__, "field": error.field}
+            self.finish(json.dumps(body))
         else:
             super().write_error(status_code, **kwargs)
 
@@ -74,6 +80,13 @@ class CasaHandler(APIHandler):
         if isinstance(error, CasaUserError):
             status_code = error.status_code
         super().send_error(status_code, **kwargs)
+
+
+class OptionsHandler(CasaHandler):
+    @web.authenticated
+    @authorized
+    def get(self):
+        self.reply(self.manager.options())
 
 
 class GPUHandler(CasaHandler):
@@ -93,8 +106,8 @@ class CredentialsHandler(CasaHandler):
 class ClustersHandler(CasaHandler):
     @web.authenticated
     @authorized
-    def get(self):
-        self.reply([self.with_proxy_link(m) for m in self.manager.list()])
+    async def get(self):
+        self.reply([self.with_proxy_link(m) for m in await self.manager.list()])
 
     @web.authenticated
     @authorized
@@ -106,13 +119,13 @@ class ClustersHandler(CasaHandler):
 class ClusterHandler(CasaHandler):
     @web.authenticated
     @authorized
-    def get(self, cluster_id):
-        self.reply(self.with_proxy_link(self.manager.get(cluster_id)))
+    async def get(self, cluster_id):
+        self.reply(self.with_proxy_link(await self.manager.get(cluster_id)))
 
     @web.authenticated
     @authorized
     async def patch(self, cluster_id):
-        model = await self.manager.scale(cluster_id, scale_request(self.body()))
+        model = await self.manager.scale(cluster_id, self.body())
         self.reply(self.with_proxy_link(model))
 
     @web.authenticated
@@ -128,8 +141,9 @@ def handlers(base_url: str) -> list[tuple]:
         return url_path_join(base_url, "casa", *parts)
 
     return [
+        (path("options"), OptionsHandler),
         (path("gpus"), GPUHandler),
         (path("credentials"), CredentialsHandler),
         (path("clusters"), ClustersHandler),
-        (path("clusters", r"(?P<cluster_id>[0-9a-f]{32})"), ClusterHandler),
+        (path("clusters", r"(?P<cluster_id>[^/]+)"), ClusterHandler),
     ]

@@ -1,4 +1,10 @@
-"""Clusters started from JupyterLab, without any Tornado code (the handlers are a thin layer over this)."""
+"""Casa's side of the user's clusters, without any Tornado code (the handlers are a thin layer over this).
+
+The clusters themselves live in dask-labextension's manager (:mod:`casa_hub_ext.labmanager`): one list, one
+sidebar, one dashboard proxy. Casa keeps only what dask-labextension does not know: each cluster's validated
+options and what it books (:mod:`casa_hub_ext.ledger`), keyed by dask-labextension's cluster id. A cluster
+shut down from the sidebar releases its booking when it closes; the next listing forgets it.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +12,82 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from inspect import isawaitable
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .bundle import MountedBundle
 from .errors import ClusterNotFound, OptionError
-from .factory import make_cluster
+from .factory import HOOK_TIMEOUT, make_cluster
 from .gpu import Inventory, discover
-from .options import CasaClusterSettings, ClusterOptions, OptionsSpec
+from .labmanager import LabManager
+from .ledger import Booking, Ledger
+from .options import CasaClusterSettings, OptionsSpec
 
 log = logging.getLogger(__name__)
 
+LOGIN_CLUSTER_NAME = "Casa (login)"
+Hook = Callable[[object], Awaitable]
 
-@dataclass
-class _Entry:
-    id: str
-    name: str
-    options: ClusterOptions
-    cluster: object
+
+@dataclass(eq=False)
+class PendingCluster:
+    """A validated request with its place in the ledger, about to be built by :func:`~.factory.CasaCluster`."""
+
+    manager: ClusterManager
+    booking: Booking
+    bundle: MountedBundle
+    inventory: Inventory
+    scheduler_address: tuple[str, int] | None = None
+    built: bool = False
+
+    def build(self):
+        """The coroutine dask-labextension awaits: the started cluster, announced to the ``on_started`` hooks."""
+        if self.built:
+            raise RuntimeError("this Casa cluster request was already built")
+        self.built = True
+        return self.manager._build(self)
 
 
 class ClusterManager:
-    """Creates, lists, scales and closes the user's clusters.
+    """Creates, lists, scales and closes the user's Casa clusters through dask-labextension's manager.
 
     ``bundle`` and ``inventory`` are callables so every request sees the current credentials (the hub
-    replaces them on refresh) and GPUs; tests inject their own.
+    replaces them on refresh) and GPUs; tests inject their own. ``on_started``/``on_closing`` are lists of
+    ``async def hook(cluster)`` run after a Casa cluster started and before it closes, however it was started
+    or closed (e.g. pushing renewed credentials to its workers).
     """
 
     def __init__(
         self,
         settings: CasaClusterSettings,
         *,
+        lab: LabManager | None = None,
         bundle: Callable[[], MountedBundle] = MountedBundle.from_env,
         inventory: Callable[[], Inventory] = discover,
         start_timeout: float = 120,
+        close_timeout: float = 60,
     ):
         self.settings = settings
-        self._bundle, self._inventory = bundle, inventory
-        self.start_timeout = start_timeout
-        self._clusters: dict[str, _Entry] = {}
-        self._count = 0
+        self.lab = lab or LabManager()
+        self._bundle = bundle
+        self.ledger = Ledger(settings, inventory)
+        self.start_timeout, self.close_timeout = start_timeout, close_timeout
+        self.on_started: list[Hook] = []
+        self.on_closing: list[Hook] = []
 
     # ------------------------------------------------------------------ read-only
     def spec(self) -> OptionsSpec:
-        return OptionsSpec(self.settings, self._inventory())
+        return self.ledger.spec()
+
+    def options(self) -> dict:
+        """``GET casa/options``: the form's fields, what is in use, and whether GPUs are possible at all."""
+        spec = self.spec()
+        available, reason = spec.gpu_availability()
+        return {
+            "backends": list(self.settings.backends),
+            "fields": [f.form() for f in spec.fields],
+            "limits": self.ledger.limits(),
+            "gpu": {"available": available, "reason": reason, "inventory": spec.inventory.to_dict()},
+        }
 
     def gpus(self) -> dict:
         spec = self.spec()
@@ -58,99 +96,218 @@ class ClusterManager:
     def credentials(self) -> dict:
         return self._bundle().status()
 
-    def list(self) -> list[dict]:
-        return [self._model(e) for e in self._clusters.values()]
+    async def list(self) -> list[dict]:
+        models = await self.lab.list_clusters()
+        return [self._model(m, b) for m in models if (b := self._claim(m)) is not None]
 
-    def get(self, cluster_id: str) -> dict:
-        return self._model(self._entry(cluster_id))
+    async def get(self, cluster_id: str) -> dict:
+        model = await self.lab.get_cluster(cluster_id)
+        booking = self._claim(model) if model else None
+        if booking is None:
+            raise ClusterNotFound(f"no Casa cluster with id {cluster_id!r}")
+        return self._model(model, booking)
 
     # ------------------------------------------------------------------ lifecycle
-    async def create(self, request: dict | None = None) -> dict:
+    def prepare(
+        self, request: dict | None, *, name: str | None = None, scheduler_address=None, from_labextension=False
+    ) -> PendingCluster:
+        """Validate and reserve, synchronously (no await: concurrent requests cannot overbook)."""
         request = dict(request or {})
-        name = request.pop("name", None)
-        inventory = self._inventory()
+        default = _labextension_default() if from_labextension else {}
+        if default:  # the sidebar's "+NEW": the facility's defaults, with dask-labextension's workers/adapt
+            request = {**{k: v for k, v in request.items() if k not in ("workers", "adapt")}, **default}
+        inventory = self.ledger.inventory
         options = OptionsSpec(self.settings, inventory).validate(request)  # bounded, before anything starts
+        if scheduler_address and options.backend == "gateway":
+            raise OptionError(
+                "the login cluster cannot use the gateway backend: dask-gateway gives no fixed scheduler address "
+                "(CasaClusterSettings.login_cluster)",
+                field="backend",
+            )
         bundle = self._bundle()
         bundle.security()  # a missing/expired certificate is a CredentialError naming it, before anything starts
-        cluster = await asyncio.wait_for(
-            make_cluster(options, bundle, settings=self.settings, inventory=inventory, asynchronous=True),
-            self.start_timeout,
-        )
-        self._count += 1
-        entry = _Entry(uuid.uuid4().hex, name or f"Cluster {self._count}", options, cluster)
-        self._clusters[entry.id] = entry
-        log.info("casa: started %s cluster %s (%s)", options.backend, entry.id, options)
-        return self._model(entry)
+        booking = self.ledger.reserve(options, name)
+        booking.on_closing.append(self._run_closing_hooks)
+        return PendingCluster(self, booking, bundle, inventory, scheduler_address)
 
-    async def scale(self, cluster_id: str, workers) -> dict:
-        entry = self._entry(cluster_id)
+    async def _build(self, pending: PendingCluster):
+        cluster = await make_cluster(
+            bundle=pending.bundle,
+            settings=self.settings,
+            inventory=pending.inventory,
+            asynchronous=True,
+            booking=pending.booking,
+            scheduler_address=pending.scheduler_address,
+        )
+        log.info("casa: started a %s cluster at %s", pending.booking.options.backend, cluster.scheduler_address)
+        await self._run_hooks(self.on_started, cluster, "started")
+        return cluster
+
+    async def create(self, request: dict | None = None, *, scheduler_address=None) -> dict:
+        request = dict(request or {})
+        name = request.pop("name", None)
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 100):
+            raise OptionError(f"name={name!r}: expected a non-empty text of at most 100 characters", field="name")
+        pending = self.prepare(request, name=name, scheduler_address=scheduler_address)
+        options = pending.booking.options
+        cluster_id = str(uuid.uuid4())  # dask-labextension's form: its URL patterns expect it
+        pending.booking.lab_id = cluster_id
+        configuration = {"name": name} if name else {}
+        if options.adapt:
+            configuration["adapt"] = {"minimum": options.adapt[0], "maximum": options.adapt[1]}
+        else:
+            configuration["workers"] = options.workers
+        try:
+            model = await asyncio.wait_for(
+                self.lab.start_cluster(cluster_id, configuration, pending), self.start_timeout
+            )
+        except BaseException:
+            await self._discard(pending)
+            raise
+        if not pending.built:  # dask-labextension's factory is not Casa's: this is no Casa cluster
+            await self.lab.close_cluster(cluster_id)
+            pending.booking.release()
+            raise OptionError(
+                "dask-labextension's factory (dask config labextension.factory) is not casa_hub_ext.factory."
+                "CasaCluster: ask the facility's admins"
+            )
+        return self._model(model, pending.booking)
+
+    async def scale(self, cluster_id: str, body: dict) -> dict:
+        booking = await self._booking(cluster_id)
         spec = self.spec()
-        n = next(f for f in spec.fields if f.name == "workers").validate(workers)
-        spec.check_gpus(entry.options, n)
-        result = entry.cluster.scale(n)
-        if isawaitable(result):
-            await result
-        return self._model(entry)
+        if not isinstance(body, dict) or set(body) - {"workers", "adapt"} or len(body) != 1:
+            raise OptionError('expected {"workers": n} or {"adapt": {"minimum": n, "maximum": m}}')
+        if "adapt" in body:
+            minimum, maximum = spec.field("adapt").validate(body["adapt"]) or (None, None)
+            if minimum is None:
+                raise OptionError("adapt: expected {'minimum': n, 'maximum': m}", field="adapt")
+            spec.check_gpus(booking.options, maximum)
+            model = await self.lab.adapt_cluster(cluster_id, minimum, maximum)
+        else:
+            workers = spec.field("workers").validate(body["workers"])
+            spec.check_gpus(booking.options, workers)
+            model = await self.lab.scale_cluster(cluster_id, workers)
+        if model is None:
+            raise ClusterNotFound(f"no Casa cluster with id {cluster_id!r}")
+        return self._model(model, booking)
 
     async def close(self, cluster_id: str) -> dict:
-        entry = self._clusters.pop(cluster_id, None)
-        if entry is None:
-            raise ClusterNotFound(f"no cluster with id {cluster_id!r}")
-        model = self._model(entry)
-        await self._close(entry)
-        return model
+        booking = await self._booking(cluster_id)
+        model = await asyncio.wait_for(self.lab.close_cluster(cluster_id), self.close_timeout)
+        if model is None:
+            raise ClusterNotFound(f"no Casa cluster with id {cluster_id!r}")
+        return self._model(model, booking)
 
     async def close_all(self) -> None:
-        entries, self._clusters = list(self._clusters.values()), {}
-        await asyncio.gather(*(self._close(e) for e in entries), return_exceptions=True)
+        """Close every Casa cluster (server stop): through dask-labextension when it lists them, else directly."""
+        listed = {m["id"] for m in await self.lab.list_clusters()}
+        closing = []
+        for booking in list(self.ledger.bookings):
+            if booking.lab_id in listed:
+                closing.append(self.lab.close_cluster(booking.lab_id))
+            elif booking.cluster is not None:
+                closing.append(_close_cluster(booking.cluster))
+        if not closing:
+            return
+        log.info("casa: closing %d Casa cluster(s)", len(closing))
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c, self.close_timeout) for c in closing), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for result in failed:
+            log.error("casa: closing a cluster failed: %r", result)
+        log.info("casa: closed %d Casa cluster(s)", len(results) - len(failed))
+
+    async def start_login_cluster(self) -> dict | None:
+        """Start ``CasaClusterSettings.login_cluster`` with its scheduler on ``scheduler_host:scheduler_port``.
+        Failures are logged, never raised: the server runs on without it."""
+        request = self.settings.login_cluster
+        if request is None:
+            return None
+        address = (self.settings.scheduler_host, self.settings.scheduler_port)
+        try:
+            model = await self.create({**request, "name": LOGIN_CLUSTER_NAME}, scheduler_address=address)
+        except Exception as e:
+            log.error(
+                "casa: the login cluster (CasaClusterSettings.login_cluster) did not start on port %s: %s: %s",
+                address[1],
+                type(e).__name__,
+                e,
+            )
+            return None
+        log.info("casa: login cluster %s at %s", model["id"], model["scheduler_address"])
+        return model
+
+    # ------------------------------------------------------------------ internals
+    async def _booking(self, cluster_id: str) -> Booking:
+        for booking in self.ledger.bookings:
+            if booking.lab_id == cluster_id:
+                return booking
+        model = await self.lab.get_cluster(cluster_id)  # one started from the sidebar, not yet claimed
+        booking = self._claim(model) if model else None
+        if booking is None:
+            raise ClusterNotFound(f"no Casa cluster with id {cluster_id!r}")
+        return booking
+
+    def _claim(self, model: dict) -> Booking | None:
+        """The booking behind a dask-labextension model: by id, or (a cluster from the sidebar's "+NEW", whose
+        id the factory never saw) by scheduler address."""
+        for booking in self.ledger.bookings:
+            if booking.lab_id == model["id"]:
+                return booking
+        for booking in self.ledger.bookings:
+            address = getattr(booking.cluster, "scheduler_address", None)
+            if booking.lab_id is None and address and address == model.get("scheduler_address"):
+                booking.lab_id = model["id"]
+                return booking
+        return None
+
+    async def _discard(self, pending: PendingCluster) -> None:
+        """A start that failed or timed out: close what was built unless dask-labextension lists it."""
+        booking = pending.booking
+        listed = booking.lab_id and await self.lab.get_cluster(booking.lab_id)
+        if booking.cluster is not None and not listed:
+            try:
+                await asyncio.wait_for(_close_cluster(booking.cluster), self.close_timeout)
+            except Exception:
+                log.exception("casa: closing a cluster that failed to start failed")
+        if not listed:
+            booking.release()
+
+    async def _run_hooks(self, hooks: list[Hook], cluster, what: str) -> None:
+        for hook in list(hooks):
+            try:
+                await asyncio.wait_for(hook(cluster), HOOK_TIMEOUT)
+            except Exception:
+                log.exception("casa: a hook on a cluster %s failed", what)
+
+    async def _run_closing_hooks(self, cluster) -> None:
+        await self._run_hooks(self.on_closing, cluster, "closing")
 
     @staticmethod
-    async def _close(entry: _Entry) -> None:
-        try:
-            result = entry.cluster.close()
-            if isawaitable(result):
-                await asyncio.wait_for(result, 60)
-        except Exception:
-            log.exception("casa: closing cluster %s failed", entry.id)
-
-    # ------------------------------------------------------------------ models
-    def _entry(self, cluster_id: str) -> _Entry:
-        try:
-            return self._clusters[cluster_id]
-        except KeyError:
-            raise ClusterNotFound(f"no cluster with id {cluster_id!r}") from None
-
-    @staticmethod
-    def _model(entry: _Entry) -> dict:
-        cluster = entry.cluster
-        info = getattr(cluster, "scheduler_info", None) or {}
-        workers = [
-            {
-                "name": str(w.get("name")),
-                "address": addr,
-                "resources": w.get("resources", {}),
-                "nthreads": w.get("nthreads"),
-            }
-            for addr, w in sorted(info.get("workers", {}).items())
-        ]
-        requested = getattr(cluster, "worker_spec", None)
-        try:
-            dashboard = cluster.dashboard_link
-        except Exception:
-            dashboard = None
+    def _model(model: dict, booking: Booking) -> dict:
         return {
-            "id": entry.id,
-            "name": entry.name,
-            "backend": entry.options.backend,
-            "options": entry.options.to_dict(),
-            "scheduler_address": getattr(cluster, "scheduler_address", None),
-            "dashboard_link": dashboard,
-            "requested_workers": len(requested) if requested is not None else None,
-            "workers": workers,
+            **model,
+            "adapt": model.get("adapt"),
+            "casa": {**booking.options.to_dict(), "name": booking.name, "gpus_booked": booking.gpus},
         }
 
 
-def scale_request(body: dict) -> int:
-    if not isinstance(body, dict) or "workers" not in body:
-        raise OptionError('expected a JSON body like {"workers": 2}')
-    return body["workers"]
+async def _close_cluster(cluster) -> None:
+    result = cluster.close()
+    if hasattr(result, "__await__"):
+        await result
+
+
+def _labextension_default() -> dict:
+    """dask-labextension's ``labextension.default`` workers/adapt, so that they are bounded before the start."""
+    import dask
+
+    default = dask.config.get("labextension.default", default={}) or {}
+    out = {}
+    if default.get("adapt"):
+        out["adapt"] = dict(default["adapt"])
+    elif default.get("workers") is not None:
+        out["workers"] = default["workers"]
+    return out

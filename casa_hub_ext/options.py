@@ -9,9 +9,10 @@ message names the option, the value and the allowed range. The limits are traitl
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 from dask.utils import format_bytes, parse_bytes
@@ -77,6 +78,48 @@ class CasaClusterSettings(LoggingConfigurable):
         value = os.environ.get("CASA_GPU_MAX_PER_WORKER", "").strip()
         return int(value) if value else None
 
+    max_clusters = Integer(
+        3,
+        min=1,
+        help="""Most Casa clusters one user server runs at the same time, however they were started (the Casa
+        form, dask-labextension's "+NEW" button, the login cluster).""",
+    ).tag(config=True)
+
+    max_gpus_per_backend = Dict(
+        value_trait=Integer(min=0),
+        help="""Most GPUs all of one user's clusters on a backend may book together, e.g.
+        ``{"local": 2, "htcondor": 8}``. A backend not listed gets: ``local``, the GPUs discovered in this server;
+        a remote backend, ``max_gpus_per_worker * max_workers`` (0 when the server has no GPU right). An
+        adaptive cluster books for its maximum.""",
+    ).tag(config=True)
+
+    @validate("max_gpus_per_backend")
+    def _check_gpu_caps(self, proposal):
+        bad = sorted(set(proposal.value) - set(BACKENDS))
+        if bad:
+            raise TraitError(f"CasaClusterSettings.max_gpus_per_backend: unknown backend(s) {bad}; use {BACKENDS}")
+        return proposal.value
+
+    login_cluster = Dict(
+        default_value=None,
+        allow_none=True,
+        help="""Options of a cluster started with the server, named "Casa (login)", whose scheduler listens on
+        ``scheduler_host:scheduler_port`` so that ``Client()`` in a kernel (``DASK_SCHEDULER_ADDRESS``) and
+        ``Client("tls://localhost:8786")`` connect to it; e.g. ``{"backend": "htcondor", "adapt": {"minimum": 0,
+        "maximum": 10}}``. Bounded like every other request; not possible with ``gateway``. None: no login
+        cluster.""",
+    ).tag(config=True)
+
+    scheduler_port = Integer(
+        8786, min=1, max=65535, help="Port of the login cluster's scheduler (see ``login_cluster``)."
+    ).tag(config=True)
+
+    scheduler_host = Unicode(
+        "0.0.0.0",
+        help="""Interface the login cluster's scheduler listens on: ``0.0.0.0`` lets the pod's Service and
+        HTCondor workers reach it; ``127.0.0.1`` keeps it inside the server.""",
+    ).tag(config=True)
+
     @validate("default_memory", "max_memory")
     def _check_memory(self, proposal):
         try:
@@ -130,8 +173,11 @@ class CasaClusterSettings(LoggingConfigurable):
 
 
 # ---------------------------------------------------------------------------------------------- fields
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
 class Field:
-    kind = "field"
+    type = "field"
 
     def __init__(self, name: str, default: Any, label: str):
         self.name, self.default, self.label = name, default, label
@@ -139,34 +185,43 @@ class Field:
     def validate(self, value):
         raise NotImplementedError
 
-    def spec(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "label": self.label, "default": self.default}
+    def error(self, message: str) -> OptionError:
+        return OptionError(message, field=self.name)
+
+    def form(self) -> dict:
+        """What the JupyterLab form renders (``GET casa/options``)."""
+        return {"name": self.name, "label": self.label, "type": self.type, "default": self.default}
+
+    def spec(self) -> dict:  # the older shape of ``GET casa/gpus``
+        return {"name": self.name, "kind": self.type, "label": self.label, "default": self.default}
 
 
 class IntegerField(Field):
-    kind = "integer"
+    type = "integer"
 
     def __init__(self, name, default, label, *, min: int = 0, max: int | None = None):
         super().__init__(name, default, label)
         self.min, self.max = min, max
 
     def validate(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise OptionError(f"{self.name}={value!r}: expected a whole number")
-        try:
-            number = int(value)
-        except ValueError:
-            raise OptionError(f"{self.name}={value!r}: expected a whole number") from None
-        if number < self.min or (self.max is not None and number > self.max):
-            raise OptionError(f"{self.name}={number} is outside the allowed range {self.min}..{self.max}")
-        return number
+        # ASCII digits only: "", "1.5", "two", 1.5 and True are errors, never silently 0 or 1
+        if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"{self.name}={value!r}: expected a whole number")
+        if value < self.min or (self.max is not None and value > self.max):
+            raise self.error(f"{self.name}={value} is outside the allowed range {self.min}..{self.max}")
+        return value
+
+    def form(self):
+        return {**super().form(), "min": self.min, "max": self.max, "step": 1}
 
     def spec(self):
         return {**super().spec(), "min": self.min, "max": self.max}
 
 
 class SelectField(Field):
-    kind = "select"
+    type = "select"
 
     def __init__(self, name, default, label, *, options):
         super().__init__(name, default, label)
@@ -174,15 +229,18 @@ class SelectField(Field):
 
     def validate(self, value):
         if value not in self.options:
-            raise OptionError(f"{self.name}={value!r}: expected one of {self.options}")
+            raise self.error(f"{self.name}={value!r}: expected one of {self.options}")
         return value
+
+    def form(self):
+        return {**super().form(), "min": None, "max": None, "choices": self.options}
 
     def spec(self):
         return {**super().spec(), "options": self.options}
 
 
 class MemoryField(Field):
-    kind = "memory"
+    type = "memory"
 
     def __init__(self, name, default, label, *, min: int, max: int):
         super().__init__(name, default, label)
@@ -190,33 +248,79 @@ class MemoryField(Field):
 
     def validate(self, value):
         try:
-            number = parse_bytes(value) if isinstance(value, str) else int(value)
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+                raise ValueError
+            number = parse_bytes(value) if isinstance(value, str) else value
         except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
-            raise OptionError(f"{self.name}={value!r}: expected a size like '4 GiB'") from None
+            raise self.error(f"{self.name}={value!r}: expected a size like '4 GiB'") from None
         if not self.min <= number <= self.max:
-            raise OptionError(
+            raise self.error(
                 f"{self.name}={format_bytes(number)} is outside the allowed range "
                 f"{format_bytes(self.min)}..{format_bytes(self.max)}"
             )
-        return number
+        return int(number)
+
+    def form(self):
+        return {**super().form(), "min": self.min, "max": self.max, "step": 2**28}
 
     def spec(self):
         return {**super().spec(), "min": self.min, "max": self.max}
 
 
+class AdaptField(Field):
+    """``{"minimum": a, "maximum": b}``: adaptive scaling between a and b workers, instead of ``workers``."""
+
+    type = "range"
+
+    def __init__(self, name, label, *, max: int):
+        super().__init__(name, None, label)
+        self.bound = IntegerField(name, 0, label, min=0, max=max)
+
+    def validate(self, value):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or set(value) != {"minimum", "maximum"}:
+            raise self.error(f"{self.name}={value!r}: expected {{'minimum': n, 'maximum': m}}")
+        bounds = []
+        for key in ("minimum", "maximum"):
+            field = IntegerField(f"{self.name}.{key}", 0, self.label, min=0, max=self.bound.max)
+            bounds.append(field.validate(value[key]))
+        if bounds[0] > bounds[1]:
+            raise self.error(f"{self.name}: minimum={bounds[0]} is more than maximum={bounds[1]}")
+        return tuple(bounds)
+
+    def form(self):
+        return {**super().form(), "min": 0, "max": self.bound.max, "step": 1}
+
+    def spec(self):
+        return {**super().spec(), "min": 0, "max": self.bound.max}
+
+
 # ---------------------------------------------------------------------------------------------- options
 @dataclass(frozen=True)
 class ClusterOptions:
-    """A validated request: what the factory builds from."""
+    """A validated request: what the factory builds from. With ``adapt`` the cluster starts with ``workers`` =
+    its minimum and scales between ``adapt = (minimum, maximum)``."""
 
     backend: str = "local"
     workers: int = 2
     cores: int = 1
     memory: int = 2 * 2**30  # bytes per worker
     gpus_per_worker: int = 0
+    adapt: tuple[int, int] | None = None
+
+    @property
+    def workers_booked(self) -> int:
+        """Workers the GPU accounting reserves: an adaptive cluster may grow to its maximum."""
+        return self.adapt[1] if self.adapt else self.workers
+
+    def scaled(self, workers: int | None = None, adapt: tuple[int, int] | None = None) -> ClusterOptions:
+        return replace(self, workers=adapt[0] if adapt else workers, adapt=adapt)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        values["adapt"] = {"minimum": self.adapt[0], "maximum": self.adapt[1]} if self.adapt else None
+        return values
 
 
 class OptionsSpec:
@@ -226,9 +330,11 @@ class OptionsSpec:
         self.settings, self.inventory = settings, inventory
         s = settings
         self.gpu_limits = {b: self._gpu_limit(b) for b in s.backends}
+        self.gpu_caps = {b: self._gpu_cap(b) for b in s.backends}
         self.fields = [
             SelectField("backend", s.backends[0], "Backend", options=s.backends),
             IntegerField("workers", min(s.default_workers, s.max_workers), "Workers", min=0, max=s.max_workers),
+            AdaptField("adapt", "Adaptive workers", max=s.max_workers),
             IntegerField("cores", min(s.default_cores, s.max_cores), "Cores per worker", min=1, max=s.max_cores),
             MemoryField("memory", s.default_memory, "Memory per worker", min=2**28, max=parse_bytes(s.max_memory)),
             IntegerField("gpus_per_worker", 0, "GPUs per worker", min=0, max=max(self.gpu_limits.values())),
@@ -241,35 +347,77 @@ class OptionsSpec:
             return here if configured is None else min(configured, here)
         return configured or 0
 
+    def _gpu_cap(self, backend: str) -> int:
+        configured = self.settings.max_gpus_per_backend.get(backend)
+        if configured is not None:
+            return configured
+        if backend == "local":
+            return self.inventory.count
+        return self._gpu_limit(backend) * self.settings.max_workers
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
     def spec(self) -> dict:
         return {"fields": [f.spec() for f in self.fields], "gpus_per_worker_max": self.gpu_limits}
+
+    def gpu_availability(self) -> tuple[bool, str | None]:
+        """Whether this user may start GPU workers at all and, when not, why (shown next to the GPU field)."""
+        usable = [b for b in self.settings.backends if self.gpu_limits[b] > 0 and self.gpu_caps[b] > 0]
+        if usable:
+            return True, None
+        if self.settings.max_gpus_per_worker == 0:
+            return False, "GPUs are switched off for this server (CasaClusterSettings.max_gpus_per_worker = 0)"
+        if self.inventory.count == 0 and not self.settings.max_gpus_per_worker:
+            return False, (
+                "no GPU in this server's profile (none found: "
+                f"{self.inventory.source}); start your server with a GPU profile to get GPU workers"
+            )
+        return False, (
+            f"the facility's GPU cap is 0 for {', '.join(self.settings.backends)} "
+            "(CasaClusterSettings.max_gpus_per_backend)"
+        )
 
     def validate(self, request: Mapping | None = None) -> ClusterOptions:
         request = dict(request or {})
         unknown = sorted(set(request) - {f.name for f in self.fields})
         if unknown:
-            raise OptionError(f"unknown cluster option(s) {unknown}; allowed: {[f.name for f in self.fields]}")
+            raise OptionError(
+                f"unknown cluster option(s) {unknown}; allowed: {[f.name for f in self.fields]}", field=unknown[0]
+            )
+        if request.get("adapt") is not None and request.get("workers") is not None:
+            raise OptionError("give either workers or adapt, not both", field="adapt")
         values = {f.name: f.validate(request.get(f.name, f.default)) for f in self.fields}
+        if values["adapt"]:
+            values["workers"] = values["adapt"][0]
         options = ClusterOptions(**values)
-        self.check_gpus(options, options.workers)
+        self.check_gpus(options, options.workers_booked)
         return options
 
     def check_gpus(self, options: ClusterOptions, workers: int) -> None:
-        """Per-backend GPU bounds; also used when scaling an existing cluster."""
+        """Per-backend GPU bounds of one cluster of ``workers``; also used when scaling an existing cluster."""
         limit = self.gpu_limits[options.backend]
         if options.gpus_per_worker > limit:
             where = "in this server" if options.backend == "local" else f"on the {options.backend} backend"
             raise OptionError(
-                f"gpus_per_worker={options.gpus_per_worker} is more than the {limit} GPU(s) per worker allowed {where}"
-            )
-        if (
-            options.backend == "local"
-            and options.gpus_per_worker
-            and workers * options.gpus_per_worker > self.inventory.count
-        ):
-            raise OptionError(
-                f"{workers} worker(s) x {options.gpus_per_worker} GPU(s) need "
-                f"{workers * options.gpus_per_worker} GPUs; this server has {self.inventory.count}"
+                f"gpus_per_worker={options.gpus_per_worker} is more than the {limit} GPU(s) per worker allowed {where}",
+                field="gpus_per_worker",
             )
         if workers > self.settings.max_workers:
-            raise OptionError(f"workers={workers} is outside the allowed range 0..{self.settings.max_workers}")
+            raise OptionError(
+                f"workers={workers} is outside the allowed range 0..{self.settings.max_workers}", field="workers"
+            )
+        need = workers * options.gpus_per_worker
+        if options.backend == "local" and need > self.inventory.count:
+            raise OptionError(
+                f"{workers} worker(s) x {options.gpus_per_worker} GPU(s) need {need} GPUs; "
+                f"this server has {self.inventory.count}",
+                field="workers",
+            )
+        cap = self.gpu_caps[options.backend]
+        if need > cap:
+            raise OptionError(
+                f"{workers} worker(s) x {options.gpus_per_worker} GPU(s) need {need} GPUs; "
+                f"the {options.backend} backend allows {cap} (CasaClusterSettings.max_gpus_per_backend)",
+                field="workers",
+            )

@@ -26,6 +26,8 @@ CLASSES = [
     ("casa_hub.local", "CasaLocalSpawner"),
     ("casa_hub.revoke", "CasaRevocations"),
     ("casa_hub_ext.options", "CasaClusterSettings"),
+    ("casa_hub_ext.worker_credentials", "WorkerCredentials"),
+    ("casa_hub_ext.client_bundle", "ClientBundleSettings"),
 ]
 OUTPUT = Path(__file__).with_name("config-reference.md")
 

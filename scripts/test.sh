@@ -19,6 +19,9 @@ RUFF_PATHS=(casa_hub casa_hub_ext casa_demo tests benchmarks docs/*.py)
 echo "== ruff check and ruff format --check: ${RUFF_PATHS[*]}"
 .venv/bin/ruff check "${RUFF_PATHS[@]}"
 .venv/bin/ruff format --check "${RUFF_PATHS[@]}"
+# and the JupyterLab extension's: ESLint (typescript-eslint) and Prettier, js/eslint.config.mjs and js/.prettierrc.json
+echo "== npm run lint and npm run prettier:check: js/"
+(cd js && npm run --silent lint && npm run --silent prettier:check)
 
 versions() {  # what a Python runs for a hub
   "$@" -c 'import sys, jupyterhub, oauthenticator, kubespawner, kubernetes_asyncio as k

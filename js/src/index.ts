@@ -1,53 +1,87 @@
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
+import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette, Notification, showErrorMessage } from '@jupyterlab/apputils';
 import { ILauncher } from '@jupyterlab/launcher';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { CredentialPanel } from './credentials';
-import { ClusterPanel } from './panel';
+import { showClusterOptionsDialog } from './dialog';
+import { casaDaskIcon } from './icons';
+import { addSidebarButton, DASK_SIDEBAR_ID, findDaskSidebar } from './sidebar';
 import { CredentialStatus } from './status';
 
-const COMMAND = 'casa:new-dask-cluster';
+const NEW_CLUSTER = 'casa:new-dask-cluster';
 const SHOW_CREDENTIALS = 'casa:show-credentials';
+
+/** Open Casa's options dialog; a started cluster is selected in dask-labextension's sidebar, where it is managed. */
+async function newCluster(app: JupyterFrontEnd): Promise<void> {
+  let cluster;
+  try {
+    cluster = await showClusterOptionsDialog();
+  } catch (e) {
+    // the options could not be read: nothing was started
+    await showErrorMessage('New Dask cluster', e instanceof Error ? e.message : String(e));
+    return;
+  }
+  if (!cluster) {
+    return;
+  }
+  const sidebar = findDaskSidebar(app);
+  if (!sidebar) {
+    Notification.info(
+      `Dask cluster "${cluster.name}" started (${cluster.scheduler_address}). This JupyterLab has no Dask ` +
+        'sidebar, where clusters are listed and managed: ask your facility to install dask-labextension.',
+      { autoClose: false }
+    );
+    return;
+  }
+  const manager = sidebar.clusterManager;
+  await manager.refresh();
+  manager.setActiveCluster(cluster.id);
+  app.shell.activateById(sidebar.id);
+  Notification.success(`Dask cluster "${cluster.name}" started`, { autoClose: 5000 });
+}
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'casa-hub-ext:plugin',
-  description: 'GPU-aware Dask clusters and credential expiry for Casa Hub',
+  description: 'Casa options for dask-labextension clusters (GPUs, backends) and credential expiry',
   autoStart: true,
-  optional: [ICommandPalette, ILauncher, IStatusBar, ILayoutRestorer],
+  optional: [ICommandPalette, ILauncher, IStatusBar, ILabShell],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     launcher: ILauncher | null,
     statusBar: IStatusBar | null,
-    restorer: ILayoutRestorer | null
+    labShell: ILabShell | null
   ) => {
-    const tracker = new WidgetTracker<MainAreaWidget<ClusterPanel>>({ namespace: 'casa-dask' });
-    app.commands.addCommand(COMMAND, {
-      label: 'New Dask cluster',
-      caption: 'Start a Dask cluster with your Casa credentials (local, HTCondor or dask-gateway)',
-      execute: () => {
-        let widget = tracker.currentWidget;
-        if (!widget || widget.isDisposed) {
-          widget = new MainAreaWidget({ content: new ClusterPanel() });
-          widget.id = 'casa-dask-clusters';
-          widget.title.label = 'Dask clusters';
-          void tracker.add(widget);
-          app.shell.add(widget, 'main');
+    app.commands.addCommand(NEW_CLUSTER, {
+      label: args => (args.toolbar ? 'NEW (options)' : 'Dask cluster (Casa)'),
+      caption: 'New Dask cluster with Casa options: backend, workers or adaptive, cores, memory, GPUs',
+      icon: casaDaskIcon,
+      execute: async args => {
+        if (!args.toolbar && findDaskSidebar(app)) {
+          app.shell.activateById(DASK_SIDEBAR_ID); // where the new cluster will be listed
         }
-        app.shell.activateById(widget.id);
-        return widget;
+        await newCluster(app);
       }
     });
-    palette?.addItem({ command: COMMAND, category: 'Dask' });
-    launcher?.add({ command: COMMAND, category: 'Other', rank: 1 });
-    if (restorer) {
-      void restorer.restore(tracker, { command: COMMAND, name: () => 'casa-dask' });
+    palette?.addItem({ command: NEW_CLUSTER, category: 'Dask' });
+    launcher?.add({ command: NEW_CLUSTER, category: 'Other', rank: 1 });
+
+    // dask-labextension adds its sidebar while the application starts; add the button once it is there
+    if (!addSidebarButton(app, NEW_CLUSTER) && labShell) {
+      const retry = () => {
+        if (addSidebarButton(app, NEW_CLUSTER)) {
+          labShell.layoutModified.disconnect(retry);
+        }
+      };
+      labShell.layoutModified.connect(retry);
+      void app.restored.then(retry);
     }
+
     let credentials: CredentialPanel | null = null;
     app.commands.addCommand(SHOW_CREDENTIALS, {
       label: 'Show Casa credentials',
-      caption: 'Every credential mounted in this server: file, variable, audience/scopes, expiry',
+      caption: 'Every credential mounted in this server: file, variable, audience/scopes, expiry, renewal',
       execute: () => {
         if (!credentials || credentials.isDisposed) {
           credentials = new CredentialPanel();

@@ -1,52 +1,67 @@
 import { Notification } from '@jupyterlab/apputils';
+import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import { casaRequest, ICredentials } from './api';
-import { human } from './credentials';
+import { casaRequest, human, ICredentials } from './api';
 
-/** Status-bar item: time until the first Casa credential lapses; warns once when it gets close. Clicking it
- * calls ``onOpen`` (the extension shows the credentials panel). */
+/** What to do when renewal did not happen: the same words as the user guide and the server's messages. */
+export const RENEWAL_ADVICE = 'restart your server from the hub to renew them';
+
+/** Status-bar item: time until the first Casa credential lapses; warns once when it gets close. Clicking it (or
+ * Enter/Space on it) calls ``onOpen`` (the extension shows the credentials panel). */
 export class CredentialStatus extends Widget {
   private warned = false;
-  private timer = 0;
+  private readonly poll: Poll;
 
-  constructor(private onOpen: () => void = () => undefined, private warnSeconds = 1800, private pollMs = 60000) {
-    super();
+  constructor(
+    private readonly onOpen: () => void = () => undefined,
+    private readonly warnSeconds = 1800,
+    pollMs = 60000
+  ) {
+    super({ node: document.createElement('button') });
     this.addClass('casa-credential-status');
     this.node.setAttribute('data-testid', 'casa-credential-status');
-    this.node.setAttribute('role', 'button');
+    this.node.setAttribute('type', 'button');
+    this.node.setAttribute('aria-label', 'Casa credentials: show the list');
     this.node.addEventListener('click', () => this.onOpen());
-    void this.update_();
-    this.timer = window.setInterval(() => void this.update_(), this.pollMs);
+    this.poll = new Poll({
+      factory: () => this.refresh(),
+      frequency: { interval: pollMs, backoff: false },
+      standby: 'when-hidden',
+      name: 'casa-hub-ext:credential-status'
+    });
   }
 
   dispose(): void {
-    window.clearInterval(this.timer);
+    this.poll.dispose();
     super.dispose();
   }
 
-  private async update_(): Promise<void> {
+  private async refresh(): Promise<void> {
     let data: ICredentials;
     try {
       data = await casaRequest<ICredentials>('credentials');
     } catch {
       this.node.textContent = 'Credentials: none';
       this.node.title = 'No Casa credentials are mounted in this server';
+      this.node.setAttribute('aria-label', 'Casa credentials: none mounted; show why');
       return;
     }
     const left = data.seconds_left;
     const first = data.credentials
       .filter(c => c.seconds_left !== null)
       .sort((a, b) => (a.seconds_left ?? 0) - (b.seconds_left ?? 0))[0];
-    this.node.textContent = left === null ? 'Credentials: ok' : `Credentials: ${human(left)}`;
+    const text = left === null ? 'Credentials: ok' : `Credentials: ${human(left)}`;
+    this.node.textContent = text;
     this.node.title = (first ? `${first.label} expires first. ` : '') + 'Click for the list of your credentials.';
+    this.node.setAttribute('aria-label', `${text}; show the list of your Casa credentials`);
     const low = left !== null && left < this.warnSeconds;
     this.node.classList.toggle('casa-warn', low);
     if (low && !this.warned) {
       this.warned = true;
       Notification.warning(
-        `Your ${first?.label ?? 'credentials'} ${left! <= 0 ? 'expired' : `expire in ${human(left!)}`}: ` +
-          'restart your server from the hub to renew them.',
+        `Your ${first?.label ?? 'credentials'} ${left <= 0 ? 'expired' : `expire in ${human(left)}`}: ` +
+          `${RENEWAL_ADVICE}.`,
         { autoClose: false }
       );
     }

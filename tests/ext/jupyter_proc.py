@@ -27,7 +27,17 @@ class JupyterProc:
         return {"Authorization": f"token {self.token}"}
 
 
-def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeout: float = 60) -> JupyterProc:
+def start_jupyter(
+    work: Path,
+    env: dict[str, str],
+    *,
+    app: str = "server",
+    timeout: float = 60,
+    args: list[str] = (),
+    unset: list[str] = (),
+) -> JupyterProc:
+    """``args``: extra command-line options, e.g. ``["--CasaClusterSettings.max_clusters=2"]``; ``unset``:
+    variables of this process's environment the server must not inherit."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "root").mkdir(exist_ok=True)
     data = work / "data" / "labextensions"
@@ -46,7 +56,9 @@ def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeo
         "JUPYTERLAB_WORKSPACES_DIR": str(work / "workspaces"),
         **env,
     }
-    args = [
+    for name in unset:
+        full_env.pop(name, None)
+    command = [
         str(VENV_BIN / "jupyter"),
         app,
         "--no-browser",
@@ -57,12 +69,13 @@ def start_jupyter(work: Path, env: dict[str, str], *, app: str = "server", timeo
         "--ServerApp.port_retries=0",
         "--allow-root",
     ]
+    command += list(args)
     if app == "lab":
-        args += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        command += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log = work / f"{app}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            args, cwd=work, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=work, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -86,7 +86,8 @@ def test_defaults_and_spec(settings):
     spec = OptionsSpec(settings, declared_gpus(2))
     assert spec.validate({}) == ClusterOptions("local", 2, 1, 2 * 2**30, 0)
     assert spec.spec()["gpus_per_worker_max"] == {"local": 1, "htcondor": 1, "gateway": 1}
-    assert {f["name"] for f in spec.spec()["fields"]} == {"backend", "workers", "cores", "memory", "gpus_per_worker"}
+    names = {"backend", "workers", "adapt", "cores", "memory", "gpus_per_worker"}
+    assert {f["name"] for f in spec.spec()["fields"]} == names
     assert spec.validate({"memory": "4 GiB", "workers": "3"}).memory == 4 * 2**30
 
 
@@ -110,6 +111,90 @@ def test_refusals_name_the_option(settings, request_, message):
         OptionsSpec(settings, declared_gpus(2)).validate(request_)
     assert message in str(e.value)
     assert e.value.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "request_, field, message",
+    [
+        ({"workers": "two"}, "workers", "workers='two': expected a whole number"),
+        ({"workers": ""}, "workers", "workers='': expected a whole number"),
+        ({"workers": 1.5}, "workers", "workers=1.5: expected a whole number"),
+        ({"workers": "1.5"}, "workers", "expected a whole number"),
+        ({"workers": "٣"}, "workers", "expected a whole number"),  # digits, but not ASCII ones
+        ({"cores": None}, "cores", "cores=None: expected a whole number"),
+        ({"memory": ""}, "memory", "expected a size"),
+        ({"memory": 2.5e9}, "memory", "expected a size"),
+        ({"adapt": {"minimum": 3, "maximum": 1}}, "adapt", "minimum=3 is more than maximum=1"),
+        ({"adapt": {"minimum": -1, "maximum": 1}}, "adapt.minimum", "adapt.minimum=-1 is outside"),
+        ({"adapt": {"minimum": 0, "maximum": 5}}, "adapt.maximum", "adapt.maximum=5 is outside the allowed range 0..4"),
+        ({"adapt": {"minimum": 0, "maximum": "x"}}, "adapt.maximum", "expected a whole number"),
+        ({"adapt": {"minimum": 0}}, "adapt", "expected {'minimum': n, 'maximum': m}"),
+        ({"adapt": [0, 2]}, "adapt", "expected {'minimum': n, 'maximum': m}"),
+        ({"adapt": {"minimum": 0, "maximum": 2}, "workers": 1}, "adapt", "either workers or adapt"),
+        ({"adapt": {"minimum": 0, "maximum": 3}, "gpus_per_worker": 1}, "workers", "need 3 GPUs; this server has 2"),
+        ({"gpus": 1}, "gpus", "unknown cluster option"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_field(settings, request_, field, message):
+    with pytest.raises(OptionError) as e:
+        OptionsSpec(settings, declared_gpus(2)).validate(request_)
+    assert message in str(e.value) and e.value.field == field
+
+
+def test_adaptive_options(settings):
+    options = OptionsSpec(settings, declared_gpus(2)).validate({"adapt": {"minimum": "1", "maximum": 2}})
+    assert (options.adapt, options.workers, options.workers_booked) == ((1, 2), 1, 2)
+    assert options.to_dict()["adapt"] == {"minimum": 1, "maximum": 2}
+    assert options.scaled(workers=3) == ClusterOptions("local", 3, 1, 2 * 2**30, 0, None)
+
+
+def test_the_form_fields(settings):
+    fields = {f["name"]: f for f in (f.form() for f in OptionsSpec(settings, declared_gpus(2)).fields)}
+    assert fields["workers"] == {
+        "name": "workers",
+        "label": "Workers",
+        "type": "integer",
+        "default": 2,
+        "min": 0,
+        "max": 4,
+        "step": 1,
+    }
+    assert fields["backend"]["choices"] == ["local", "htcondor", "gateway"] and fields["backend"]["type"] == "select"
+    assert (fields["adapt"]["type"], fields["adapt"]["max"], fields["adapt"]["default"]) == ("range", 4, None)
+    assert (fields["memory"]["min"], fields["memory"]["max"]) == (2**28, 16 * 2**30)
+
+
+def test_gpu_caps_per_backend(settings):
+    spec = OptionsSpec(settings, declared_gpus(2))
+    # defaults: local = GPUs here; remote = max_gpus_per_worker (1) x max_workers (4)
+    assert spec.gpu_caps == {"local": 2, "htcondor": 4, "gateway": 4}
+    settings.max_gpus_per_backend = {"htcondor": 2}
+    spec = OptionsSpec(settings, declared_gpus(2))
+    assert spec.gpu_caps["htcondor"] == 2
+    with pytest.raises(OptionError, match=r"need 3 GPUs; the htcondor backend allows 2 \(CasaClusterSettings"):
+        spec.validate({"backend": "htcondor", "workers": 3, "gpus_per_worker": 1})
+    assert spec.validate({"backend": "htcondor", "workers": 3}).gpus_per_worker == 0
+    with pytest.raises(Exception, match=r"unknown backend\(s\) \['slurm'\]"):
+        CasaClusterSettings(max_gpus_per_backend={"slurm": 1})
+
+
+@pytest.mark.parametrize(
+    "max_per_worker, caps, gpus, reason",
+    [
+        (None, {}, 2, None),
+        (None, {}, 0, "no GPU in this server's profile (none found: CASA_GPU_COUNT)"),
+        (0, {}, 2, "GPUs are switched off for this server"),
+        (1, {"local": 0, "htcondor": 0}, 2, "the facility's GPU cap is 0 for local, htcondor"),
+        (1, {"local": 0}, 0, None),  # no GPU here, but HTCondor workers may have one
+    ],
+)
+def test_gpu_availability_names_why_not(monkeypatch, max_per_worker, caps, gpus, reason):
+    monkeypatch.delenv("CASA_GPU_MAX_PER_WORKER", raising=False)
+    s = CasaClusterSettings(backends=["local", "htcondor"], max_gpus_per_worker=max_per_worker)
+    s.max_gpus_per_backend = caps
+    available, why = OptionsSpec(s, declared_gpus(gpus)).gpu_availability()
+    assert available == (reason is None)
+    assert (why is None) if reason is None else reason in why
 
 
 def test_local_gpus_bounded_by_this_server(settings):
@@ -308,3 +393,30 @@ async def test_htcondor_commands_run_with_the_users_token_dir(mounted, settings,
     job_cls = htcondor_kwargs(ClusterOptions("htcondor"), mounted, settings)["job_cls"]
     out = await job_cls._call(["sh", "-c", "echo $_CONDOR_SEC_TOKEN_DIRECTORY"])
     assert out.strip() == str(bundle_dir / "condor-tokens")
+
+
+def test_a_fixed_scheduler_address_for_the_login_cluster(mounted, settings):
+    from casa_hub_ext.factory import local_kwargs
+
+    opts = ClusterOptions("htcondor", 1, 1, 2**30, 0)
+    settings.htcondor_scheduler_options = {"contact_address": "tls://jupyter-alice.casa:8786"}
+    options = htcondor_kwargs(opts, mounted, settings, ("0.0.0.0", 8786))["scheduler_options"]
+    assert options == {
+        "dashboard_address": "127.0.0.1:0",
+        "contact_address": "tls://jupyter-alice.casa:8786",
+        "host": "0.0.0.0",
+        "port": 8786,
+    }
+    assert "port" not in htcondor_kwargs(opts, mounted, settings)["scheduler_options"]
+    local = local_kwargs(ClusterOptions("local", 1), mounted, ("0.0.0.0", 8786))
+    assert local["scheduler_kwargs"] == {"host": "0.0.0.0", "port": 8786} and local["host"] == "127.0.0.1"
+    with pytest.raises(OptionError, match="a gateway cluster cannot have a fixed scheduler address"):
+        from casa_hub_ext.factory import make_cluster
+
+        make_cluster(
+            {"backend": "gateway"},
+            mounted,
+            settings=settings,
+            inventory=declared_gpus(0),
+            scheduler_address=("0.0.0.0", 8786),
+        )

@@ -98,17 +98,17 @@ def test_physicist_signs_in_picks_gpu_profile_and_launches_a_cluster(facility, p
     print(f"browser: sign-in click to JupyterLab ready in {ready:.1f} s")
     # the credentials show in the status bar; launch a GPU Dask cluster from the launcher
     page.wait_for_selector("[data-testid=casa-credential-status]")
-    page.locator(".jp-LauncherCard", has_text="New Dask cluster").click()
-    page.locator("[data-testid=casa-workers]").fill("2")
-    page.locator("[data-testid=casa-gpus_per_worker]").fill("1")
+    page.locator(".jp-LauncherCard", has_text="Dask cluster (Casa)").click()  # listed in the Dask sidebar
+    page.locator("[data-testid=casa-option-workers]").fill("2")
+    page.locator("[data-testid=casa-option-gpus_per_worker]").fill("1")
     page.screenshot(path=str(SHOTS / "05-dask-cluster-form.png"))
-    page.locator("[data-testid=casa-create]").click()
-    card = page.locator("[data-testid=casa-cluster]")
+    page.locator("[data-testid=casa-options-dialog] .jp-Dialog-button.jp-mod-accept").click()
+    card = page.locator("#dask-dashboard-launcher li.dask-ClusterListingItem")
     card.wait_for(timeout=60_000)
-    assert card.locator("a", has_text="Dashboard").count() == 1
+    assert "Number of Workers" in card.inner_text()
     page.screenshot(path=str(SHOTS / "06-dask-cluster.png"))
-    card.locator("[data-testid=casa-shutdown]").click()
-    page.wait_for_function("!document.querySelector('[data-testid=casa-cluster]')", timeout=60_000)
+    card.locator(".dask-ClusterListingItem-stop").click()
+    card.wait_for(state="detached", timeout=60_000)
 
 
 def test_outsider_sees_a_clear_refusal(facility, page):

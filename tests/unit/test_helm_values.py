@@ -88,6 +88,28 @@ def test_hub_config_instantiates_casa_classes_without_unknown_traits(path, caplo
     assert [k.name for k in enabled] == list(config.CasaMinter.kinds)
 
 
+@pytest.mark.parametrize("path", VALUES_FILES, ids=lambda p: p.name)
+def test_user_extension_settings_load_and_the_login_cluster_validates(path):
+    """singleuser.extraFiles mounts the user extension's own config file (admin guide §3): every key is a
+    CasaClusterSettings trait, the values pass its validation, and the login cluster's options are within the
+    facility's bounds (a server without GPUs, the CPU profile)."""
+    from casa_hub_ext.gpu import Inventory
+    from casa_hub_ext.options import CasaClusterSettings, OptionsSpec
+
+    files = yaml.safe_load(path.read_text()).get("singleuser", {}).get("extraFiles", {})
+    settings_files = [f for f in files.values() if f["mountPath"].endswith("/jupyter_casa_hub_ext_config.json")]
+    for f in settings_files:
+        assert f["mountPath"] == "/etc/jupyter/jupyter_casa_hub_ext_config.json"  # on Jupyter's config path
+        section = f["data"]["CasaClusterSettings"]
+        unknown = sorted(set(section) - set(CasaClusterSettings.class_trait_names(config=True)))
+        assert not unknown, f"{path.name}: CasaClusterSettings has unknown traits {unknown}"
+        settings = CasaClusterSettings(config=Config(f["data"]), backends=["local"])
+        if settings.login_cluster is not None:
+            OptionsSpec(settings, Inventory((), "none")).validate(settings.login_cluster)
+    if path.name == "values.yaml":  # the facility's values turn the scheduler at login on (issue 15)
+        assert [f["data"]["CasaClusterSettings"]["login_cluster"] for f in settings_files]
+
+
 def test_unknown_trait_is_detected(tmp_path):
     """The unknown-trait check above can fail."""
     from casa_hub.credentials.kinds.xcache_token import XCacheToken
