@@ -5,6 +5,8 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { CredentialPanel } from './credentials';
 import { showClusterOptionsDialog } from './dialog';
+import { settingsIcon } from '@jupyterlab/ui-components';
+
 import { casaDaskIcon } from './icons';
 import { addSidebarButton, DASK_SIDEBAR_ID, findDaskSidebar } from './sidebar';
 import { CredentialStatus } from './status';
@@ -54,9 +56,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null
   ) => {
     app.commands.addCommand(NEW_CLUSTER, {
-      label: args => (args.toolbar ? 'NEW (options)' : 'Dask cluster (Casa)'),
-      caption: 'New Dask cluster with Casa options: backend, workers or adaptive, cores, memory, GPUs',
-      icon: casaDaskIcon,
+      // in the sidebar's toolbar an icon only: a label does not fit beside "+NEW" in the default sidebar width;
+      // the caption is its tooltip and accessible name
+      label: args => (args.toolbar ? '' : 'Dask cluster (Casa)'),
+      caption: 'New Dask cluster with options: backend, workers or adaptive, cores, memory, GPUs',
+      icon: args => (args.toolbar ? settingsIcon : casaDaskIcon),
       execute: async args => {
         if (!args.toolbar && findDaskSidebar(app)) {
           app.shell.activateById(DASK_SIDEBAR_ID); // where the new cluster will be listed

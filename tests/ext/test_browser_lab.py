@@ -1,5 +1,5 @@
 """JupyterLab with the built extension in headless Chromium, against a real ``jupyter lab`` (local backend, two
-declared GPUs): Casa's "NEW (options)" button in dask-labextension's sidebar opens the options dialog; bad input
+declared GPUs): Casa's options button (a gear) in dask-labextension's sidebar opens the options dialog; bad input
 gets the server's own message next to the field and starts nothing; a GPU cluster is listed in the sidebar, its
 task stream opens through dask-labextension's dashboard proxy, the sidebar's "<>" client runs a GPU task over TLS
 in a notebook, the sidebar scales it, makes it adaptive and shuts it down; a second GPU cluster that would
@@ -179,7 +179,9 @@ def test_gpu_cluster_from_the_sidebar_options_dialog(browser, lab):
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
 
     button = page.locator(CASA_BUTTON)
-    assert button.get_attribute("aria-label") == "NEW (options)"
+    # an icon (a label does not fit beside "+NEW"), named for screen readers and in its tooltip
+    assert button.get_attribute("aria-label") == button.get_attribute("title")
+    assert button.get_attribute("title").startswith("New Dask cluster with options")
     # right beside dask-labextension's own "+NEW"
     names = page.locator(f"{SIDEBAR} .dask-DaskClusterManager .jp-Toolbar-item").evaluate_all(
         "nodes => nodes.map(n => n.dataset.jpItemName)"
