@@ -13,11 +13,13 @@
 Every cluster holds a :class:`~casa_hub_ext.ledger.Booking` and checks it in its own ``scale`` and ``adapt``,
 so dask-labextension's sidebar, which calls those directly, cannot go past the facility's bounds either.
 
-dask-labextension builds Casa clusters through :func:`CasaCluster` (the Casa server extension configures it
+dask-labextension builds Casa clusters through :func:`labextension_cluster` (the Casa server extension configures it
 when the admin left dask-labextension's default ``LocalCluster``)::
 
     labextension:
-      factory: {module: casa_hub_ext.factory, class: CasaCluster, args: [], kwargs: {}}
+      factory: {module: casa_hub_ext.factory, class: labextension_cluster, args: [], kwargs: {}}
+
+(Notebook code uses :class:`casa_hub_ext.CasaCluster`, which asks the server to start the cluster.)
 """
 
 from __future__ import annotations
@@ -468,18 +470,19 @@ async def _started(cluster, workers: int | None, opts: ClusterOptions | None = N
     return cluster
 
 
-def CasaCluster(*args, asynchronous: bool = False, **options):  # noqa: N802 - dask-labextension calls it a class
-    """dask-labextension's factory: ``await CasaCluster(asynchronous=True, backend=..., gpus_per_worker=...)``.
+def labextension_cluster(*args, asynchronous: bool = False, **options):
+    """dask-labextension's factory: ``await labextension_cluster(asynchronous=True, backend=..., ...)``.
 
     Inside the Jupyter server, the cluster takes a place in the server's ledger like every Casa cluster: the
     options Casa's REST API validated (passed along by :mod:`casa_hub_ext.labmanager`), or, for the sidebar's
     "+NEW" and ``labextension.initial``, the facility's defaults (over ``labextension.factory.kwargs``).
-    Elsewhere (a notebook) the options are bounded the same way and the cluster books only for itself.
+    Elsewhere the options are bounded the same way and the cluster books only for itself (notebook code
+    uses :class:`casa_hub_ext.CasaCluster` instead, so that the sidebar lists the cluster).
     Credentials come from ``$CASA_CREDENTIALS_DIR``."""
     from .labmanager import active_manager, pending_cluster
 
     if args:
-        raise TypeError("CasaCluster takes keyword options only")
+        raise TypeError("labextension_cluster takes keyword options only")
     options = {k.replace("-", "_"): v for k, v in options.items()}
     pending = pending_cluster()
     if pending is not None and asynchronous:

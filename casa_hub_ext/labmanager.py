@@ -6,7 +6,7 @@ awaited when they return an awaitable: dask-labextension 7.0.0 keeps a module-le
 getters, its main branch one in ``web_app.settings["dask_cluster_manager"]`` with coroutines.
 
 dask-labextension passes its factory only ``asynchronous=True`` and the factory's configured kwargs, so the
-options Casa validated travel to :func:`casa_hub_ext.factory.CasaCluster` in a :class:`contextvars.ContextVar`
+options Casa validated travel to :func:`casa_hub_ext.factory.labextension_cluster` in a :class:`contextvars.ContextVar`
 set around ``start_cluster`` (the call runs in the same task, which sees the variable).
 """
 
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CASA_FACTORY = {"module": "casa_hub_ext.factory", "class": "CasaCluster", "args": [], "kwargs": {}}
+CASA_FACTORY = {"module": "casa_hub_ext.factory", "class": "labextension_cluster", "args": [], "kwargs": {}}
 _DEFAULT_FACTORIES = {("dask.distributed", "LocalCluster"), ("distributed", "LocalCluster")}
+_OLD_CASA_FACTORIES = {("casa_hub_ext.factory", "CasaCluster")}  # its name before notebook.CasaCluster existed
 
 _pending: contextvars.ContextVar[PendingCluster | None] = contextvars.ContextVar("casa_pending_cluster", default=None)
 _active: list[ClusterManager] = []  # the server extension's manager, while the extension runs
@@ -101,7 +102,7 @@ def ensure_casa_factory() -> bool:
     current = (factory.get("module"), factory.get("class"))
     if current == (CASA_FACTORY["module"], CASA_FACTORY["class"]):
         return True
-    if current not in _DEFAULT_FACTORIES and current != (None, None):
+    if current not in _DEFAULT_FACTORIES | _OLD_CASA_FACTORIES and current != (None, None):
         log.warning(
             "casa: dask-labextension's factory is %s.%s (dask config labextension.factory), not Casa's: "
             "the sidebar's +NEW starts clusters outside Casa's bounds",

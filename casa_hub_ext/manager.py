@@ -30,7 +30,7 @@ Hook = Callable[[object], Awaitable]
 
 @dataclass(eq=False)
 class PendingCluster:
-    """A validated request with its place in the ledger, about to be built by :func:`~.factory.CasaCluster`."""
+    """A validated request with its place in the ledger, about to be built by :func:`~.factory.labextension_cluster`."""
 
     manager: ClusterManager
     booking: Booking
@@ -169,7 +169,7 @@ class ClusterManager:
             pending.booking.release()
             raise OptionError(
                 "dask-labextension's factory (dask config labextension.factory) is not casa_hub_ext.factory."
-                "CasaCluster: ask the facility's admins"
+                "labextension_cluster: ask the facility's admins"
             )
         return self._model(model, pending.booking)
 

@@ -11,7 +11,7 @@ from distributed import Client, Worker, get_worker
 
 from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.errors import CredentialError, OptionError
-from casa_hub_ext.factory import CasaCluster, make_cluster
+from casa_hub_ext.factory import labextension_cluster, make_cluster
 from casa_hub_ext.gpu import discover
 from casa_hub_ext.options import CasaClusterSettings
 
@@ -82,7 +82,7 @@ def test_sync_cluster_and_labextension_factory(bundle_dir, monkeypatch, local_se
     monkeypatch.setenv("CASA_GPU_COUNT", "1")
     monkeypatch.setenv("CASA_GPU_MAX_PER_WORKER", "1")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    cluster = CasaCluster(workers=1, gpus_per_worker=1)
+    cluster = labextension_cluster(workers=1, gpus_per_worker=1)
     try:
         with Client(cluster, security=MountedBundle.from_env().security(), timeout=TIMEOUT) as client:
             client.wait_for_workers(1, timeout=TIMEOUT)
@@ -128,7 +128,7 @@ def test_missing_key_refused(bundle_dir, local_settings, two_gpus):
 
 
 async def test_dask_labextension_factory_config(bundle_dir, monkeypatch):
-    """dask-labextension's own make_cluster, pointed at CasaCluster by dask config."""
+    """dask-labextension's own make_cluster, pointed at labextension_cluster by dask config."""
     import dask
     from dask_labextension.manager import make_cluster as labextension_make_cluster
 
@@ -139,7 +139,7 @@ async def test_dask_labextension_factory_config(bundle_dir, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     factory = {
         "module": "casa_hub_ext.factory",
-        "class": "CasaCluster",
+        "class": "labextension_cluster",
         "args": [],
         "kwargs": {"workers": 1, "gpus-per-worker": 1},
     }

@@ -191,7 +191,11 @@ async def test_a_foreign_factory_is_left_alone_and_never_passed_off_as_casa(
     custom = {"module": "dask.distributed", "class": "LocalCluster", "args": [], "kwargs": {"n_workers": 0}}
     with dask.config.set({"labextension.factory": custom}):
         assert ensure_casa_factory() is True  # dask-labextension's default: replaced by Casa's
-        assert dask.config.get("labextension.factory.class") == "CasaCluster"
+        assert dask.config.get("labextension.factory.class") == "labextension_cluster"
+    renamed = {"module": "casa_hub_ext.factory", "class": "CasaCluster", "args": [], "kwargs": {}}
+    with dask.config.set({"labextension.factory": renamed}):
+        assert ensure_casa_factory() is True  # Casa's factory under its former name: given its new one
+        assert dask.config.get("labextension.factory.class") == "labextension_cluster"
     other = {"module": "dask_jobqueue", "class": "SLURMCluster", "args": [], "kwargs": {}}
     with dask.config.set({"labextension.factory": other}):
         assert ensure_casa_factory() is False  # the admin's choice stays
@@ -201,7 +205,7 @@ async def test_a_foreign_factory_is_left_alone_and_never_passed_off_as_casa(
     closing(manager)
     plain = {**custom, "kwargs": {"n_workers": 0, "processes": False, "dashboard_address": None}}
     with dask.config.set({"labextension.factory": plain}):
-        with pytest.raises(OptionError, match="factory .* is not casa_hub_ext.factory.CasaCluster"):
+        with pytest.raises(OptionError, match="factory .* is not casa_hub_ext.factory.labextension_cluster"):
             await manager.create({"workers": 0})
     assert manager.raw_lab.list_clusters() == [] and manager.ledger.bookings == []
 

@@ -186,6 +186,7 @@ CLASSES = {
     "ClientBundleSettings": "casa_hub_ext.client_bundle",
     "CasaExtensionApp": "casa_hub_ext.app",
     "MountedBundle": "casa_hub_ext.bundle",
+    "CasaCluster": "casa_hub_ext.notebook",
     "Authenticator": "jupyterhub.auth",
     "JupyterHub": "jupyterhub.app",
     "Spawner": "jupyterhub.spawner",
