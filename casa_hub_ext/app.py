@@ -11,7 +11,7 @@ from typing import Mapping, MutableMapping
 
 from jupyter_server.extension.application import ExtensionApp
 
-from . import client_bundle
+from . import client_bundle, notebook
 from .bundle import CredentialError, MountedBundle
 from .handlers import handlers
 from .labmanager import LabManager, ensure_casa_factory, set_active
@@ -65,7 +65,9 @@ class CasaExtensionApp(ExtensionApp):
     def initialize_settings(self):
         _log_to(self.serverapp.log)
         settings = CasaClusterSettings(parent=self.serverapp, config=self.serverapp.config)
-        self.manager = ClusterManager(settings, lab=LabManager(self.serverapp.web_app.settings))
+        self.manager = ClusterManager(
+            settings, lab=LabManager(self.serverapp.web_app.settings), start_timeout=settings.start_timeout
+        )
         self.settings["casa_manager"] = self.manager
         self.serverapp.web_app.settings["casa_manager"] = self.manager
         set_active(self.manager)
@@ -86,12 +88,15 @@ class CasaExtensionApp(ExtensionApp):
         if added:
             self.log.info("casa: Dask client configuration for kernels: %s", ", ".join(added))
         self._login_task = None
+        self._server_token_file = None
 
     def initialize_handlers(self):
         base_url = self.serverapp.base_url
         self.serverapp.web_app.add_handlers(".*$", handlers(base_url) + client_bundle.handlers(base_url))
 
     async def _start_jupyter_server_extension(self, serverapp):
+        # the server listens now (its port is known): kernels learn where to ask for Casa clusters
+        self._server_token_file = notebook.publish_server(serverapp)
         # in the background: the server answers while the login cluster starts (minutes for HTCondor jobs)
         if self.manager.settings.login_cluster is not None:
             self._login_task = asyncio.ensure_future(self.manager.start_login_cluster())
@@ -103,3 +108,5 @@ class CasaExtensionApp(ExtensionApp):
         await self.manager.close_all()
         await self.worker_credentials.close()
         set_active(None)
+        if self._server_token_file is not None:
+            self._server_token_file.unlink(missing_ok=True)

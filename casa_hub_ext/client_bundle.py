@@ -73,6 +73,16 @@ def check_address(address: str) -> str:
     return f"tls://{parts.netloc}"
 
 
+def require_login_scheduler(login_cluster) -> None:
+    """The route to the pod's scheduler port reaches the login cluster's scheduler only: without one configured
+    (``CasaClusterSettings.login_cluster``) a laptop bundle would point at a port nothing listens on."""
+    if login_cluster is None:
+        raise ClientBundleUnavailable(
+            "your server runs no Dask scheduler for laptops (CasaClusterSettings.login_cluster is not set): "
+            "ask the facility's administrators to enable the login cluster"
+        )
+
+
 def file_label(user: str) -> str:
     """A file-name-safe form of the user name (for the zip's name and its top directory)."""
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", user).strip("-.")[:48]
@@ -281,6 +291,8 @@ class ClientBundleHandler(CasaHandler):
     @authorized(action="execute")
     def get(self):
         self.set_header("Cache-Control", "no-store")
+        manager = self.settings.get("casa_manager")
+        require_login_scheduler(manager.settings.login_cluster if manager is not None else None)
         built = build_client_bundle(
             MountedBundle.from_env(), self.client_bundle_settings.scheduler_address, dask_version=_dask_version()
         )

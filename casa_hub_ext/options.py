@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 from dask.utils import format_bytes, parse_bytes
-from traitlets import Dict, Integer, List, TraitError, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .errors import OptionError
@@ -118,6 +118,14 @@ class CasaClusterSettings(LoggingConfigurable):
         "0.0.0.0",
         help="""Interface the login cluster's scheduler listens on: ``0.0.0.0`` lets the pod's Service and
         HTCondor workers reach it; ``127.0.0.1`` keeps it inside the server.""",
+    ).tag(config=True)
+
+    start_timeout = Float(
+        600.0,
+        min=1.0,
+        help="""Seconds a cluster may take to start (its scheduler up, its first workers asked for) before the
+        request fails and everything it started is closed. HTCondor jobs can wait in the queue for minutes; the
+        options dialog and ``CasaCluster()`` in a notebook wait this long. Default 600.""",
     ).tag(config=True)
 
     @validate("default_memory", "max_memory")

@@ -25,7 +25,7 @@ import requests
 from casa_hub_ext.bundle import MountedBundle
 from tests.ext.conftest import write_bundle
 from tests.ext.jupyter_proc import LABEXTENSION, start_jupyter, stop_jupyter
-from tests.support import CHROMIUM, REPO, launch_chromium, make_minter, need, wait_until
+from tests.support import CHROMIUM, REPO, free_port, launch_chromium, make_minter, need, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -48,7 +48,7 @@ def need_browser():
     need((LABEXTENSION / "package.json").exists(), "the built labextension (cd js && npm ci && npm run build)")
 
 
-def start_lab(work: Path, minter, env: dict[str, str]):
+def start_lab(work: Path, minter, env: dict[str, str], args: list[str] = ()):
     """``jupyter lab`` with a bundle mounted and the environment the spawner gives the server (the Dask TLS client
     variables included, so the sidebar's ``Client("tls://...")`` connects)."""
     bundle = minter.mint("alice")
@@ -65,6 +65,7 @@ def start_lab(work: Path, minter, env: dict[str, str]):
             **env,
         },
         app="lab",
+        args=args,
     )
     proc.bundle_dir, proc.minter = bundle_dir, minter
     return proc
@@ -86,6 +87,25 @@ def lab(tmp_path_factory):
     yield proc
     for cluster in api(proc, "GET", "clusters").json():  # leave nothing running if a step failed
         api(proc, "DELETE", f"clusters/{cluster['id']}")
+    stop_jupyter(proc)
+
+
+@pytest.fixture(scope="module")
+def login_lab(tmp_path_factory):
+    """A server with a login cluster, the scheduler the laptop route leads to: its users get a laptop bundle."""
+    need_browser()
+    work = tmp_path_factory.mktemp("login-lab")
+    proc = start_lab(
+        work,
+        make_minter(work / "keys"),
+        {"CASA_DASK_ADDRESS": "tls://dask-alice.hub.casa.test:8786"},  # the laptop bundle's scheduler route
+        args=[
+            '--CasaClusterSettings.login_cluster={"backend": "local", "workers": 0}',
+            "--CasaClusterSettings.scheduler_host=127.0.0.1",
+            f"--CasaClusterSettings.scheduler_port={free_port()}",
+        ],
+    )
+    yield proc
     stop_jupyter(proc)
 
 
@@ -317,7 +337,8 @@ def test_gpu_cluster_from_the_sidebar_options_dialog(browser, lab):
     page.close()
 
 
-def test_credentials_panel_lists_each_credential_and_the_laptop_bundle(browser, lab, tmp_path):
+def test_credentials_panel_lists_each_credential_and_the_laptop_bundle(browser, login_lab, tmp_path):
+    lab = login_lab
     page = open_lab(browser, lab, sidebar=False)
     page.get_by_test_id("casa-credential-status").click()
     panel = page.get_by_test_id("casa-credential-panel")

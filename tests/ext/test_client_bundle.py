@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import os
 import re
 import stat
 import zipfile
@@ -23,9 +22,10 @@ from casa_hub_ext.client_bundle import (
     build_client_bundle,
     check_address,
     file_label,
+    require_login_scheduler,
 )
 from casa_hub_ext.errors import CredentialError
-from tests.support import write_bundle
+from tests.support import free_port, write_bundle
 
 ADDRESS = "tls://dask-alice.hub.example.org:8786"
 FILES = ("README.txt", "dask.yaml", "ca.pem", "client.crt", "client.key")
@@ -188,21 +188,14 @@ def test_file_label():
     assert len(file_label("a" * 300)) == 48
 
 
+def test_no_bundle_without_a_login_scheduler():
+    """The route leads to the pod's scheduler port, where only the login cluster listens."""
+    with pytest.raises(ClientBundleUnavailable, match="no Dask scheduler for laptops.*login_cluster"):
+        require_login_scheduler(None)
+    require_login_scheduler({"backend": "local", "workers": 0})
+
+
 # ------------------------------------------------------------------ GET /casa/client-bundle, real server
-EXTENSION = """
-from casa_hub_ext import client_bundle
-
-
-def _jupyter_server_extension_points():
-    return [{"module": "casa_sni_test_ext"}]
-
-
-def _load_jupyter_server_extension(serverapp):
-    # the route, as the Casa extension adds it (harmless if it already does: same handler, first match wins)
-    serverapp.web_app.add_handlers(".*$", client_bundle.handlers(serverapp.base_url))
-"""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from tests.ext.jupyter_proc import start_jupyter, stop_jupyter
@@ -211,20 +204,14 @@ def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("jupyter-client-bundle")
     minter = make_minter(work / "keys")
     bundle_dir = write_bundle(minter.mint("alice"), work / "casa")
-    ext = work / "ext"
-    ext.mkdir()
-    (ext / "casa_sni_test_ext.py").write_text(EXTENSION)
-    (work / "config").mkdir()
-    (work / "config" / "jupyter_server_config.json").write_text(
-        '{"ServerApp": {"jpserver_extensions": {"casa_sni_test_ext": true}}}'
-    )
-    env = {
-        "CASA_CREDENTIALS_DIR": str(bundle_dir),
-        "CASA_DASK_ADDRESS": ADDRESS,
-        "CASA_DASK_BACKENDS": "local",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ext), os.environ.get("PYTHONPATH")])),
-    }
-    proc = start_jupyter(work, env)
+    env = {"CASA_CREDENTIALS_DIR": str(bundle_dir), "CASA_DASK_ADDRESS": ADDRESS, "CASA_DASK_BACKENDS": "local"}
+    # the laptop route leads to the login cluster's scheduler: the bundle is offered only with one configured
+    login = [
+        '--CasaClusterSettings.login_cluster={"backend": "local", "workers": 0}',
+        "--CasaClusterSettings.scheduler_host=127.0.0.1",
+        f"--CasaClusterSettings.scheduler_port={free_port()}",
+    ]
+    proc = start_jupyter(work, env, args=login)
     proc.bundle_dir, proc.minter = bundle_dir, minter
     try:
         yield proc
