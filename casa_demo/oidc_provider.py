@@ -98,7 +98,24 @@ def make_app(users: list[dict]):
     class RefreshGrant(mock.RefreshTokenGrant):
         TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
+    class SigningKeyLoadedOnce(mock.OpenIDCode):
+        """Sign id_tokens with the provider's key object itself: the mock hands authlib the key as a JWK dict,
+        which it parses and validates again for every id_token (an RSA private key check, about 87 % of the
+        provider's time in a login storm, every login waiting for it behind the lock of :func:`serialized`)."""
+
+        _loaded: dict = {}  # the mock's key (an authlib key object) -> the same key as joserfc's, imported once
+
+        def get_jwt_config(self, grant, client=None):
+            from joserfc.jwk import import_key
+
+            key = mock.storage.jwk
+            loaded = self._loaded.get(id(key))
+            if loaded is None or loaded[0] is not key:
+                loaded = self._loaded[id(key)] = (key, import_key(key.as_dict(is_private=True)))
+            return {**super().get_jwt_config(grant, client), "key": loaded[1]}
+
     mock.AuthorizationCodeGrant, mock.RefreshTokenGrant = CodeGrant, RefreshGrant
+    mock.OpenIDCode = SigningKeyLoadedOnce
     app = oidc_provider_mock.app(
         user_claims=[
             oidc_provider_mock.User(sub=u["sub"], claims={k: v for k, v in u.items() if k != "sub"}) for u in users
