@@ -25,18 +25,14 @@ A transcript of both runs is printed, and written to ``$CASA_E2E_TRANSCRIPT`` wh
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import ssl
-import subprocess
 import textwrap
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +42,9 @@ import requests
 from casa_hub import objects
 from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.client_bundle import build_client_bundle
-from tests.consumers import haproxy
-from tests.ext.jupyter_proc import JupyterProc, start_jupyter
-from tests.support import VENV_BIN, make_minter, need, stop_process, wait_until, write_bundle
+from tests.consumers import haproxy, laptop
+from tests.ext.jupyter_proc import JupyterProc, Kernel, start_jupyter
+from tests.support import make_minter, need, stop_process, wait_until, write_bundle
 
 LOGIN_PORT = 8786  # Coffea-Casa's Client("tls://localhost:8786"): fixed, so the notebooks run unchanged
 NAMESPACE = "casa"
@@ -86,17 +82,14 @@ CLIENTS_SEEN = (
     "if isinstance(e, dict) and e.get('action') == 'add-client'})))"
 )
 
-PROBE = r"""
+PROBE = (
+    r"""
 import json, sys
 from distributed import Client
 
-
-def chain(e):
-    out = []
-    while e is not None:
-        out.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
-    return " <- ".join(out)
+"""
+    + laptop.CHAIN_FUNCTION
+    + r"""
 
 
 address = sys.argv[2] if len(sys.argv) > 2 else None
@@ -107,6 +100,7 @@ except Exception as e:
     out = {"ok": False, "error": chain(e)}
 print(json.dumps(out))
 """
+)
 
 
 @dataclass
@@ -163,10 +157,7 @@ def _login_model(sc_server: JupyterProc):
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     need(haproxy.haproxy_binary() is not None, "HAProxy (Debian package haproxy)")
-    need(
-        os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None,
-        "root with unshare and mount (the laptop's private /etc/hosts)",
-    )
+    laptop.need_private_hosts()
     need(_port_free(LOGIN_PORT), f"a free 127.0.0.1:{LOGIN_PORT} (the login scheduler's fixed port)")
     work = tmp_path_factory.mktemp("login-e2e")
     minter = make_minter(work / "keys")
@@ -226,46 +217,9 @@ def scenario(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ a kernel of the server
-class Kernel:
-    """A kernel the Jupyter server started (so with the environment it gives kernels), driven over ZMQ."""
-
-    def __init__(self, sc: Scenario):
-        from jupyter_client import BlockingKernelClient
-
-        r = sc.api("POST", "api/kernels", json={"name": "python3"})
-        assert r.status_code == 201, r.text
-        self.sc, self.id = sc, r.json()["id"]
-        connection_file = sc.work / "jupyter" / "runtime" / f"kernel-{self.id}.json"
-        self.client = BlockingKernelClient(connection_file=str(connection_file))
-        self.client.load_connection_file()
-        self.client.start_channels()
-        self.client.wait_for_ready(timeout=TIMEOUT)
-
-    def run(self, code: str) -> str:
-        out = []
-
-        def collect(msg):
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = self.client.execute_interactive(code, timeout=TIMEOUT, output_hook=collect)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-
-    def close(self):
-        if self.client is None:
-            return
-        self.client.stop_channels()
-        self.client = None
-        if self.sc.server.proc.poll() is None:
-            assert self.sc.api("DELETE", f"api/kernels/{self.id}").status_code == 204
-
-
 @pytest.fixture(scope="module")
 def kernel(scenario):
-    k = Kernel(scenario)
+    k = Kernel(scenario.server, timeout=TIMEOUT)
     yield k
     k.close()
 
@@ -289,25 +243,11 @@ def clients_seen(kernel: Kernel) -> set[str]:
 
 # ------------------------------------------------------------------ the laptop
 def laptop_run(sc: Scenario, home: Path, script: str, extra_env: dict | None = None, timeout: float = TIMEOUT):
-    """Run ``script`` (bash) in ``home`` as a laptop would: a bare environment (no CASA_*, no DASK_*), the route
-    names resolving to 127.0.0.1 through a private /etc/hosts."""
-    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **(extra_env or {})}
-    return subprocess.run(
-        ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec bash -c "$1"', str(sc.hosts_file), script],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return laptop.run(sc.hosts_file, home, script, extra_env, timeout)
 
 
 def laptop_unpack(sc: Scenario, name: str, content: bytes) -> Path:
-    home = sc.work / "laptops" / name
-    home.mkdir(parents=True)
-    with zipfile.ZipFile(io.BytesIO(content)) as z:
-        z.extractall(home)
-    return home
+    return laptop.unpack(sc.work / "laptops" / name, content)
 
 
 def probe(sc: Scenario, home: Path, label: str, address: str | None = None, env: dict | None = None) -> dict:
@@ -344,23 +284,6 @@ def wait_log(sc: Scenario, pattern: str, since: int, what: str) -> str:
 
 def _handshake_failures(sc: Scenario, since: int) -> list[str]:
     return [ln for ln in sc.server_log()[since:].splitlines() if "TLS handshake failed" in ln]
-
-
-def _raw_tls(sc: Scenario, server_hostname: str, ca: Path, cert: Path, key: Path) -> tuple[int, str]:
-    """One TLS connection to the router with valid client credentials: (local port, what happened); <= 10 s."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    ctx.check_hostname = False  # as distributed: the CA is the user's own
-    ctx.load_cert_chain(str(cert), str(key))
-    sock = socket.create_connection(("127.0.0.1", sc.router.port), timeout=10)
-    local_port = sock.getsockname()[1]
-    try:
-        with ctx.wrap_socket(sock, server_hostname=server_hostname) as tls:
-            tls.sendall(b"\0" * 8)
-            return local_port, f"read {tls.recv(1)!r}"
-    except (OSError, ssl.SSLError) as e:
-        return local_port, f"{type(e).__name__}: {e}"
-    finally:
-        sock.close()
 
 
 # ------------------------------------------------------------------ 2. the login cluster is dask-labextension's
@@ -492,7 +415,7 @@ def test_an_unknown_name_reaches_nothing(scenario, kernel):
     clients_before = clients_seen(kernel)
     since, log_since = len(scenario.router.log_text()), len(scenario.server_log())
     # alice's complete, valid credentials: the name alone decides, and it names no route
-    port, what = _raw_tls(scenario, UNKNOWN_HOST, d / "ca.pem", d / "client.crt", d / "client.key")
+    port, what = laptop.raw_tls(scenario.router.port, UNKNOWN_HOST, d / "ca.pem", d / "client.crt", d / "client.key")
     assert "EOF" in what.upper() or "RESET" in what.upper(), what
     assert [ln for ln in router_lines(scenario, since, NO_BACKEND) if ln.startswith(f"127.0.0.1:{port} ")]
     time.sleep(0.3)  # nothing may arrive late either

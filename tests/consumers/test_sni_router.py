@@ -23,16 +23,12 @@ Refusals are checked where they happen: in the scheduler's own log (distributed 
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +38,7 @@ from casa_hub import objects
 from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.client_bundle import build_client_bundle
 from casa_hub_ext.errors import CredentialError
-from tests.consumers import haproxy
+from tests.consumers import haproxy, laptop
 from tests.support import VENV_BIN, free_port, make_minter, need, stop_process, wait_until, write_bundle
 
 NAMESPACE = "casa"
@@ -54,7 +50,8 @@ UNKNOWN_HOST = "nobody.casa.test"
 TIMEOUT = 40
 REFUSED_WITHIN = 6  # the laptop's Client(timeout=...) when a refusal is expected
 
-PROBE = r"""
+PROBE = (
+    r"""
 import json, sys
 from distributed import Client, get_worker
 
@@ -62,13 +59,9 @@ from distributed import Client, get_worker
 def where():
     return get_worker().name
 
-
-def chain(e):
-    out = []
-    while e is not None:
-        out.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
-    return " <- ".join(out)
+"""
+    + laptop.CHAIN_FUNCTION
+    + r"""
 
 
 address = sys.argv[2] if len(sys.argv) > 2 else None
@@ -86,6 +79,7 @@ except Exception as e:
     out = {"ok": False, "error": chain(e)}
 print(json.dumps(out))
 """
+)
 
 
 @dataclass
@@ -182,10 +176,7 @@ def _endpoints(fac: Facility) -> dict:
 @pytest.fixture(scope="module")
 def facility(tmp_path_factory):
     need(haproxy.haproxy_binary() is not None, "HAProxy (Debian package haproxy)")
-    need(
-        os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None,
-        "root with unshare and mount (the laptop's private /etc/hosts)",
-    )
+    laptop.need_private_hosts()
     work = tmp_path_factory.mktemp("sni-router")
     minter = make_minter(work / "keys")
     fac = Facility(work, minter, {}, [], [])
@@ -226,28 +217,11 @@ def facility(tmp_path_factory):
 
 # ------------------------------------------------------------------ the laptop
 def laptop_unpack(fac: Facility, name: str, content: bytes) -> Path:
-    """A laptop's directory with only the unzipped bundle in it."""
-    home = fac.work / "laptops" / name
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    with zipfile.ZipFile(io.BytesIO(content)) as z:
-        z.extractall(home)
-    return home
+    return laptop.unpack(fac.work / "laptops" / name, content)
 
 
 def laptop_run(fac: Facility, home: Path, script: str, extra_env: dict | None = None, timeout: float = 60):
-    """Run ``script`` (bash) in ``home`` as a laptop would: a bare environment, the router's names resolving to
-    127.0.0.1 through a private /etc/hosts."""
-    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **(extra_env or {})}
-    return subprocess.run(
-        ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec bash -c "$1"', str(fac.hosts_file), script],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return laptop.run(fac.hosts_file, home, script, extra_env, timeout)
 
 
 def download(fac: Facility, user: str, now: datetime.datetime | None = None) -> bytes:
@@ -394,29 +368,10 @@ def test_expired_bundle_is_refused_with_the_reason_in_the_scheduler_log(facility
     assert "Receive client connection" not in alice.log_text()[since:]
 
 
-def _raw_tls(router: haproxy.Router, server_hostname: str | None, ca: Path, cert: Path | None = None, key=None):
-    """One TLS connection to the router: (local port, what happened). Never waits longer than 10 s."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    ctx.check_hostname = False  # as distributed: the CA is the user's own
-    if cert:
-        ctx.load_cert_chain(str(cert), str(key))
-    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
-    local_port = sock.getsockname()[1]
-    try:
-        with ctx.wrap_socket(sock, server_hostname=server_hostname) as tls:
-            tls.sendall(b"\0" * 8)
-            data = tls.recv(1)
-            return local_port, f"read {data!r}"
-    except (OSError, ssl.SSLError) as e:
-        return local_port, f"{type(e).__name__}: {e}"
-    finally:
-        sock.close()
-
-
 def test_client_without_certificate_is_refused(facility):
     alice = facility.sites["alice"]
     since = len(alice.log_text())
-    port, what = _raw_tls(facility.router, alice.host, alice.bundle_dir / "dask" / "ca.pem")
+    port, what = laptop.raw_tls(facility.router.port, alice.host, alice.bundle_dir / "dask" / "ca.pem")
     assert "CERTIFICATE_REQUIRED" in what.upper() or "EOF" in what.upper() or what == "read b''", what
     wait_log(alice.log_text, r"TLS handshake failed.*peer did not return a certificate", since, "alice's log")
     assert "jupyter-alice-dask_0/" in router_line(facility.router, port)
@@ -428,7 +383,7 @@ def test_unknown_sni_reaches_nothing(facility, name):
     before = {u: len(s.log_text()) for u, s in facility.sites.items()}
     # alice's complete, valid credentials: the name alone decides, and it names no route
     d = alice.bundle_dir / "dask"
-    port, what = _raw_tls(facility.router, name, d / "ca.pem", d / "client.crt", d / "client.key")
+    port, what = laptop.raw_tls(facility.router.port, name, d / "ca.pem", d / "client.crt", d / "client.key")
     assert "EOF" in what.upper() or "RESET" in what.upper(), what
     line = router_line(facility.router, port)
     assert f"{ENTRY_POINT}/<NOSRV>" in line, line

@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port
 
 LABEXTENSION = REPO / "casa_hub_ext" / "labextension"
@@ -22,9 +24,51 @@ class JupyterProc:
     token: str
     proc: subprocess.Popen
     log: Path
+    runtime: Path | None = None  # its JUPYTER_RUNTIME_DIR (kernels' connection files)
 
     def headers(self) -> dict:
         return {"Authorization": f"token {self.token}"}
+
+    def api(self, method: str, path: str, timeout: float = 60, **kw) -> requests.Response:
+        """``method`` on ``path`` below the server's base URL, authenticated as its user."""
+        return requests.request(method, self.url + path, headers=self.headers(), timeout=timeout, **kw)
+
+
+class Kernel:
+    """A kernel the Jupyter server started (so with the environment it gives kernels), driven over ZMQ."""
+
+    def __init__(self, server: JupyterProc, timeout: float = 60):
+        from jupyter_client import BlockingKernelClient
+
+        r = server.api("POST", "api/kernels", json={"name": "python3"})
+        assert r.status_code == 201, r.text
+        self.server, self.id, self.timeout = server, r.json()["id"], timeout
+        self.client = BlockingKernelClient(connection_file=str(server.runtime / f"kernel-{self.id}.json"))
+        self.client.load_connection_file()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=timeout)
+
+    def run(self, code: str) -> str:
+        """Run ``code``; what it printed (an error's traceback fails the calling test)."""
+        out = []
+
+        def collect(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+
+        reply = self.client.execute_interactive(code, timeout=self.timeout, output_hook=collect)
+        assert reply["content"]["status"] == "ok", "".join(out)
+        return "".join(out)
+
+    def close(self) -> None:
+        if self.client is None:
+            return
+        self.client.stop_channels()
+        self.client = None
+        if self.server.proc.poll() is None:  # a stopped server took its kernels with it
+            self.server.api("DELETE", f"api/kernels/{self.id}")
 
 
 def start_jupyter(
@@ -93,7 +137,7 @@ def start_jupyter(
     except Exception:
         stop_process(proc)
         raise RuntimeError(f"jupyter {app} did not start:\n{log.read_text()[-3000:]}") from None
-    return JupyterProc(url, token, proc, log)
+    return JupyterProc(url, token, proc, log, work / "runtime")
 
 
 def stop_jupyter(server: JupyterProc) -> None:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.ext.jupyter_proc import start_jupyter, stop_jupyter
+from tests.ext.jupyter_proc import Kernel, start_jupyter, stop_jupyter
 from tests.support import free_port
 
 TIMEOUT = 60
@@ -93,38 +93,6 @@ def login_cluster(server):
 
 def limits(server):
     return casa(server, "GET", "options").json()["limits"]
-
-
-class Kernel:
-    """A kernel the Jupyter server started (so with the environment it gives kernels), driven over ZMQ."""
-
-    def __init__(self, server):
-        from jupyter_client import BlockingKernelClient
-
-        r = api(server, "POST", "api/kernels", json={"name": "python3"})
-        assert r.status_code == 201, r.text
-        self.server, self.id = server, r.json()["id"]
-        self.client = BlockingKernelClient(connection_file=str(server.work / "runtime" / f"kernel-{self.id}.json"))
-        self.client.load_connection_file()
-        self.client.start_channels()
-        self.client.wait_for_ready(timeout=TIMEOUT)
-
-    def run(self, code: str) -> str:
-        out = []
-
-        def collect(msg):
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = self.client.execute_interactive(code, timeout=TIMEOUT, output_hook=collect)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-
-    def close(self):
-        self.client.stop_channels()
-        api(self.server, "DELETE", f"api/kernels/{self.id}")
 
 
 @pytest.fixture(scope="module")

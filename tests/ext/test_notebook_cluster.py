@@ -12,9 +12,8 @@ import stat
 import pytest
 
 from casa_hub_ext.notebook import CasaServer, CasaServerError, NoCasaServer
-from tests.ext.jupyter_proc import start_jupyter, stop_jupyter
-from tests.ext.test_handlers import Kernel, api, casa, wait_for
-from tests.support import free_port
+from tests.ext.jupyter_proc import Kernel, start_jupyter, stop_jupyter
+from tests.support import free_port, wait_until
 
 KERNEL_ENV = ["CASA_SERVER_URL", "CASA_SERVER_TOKEN_FILE", "JUPYTERHUB_API_TOKEN"]
 
@@ -55,7 +54,7 @@ def kernel(server):
 
 def lab_clusters(server) -> dict:
     """dask-labextension's own list: what its sidebar shows."""
-    return {m["id"]: m for m in api(server, "GET", "dask/clusters").json()}
+    return {m["id"]: m for m in server.api("GET", "dask/clusters").json()}
 
 
 def value(out: str, key: str) -> str:
@@ -133,7 +132,7 @@ def test_bad_options_raise_the_servers_message_and_start_nothing(server, kernel)
     )
     assert value(out, "ERR") == "OptionError workers workers=9 is outside the allowed range 0..4", out
     assert value(out, "ERR2") == "OptionError backend backend='htcondor': expected one of ['local']", out
-    assert lab_clusters(server) == {} and casa(server, "GET", "clusters").json() == []
+    assert lab_clusters(server) == {} and server.api("GET", "casa/clusters").json() == []
 
 
 def test_a_cluster_from_code_is_in_the_sidebar_computes_over_tls_scales_and_closes(server, kernel):
@@ -156,12 +155,12 @@ def test_a_cluster_from_code_is_in_the_sidebar_computes_over_tls_scales_and_clos
     # dask-labextension's own list (the sidebar) and its dashboard proxy serve it; Casa's list too
     listed = lab_clusters(server)
     assert listed[cid]["name"] == "from-code" and listed[cid]["scheduler_address"] == address
-    assert api(server, "GET", f"dask/dashboard/{cid}/individual-plots.json").status_code == 200
-    (model,) = casa(server, "GET", "clusters").json()
+    assert server.api("GET", f"dask/dashboard/{cid}/individual-plots.json").status_code == 200
+    (model,) = server.api("GET", "casa/clusters").json()
     assert model["id"] == cid and model["casa"]["workers"] == 1 and model["casa"]["name"] == "from-code"
 
     kernel.run("cluster.scale(2)\nclient.wait_for_workers(2, timeout=60)\n")
-    wait_for(lambda: lab_clusters(server)[cid]["workers"] == 2, "2 workers in the sidebar")
+    wait_until(lambda: lab_clusters(server)[cid]["workers"] == 2, 60, "2 workers in the sidebar")
     out = kernel.run("cluster.adapt(minimum=0, maximum=3)\nprint('ADAPT', cluster.model['adapt'])\n")
     assert value(out, "ADAPT") == "{'minimum': 0, 'maximum': 3}", out
     assert lab_clusters(server)[cid]["adapt"] == {"minimum": 0, "maximum": 3}
@@ -173,11 +172,11 @@ def test_a_cluster_from_code_is_in_the_sidebar_computes_over_tls_scales_and_clos
 
     out = kernel.run("client.close()\ncluster.close()\nprint('STATUS', cluster.status.name)\ncluster.close()\n")
     assert value(out, "STATUS") == "closed" and cid not in lab_clusters(server)
-    assert casa(server, "GET", "clusters").json() == []
+    assert server.api("GET", "casa/clusters").json() == []
 
 
 def test_clusters_from_the_ui_are_found_from_code_and_limits_are_the_servers(server, kernel):
-    r = casa(server, "POST", "clusters", json={"name": "from-ui", "workers": 0})
+    r = server.api("POST", "casa/clusters", json={"name": "from-ui", "workers": 0})
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
     out = kernel.run(
