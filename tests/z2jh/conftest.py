@@ -122,11 +122,27 @@ class Cluster:
         )
         return pod, values, ports
 
+    def put_singleuser_secret(self, name: str, files: dict[str, bytes] | None) -> None:
+        """What ``helm install`` creates beside the hub: the Secret user pods mount ``singleuser.extraFiles``
+        from (a real kubelet, like the emulator's, starts no pod whose Secret is missing)."""
+        import base64
+
+        import httpx
+
+        url = f"{self.kube.url}/api/v1/namespaces/{NAMESPACE}/secrets/{name}"
+        r = httpx.delete(url, timeout=10)  # a deployment of an earlier test in this module
+        assert r.status_code in (200, 404), r.text
+        if files is not None:
+            data = {k: base64.b64encode(v).decode() for k, v in files.items()}
+            body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque", "data": data}
+            self.kube.create("secrets", body, namespace=NAMESPACE)
+
     @contextmanager
     def deploy(self, work: Path, **kwargs):
         """Casa on the chart: the proxy and the hub pod, up and answering; both stopped on exit."""
         pod, values, ports = self.prepare(work, **kwargs)
         names = P.name_templates(values)
+        self.put_singleuser_secret(names["singleuser"], P.singleuser_secret(values))
         proxy = P.start_proxy(
             work,
             hosts=work / "hosts",

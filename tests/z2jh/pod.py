@@ -130,6 +130,35 @@ def config_map(values: dict) -> dict[str, bytes]:
     return data
 
 
+def singleuser_secret(values: dict) -> dict[str, bytes] | None:
+    """templates/singleuser/secret.yaml: ``singleuser.extraFiles`` as the chart renders them into the Secret every
+    user pod mounts them from (``data`` as JSON, YAML or TOML by the mount path's extension, ``stringData`` as
+    it is, ``binaryData`` decoded); None without extra files (the chart renders no Secret then)."""
+    import base64
+    import json
+
+    import yaml
+
+    files = values.get("singleuser", {}).get("extraFiles") or {}
+    if not files:
+        return None
+    out = {}
+    for key, spec in files.items():
+        if "binaryData" in spec:
+            out[key] = base64.b64decode(spec["binaryData"])
+        elif "stringData" in spec:
+            out[key] = spec["stringData"].encode()
+        else:
+            path = spec["mountPath"]
+            if path.endswith(".json"):
+                out[key] = json.dumps(spec["data"]).encode()
+            elif path.endswith((".yaml", ".yml")):
+                out[key] = yaml.safe_dump(spec["data"]).encode()
+            else:  # .toml is the chart's only other choice; nothing in Casa's values uses it
+                raise ChartError(f"singleuser.extraFiles.{key}: {path!r} is not emulated here (only .json/.yaml)")
+    return out
+
+
 def secret(values: dict, generated: ChartSecrets) -> dict[str, bytes]:
     """secret.yaml: every value passed through as ``values.yaml`` (plus .Chart, .Release), services' API
     tokens and the three generated secrets."""

@@ -7,6 +7,7 @@ Kubernetes emulator over TLS through in-cluster config, under the chart's hub Ro
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 import yaml
@@ -177,6 +178,14 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         assert pod["spec"]["schedulerName"] == "jhub-user-scheduler"  # the chart's name for release jhub
         assert pod["spec"]["securityContext"]["fsGroup"] == 100
         assert pod["metadata"]["namespace"] == NAMESPACE
+        # the user extension's settings (singleuser.extraFiles): the chart's Secret, mounted where Jupyter reads it
+        singleuser = P.name_templates(deployment.values)["singleuser"]
+        (files,) = [v for v in pod["spec"]["volumes"] if v.get("secret", {}).get("secretName") == singleuser]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == files["name"]]
+        assert mount["mountPath"] == "/etc/jupyter/jupyter_casa_hub_ext_config.json"
+        (chart_files,) = [s for s in cluster.objects("secrets") if s["metadata"]["name"] == singleuser]
+        settings = json.loads(base64.b64decode(chart_files["data"][mount["subPath"]]))
+        assert settings["CasaClusterSettings"]["login_cluster"]["backend"] == "local"  # a scheduler at login
 
         # through the chart's proxy (routes added over the proxy-api Service) to alice's server
         served = alice.get(hub.url + "/user/alice/api/status")
