@@ -264,6 +264,7 @@ def test_gpu_cluster_from_the_sidebar_options_dialog(browser, lab):
     active.wait_for()
     assert active.get_attribute("data-cluster-id") == cluster["id"]
     wait_for_sidebar_text(page, cluster["id"], "Number of Workers: 1")
+    active.scroll_into_view_if_needed()  # below the dashboard's plot buttons, which the new cluster filled in
     shot(page, "10-cluster-in-sidebar.png")
 
     # its task stream, through dask-labextension's dashboard proxy
