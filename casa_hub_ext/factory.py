@@ -50,6 +50,23 @@ log = logging.getLogger(__name__)
 HOOK_TIMEOUT = 30
 
 
+async def run_hooks(hooks, cluster, what: str) -> None:
+    """``await hook(cluster)`` for each of ``hooks``, each within HOOK_TIMEOUT; a failing hook is logged and
+    never stops the others or what the caller does next."""
+    for hook in list(hooks):
+        try:
+            await asyncio.wait_for(hook(cluster), HOOK_TIMEOUT)
+        except Exception:
+            log.exception("casa: a hook on cluster %s (%s) failed", getattr(cluster, "name", "?"), what)
+
+
+async def close_cluster(cluster) -> None:
+    """Close ``cluster``, whether its ``close()`` is synchronous or returns an awaitable."""
+    result = cluster.close()
+    if isawaitable(result):
+        await result
+
+
 def worker_tls_files(bundle: MountedBundle) -> tuple[Path, Path, Path]:
     """The CA certificate, worker certificate and worker key an HTCondor worker job gets, as the bundle's
     manifest names them; in the job's scratch directory they keep their base names."""
@@ -100,11 +117,7 @@ class BookedCluster:
         if self._casa_closing_done or self.casa_booking is None:
             return
         self._casa_closing_done = True
-        for hook in list(self.casa_booking.on_closing):
-            try:
-                await asyncio.wait_for(hook(self), HOOK_TIMEOUT)
-            except Exception:
-                log.exception("casa: a closing hook of cluster %s failed", getattr(self, "name", "?"))
+        await run_hooks(self.casa_booking.on_closing, self, "closing")
 
     def _casa_release(self) -> None:
         if self.casa_booking is not None:
@@ -463,9 +476,7 @@ async def _started(cluster, workers: int | None, opts: ClusterOptions | None = N
             if isawaitable(result):
                 await result
     except BaseException:  # failed or cancelled (start timeout): leave no scheduler, process or job behind
-        closing = cluster.close()
-        if isawaitable(closing):
-            await asyncio.shield(asyncio.ensure_future(closing))
+        await asyncio.shield(asyncio.ensure_future(close_cluster(cluster)))
         raise
     return cluster
 

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 from .bundle import MountedBundle
 from .errors import ClusterNotFound, OptionError
-from .factory import HOOK_TIMEOUT, make_cluster
+from .factory import close_cluster, make_cluster, run_hooks
 from .gpu import Inventory, discover
 from .labmanager import LabManager
 from .ledger import Booking, Ledger
@@ -140,7 +140,7 @@ class ClusterManager:
             scheduler_address=pending.scheduler_address,
         )
         log.info("casa: started a %s cluster at %s", pending.booking.options.backend, cluster.scheduler_address)
-        await self._run_hooks(self.on_started, cluster, "started")
+        await run_hooks(self.on_started, cluster, "started")
         return cluster
 
     async def create(self, request: dict | None = None, *, scheduler_address=None) -> dict:
@@ -207,7 +207,7 @@ class ClusterManager:
             if booking.lab_id in listed:
                 closing.append(self.lab.close_cluster(booking.lab_id))
             elif booking.cluster is not None:
-                closing.append(_close_cluster(booking.cluster))
+                closing.append(close_cluster(booking.cluster))
         if not closing:
             return
         log.info("casa: closing %d Casa cluster(s)", len(closing))
@@ -240,10 +240,13 @@ class ClusterManager:
         return model
 
     # ------------------------------------------------------------------ internals
+    def _by_lab_id(self, cluster_id: str) -> Booking | None:
+        return next((b for b in self.ledger.bookings if b.lab_id == cluster_id), None)
+
     async def _booking(self, cluster_id: str) -> Booking:
-        for booking in self.ledger.bookings:
-            if booking.lab_id == cluster_id:
-                return booking
+        booking = self._by_lab_id(cluster_id)
+        if booking is not None:
+            return booking
         model = await self.lab.get_cluster(cluster_id)  # one started from the sidebar, not yet claimed
         booking = self._claim(model) if model else None
         if booking is None:
@@ -253,9 +256,9 @@ class ClusterManager:
     def _claim(self, model: dict) -> Booking | None:
         """The booking behind a dask-labextension model: by id, or (a cluster from the sidebar's "+NEW", whose
         id the factory never saw) by scheduler address."""
-        for booking in self.ledger.bookings:
-            if booking.lab_id == model["id"]:
-                return booking
+        booking = self._by_lab_id(model["id"])
+        if booking is not None:
+            return booking
         for booking in self.ledger.bookings:
             address = getattr(booking.cluster, "scheduler_address", None)
             if booking.lab_id is None and address and address == model.get("scheduler_address"):
@@ -269,21 +272,14 @@ class ClusterManager:
         listed = booking.lab_id and await self.lab.get_cluster(booking.lab_id)
         if booking.cluster is not None and not listed:
             try:
-                await asyncio.wait_for(_close_cluster(booking.cluster), self.close_timeout)
+                await asyncio.wait_for(close_cluster(booking.cluster), self.close_timeout)
             except Exception:
                 log.exception("casa: closing a cluster that failed to start failed")
         if not listed:
             booking.release()
 
-    async def _run_hooks(self, hooks: list[Hook], cluster, what: str) -> None:
-        for hook in list(hooks):
-            try:
-                await asyncio.wait_for(hook(cluster), HOOK_TIMEOUT)
-            except Exception:
-                log.exception("casa: a hook on a cluster %s failed", what)
-
     async def _run_closing_hooks(self, cluster) -> None:
-        await self._run_hooks(self.on_closing, cluster, "closing")
+        await run_hooks(self.on_closing, cluster, "closing")
 
     @staticmethod
     def _model(model: dict, booking: Booking) -> dict:
@@ -292,12 +288,6 @@ class ClusterManager:
             "adapt": model.get("adapt"),
             "casa": {**booking.options.to_dict(), "name": booking.name, "gpus_booked": booking.gpus},
         }
-
-
-async def _close_cluster(cluster) -> None:
-    result = cluster.close()
-    if hasattr(result, "__await__"):
-        await result
 
 
 def _labextension_default() -> dict:

@@ -191,8 +191,7 @@ class CasaServer:
             field_name = value.get("field")
             if error == "CredentialError":
                 raise CredentialError(field_name or "credentials", message)
-            cls = _USER_ERRORS.get(error, CasaUserError)
-            exc = cls(message, field_name) if issubclass(cls, OptionError) else cls(message)
+            exc = _USER_ERRORS.get(error, CasaUserError)(message)
             exc.field = field_name
             raise exc
         if status == 404:
