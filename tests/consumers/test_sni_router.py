@@ -2,8 +2,9 @@
 routes the hub builds, in front of two users' real TLS schedulers, reached by a "laptop" that has nothing but the
 unpacked client bundle (GET /casa/client-bundle).
 
-* Routes: :func:`casa_hub.objects.make_dask_route` for alice and bob (the spawner's arguments: host from the route
-  host template, the Service and port it builds with :func:`make_dask_scheduler_service`), turned into HAProxy's
+* Routes: :func:`casa_hub.objects.make_dask_route` for alice and ali, a prefix of her name (the spawner's
+  arguments: host from the route host template, the Service and port it builds with
+  :func:`make_dask_scheduler_service`), turned into HAProxy's
   config by ``tests/consumers/haproxy.py`` (``mode tcp``, ``tcp-request inspect-delay``, ``req_ssl_sni`` ACLs).
 * Schedulers: ``dask scheduler`` and one ``dask worker`` per user, as in the pod: TLS settings only from the
   minted bundle's ``DASK_DISTRIBUTED__COMM__TLS__*`` variables, on 127.0.0.1 ports (the Service's endpoints).
@@ -45,7 +46,7 @@ NAMESPACE = "casa"
 ROUTE_HOST_TEMPLATE = "dask-{username}.casa.test"  # CasaSpawner.casa_dask_route_host_template
 ENTRY_POINT = "dask"
 SCHEDULER_PORT = 8786  # CasaSpawner.casa_dask_scheduler_port: the Service's port
-USERS = ("alice", "bob")
+USERS = ("alice", "ali")  # one name a prefix of the other: routes and CAs must still never mix
 UNKNOWN_HOST = "nobody.casa.test"
 TIMEOUT = 40
 REFUSED_WITHIN = 6  # the laptop's Client(timeout=...) when a refusal is expected
@@ -318,24 +319,24 @@ def test_laptop_runs_the_readme_lines_through_the_router(facility, user):
 
 # ------------------------------------------------------------------ refusals
 def test_other_users_bundle_through_a_route_is_refused_at_that_scheduler(facility):
-    alice, bob = facility.sites["alice"], facility.sites["bob"]
-    home = laptop_unpack(facility, "bob-attacks", download(facility, "bob"))
+    alice, ali = facility.sites["alice"], facility.sites["ali"]
+    home = laptop_unpack(facility, "ali-attacks", download(facility, "ali"))
     alice_route = f"tls://{alice.host}:{facility.router.port}"
-    since, bob_since = len(alice.log_text()), len(bob.log_text())
+    since, bob_since = len(alice.log_text()), len(ali.log_text())
 
-    # bob's bundle as is, pointed at alice's route: bob's client does not trust alice's scheduler (other CA)
-    out = probe(facility, home, "bob", address=alice_route, timeout=REFUSED_WITHIN)
+    # ali's bundle as is, pointed at alice's route: ali's client does not trust alice's scheduler (other CA)
+    out = probe(facility, home, "ali", address=alice_route, timeout=REFUSED_WITHIN)
     assert not out["ok"] and "certificate verify failed" in out["error"], out
     reason = wait_log(alice.log_text, r"TLS handshake failed.*unknown.ca", since, "alice's scheduler log")
     assert "TLSV1_ALERT_UNKNOWN_CA" in reason
 
-    # with alice's CA certificate (public), alice's scheduler itself refuses bob's client certificate
+    # with alice's CA certificate (public), alice's scheduler itself refuses ali's client certificate
     since = len(alice.log_text())
     shutil.copy(alice.bundle_dir / "dask" / "ca.pem", home / "alice-ca.pem")
     out = probe(
         facility,
         home,
-        "bob",
+        "ali",
         address=alice_route,
         timeout=REFUSED_WITHIN,
         env={"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(home / "alice-ca.pem")},
@@ -344,7 +345,7 @@ def test_other_users_bundle_through_a_route_is_refused_at_that_scheduler(facilit
     reason = wait_log(alice.log_text, r"TLS handshake failed.*certificate verify failed", since, "alice's log")
     assert "unable to get local issuer certificate" in reason, reason
     assert "Receive client connection" not in alice.log_text()[since:]
-    assert not _handshake_failures(bob, bob_since) and "Receive client connection" not in bob.log_text()[bob_since:]
+    assert not _handshake_failures(ali, bob_since) and "Receive client connection" not in ali.log_text()[bob_since:]
 
 
 def test_expired_bundle_is_refused_with_the_reason_in_the_scheduler_log(facility):
@@ -379,7 +380,7 @@ def test_client_without_certificate_is_refused(facility):
 
 @pytest.mark.parametrize("name", [UNKNOWN_HOST, None], ids=["unknown-sni", "no-sni"])
 def test_unknown_sni_reaches_nothing(facility, name):
-    alice, bob = facility.sites["alice"], facility.sites["bob"]
+    alice, ali = facility.sites["alice"], facility.sites["ali"]
     before = {u: len(s.log_text()) for u, s in facility.sites.items()}
     # alice's complete, valid credentials: the name alone decides, and it names no route
     d = alice.bundle_dir / "dask"
@@ -388,5 +389,5 @@ def test_unknown_sni_reaches_nothing(facility, name):
     line = router_line(facility.router, port)
     assert f"{ENTRY_POINT}/<NOSRV>" in line, line
     time.sleep(0.3)  # nothing may arrive late either
-    for site in (alice, bob):
+    for site in (alice, ali):
         assert site.log_text()[before[site.user] :].strip() == "", site.log_text()[before[site.user] :]
