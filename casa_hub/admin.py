@@ -155,7 +155,8 @@ class _CasaMixin:
     async def revoke(self, user) -> dict:
         async def stop(u, name):
             future = await self.stop_single_user(u, name)
-            await asyncio.wait_for(asyncio.shield(future), STOP_WAIT)
+            async with asyncio.timeout(STOP_WAIT):
+                await asyncio.shield(future)
 
         refresher = self.refresher
         result = await revoke_user(

@@ -233,8 +233,9 @@ class CasaRefresher(LoggingConfigurable):
                 self.log.exception("Credential refresher: unexpected error; continuing")
                 delay = self.scan_interval
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, min(delay, self.scan_interval)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(delay, self.scan_interval))):
+                    await self._wake.wait()
 
     def _scan(self) -> None:
         """Track servers that run with Casa credentials; forget stopped ones. Attribute reads only."""

@@ -251,9 +251,10 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         """One API call with a timeout, for exponential_backoff: True done, False retry (timeout, 429, 5xx);
         any other error surfaces."""
         try:
-            await asyncio.wait_for(call(), self.k8s_api_request_timeout)
+            async with asyncio.timeout(self.k8s_api_request_timeout):
+                await call()
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.warning("Kubernetes did not answer in %ss while %s; retrying", self.k8s_api_request_timeout, what)
             return False
         except ApiException as e:
@@ -550,9 +551,11 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
         async def raw_list(call, **kwargs) -> bytes:
             # the API's JSON as is: building client models of every pod, then serialising them back, is slow;
             # unparsed, the client does not check the status itself
-            response = await asyncio.wait_for(call(_preload_content=False, **kwargs), self.k8s_api_request_timeout)
+            async with asyncio.timeout(self.k8s_api_request_timeout):
+                response = await call(_preload_content=False, **kwargs)
             try:
-                body = await asyncio.wait_for(response.read(), self.k8s_api_request_timeout)
+                async with asyncio.timeout(self.k8s_api_request_timeout):
+                    body = await response.read()
             finally:
                 response.release()
             if response.status >= 400:

@@ -55,7 +55,8 @@ async def run_hooks(hooks, cluster, what: str) -> None:
     never stops the others or what the caller does next."""
     for hook in list(hooks):
         try:
-            await asyncio.wait_for(hook(cluster), HOOK_TIMEOUT)
+            async with asyncio.timeout(HOOK_TIMEOUT):
+                await hook(cluster)
         except Exception:
             log.exception("casa: a hook on cluster %s (%s) failed", getattr(cluster, "name", "?"), what)
 

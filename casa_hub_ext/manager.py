@@ -158,9 +158,8 @@ class ClusterManager:
         else:
             configuration["workers"] = options.workers
         try:
-            model = await asyncio.wait_for(
-                self.lab.start_cluster(cluster_id, configuration, pending), self.start_timeout
-            )
+            async with asyncio.timeout(self.start_timeout):
+                model = await self.lab.start_cluster(cluster_id, configuration, pending)
         except BaseException:
             await self._discard(pending)
             raise
@@ -194,7 +193,8 @@ class ClusterManager:
 
     async def close(self, cluster_id: str) -> dict:
         booking = await self._booking(cluster_id)
-        model = await asyncio.wait_for(self.lab.close_cluster(cluster_id), self.close_timeout)
+        async with asyncio.timeout(self.close_timeout):
+            model = await self.lab.close_cluster(cluster_id)
         if model is None:
             raise ClusterNotFound(f"no Casa cluster with id {cluster_id!r}")
         return self._model(model, booking)
@@ -211,9 +211,12 @@ class ClusterManager:
         if not closing:
             return
         log.info("casa: closing %d Casa cluster(s)", len(closing))
-        results = await asyncio.gather(
-            *(asyncio.wait_for(c, self.close_timeout) for c in closing), return_exceptions=True
-        )
+
+        async def bounded(closed):
+            async with asyncio.timeout(self.close_timeout):
+                return await closed
+
+        results = await asyncio.gather(*(bounded(c) for c in closing), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         for result in failed:
             log.error("casa: closing a cluster failed: %r", result)
@@ -272,7 +275,8 @@ class ClusterManager:
         listed = booking.lab_id and await self.lab.get_cluster(booking.lab_id)
         if booking.cluster is not None and not listed:
             try:
-                await asyncio.wait_for(close_cluster(booking.cluster), self.close_timeout)
+                async with asyncio.timeout(self.close_timeout):
+                    await close_cluster(booking.cluster)
             except Exception:
                 log.exception("casa: closing a cluster that failed to start failed")
         if not listed:

@@ -313,10 +313,9 @@ class WorkerCredentials(LoggingConfigurable):
     async def _snapshot(self) -> Snapshot | None:
         kinds = list(self.kinds)
         try:
-            snapshot = await asyncio.wait_for(
-                asyncio.to_thread(lambda: read_snapshot(self._bundle(), kinds)), self.read_timeout
-            )
-        except (CredentialError, OSError, asyncio.TimeoutError) as e:
+            async with asyncio.timeout(self.read_timeout):
+                snapshot = await asyncio.to_thread(lambda: read_snapshot(self._bundle(), kinds))
+        except (CredentialError, OSError, TimeoutError) as e:
             # e.g. the manifest caught mid-swap: keep what the workers have, look again at the next poll
             self.log.warning("casa: cannot read the worker credentials (%s): %s", type(e).__name__, e)
             return None
@@ -343,7 +342,8 @@ class WorkerCredentials(LoggingConfigurable):
             for attempt in range(1, self.push_attempts + 1):
                 try:
                     client = await self._client(attachment)
-                    await asyncio.wait_for(client.register_plugin(plugin, name=PLUGIN_NAME), self.push_timeout)
+                    async with asyncio.timeout(self.push_timeout):
+                        await client.register_plugin(plugin, name=PLUGIN_NAME)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - any failure: log (redacted) and retry
@@ -387,9 +387,8 @@ class WorkerCredentials(LoggingConfigurable):
         if _is_gateway(cluster):
             security = cluster.security  # the gateway's per-cluster TLS credentials
         else:
-            security = await asyncio.wait_for(
-                asyncio.to_thread(lambda: self._bundle().security(roles=("client",))), self.read_timeout
-            )
+            async with asyncio.timeout(self.read_timeout):
+                security = await asyncio.to_thread(lambda: self._bundle().security(roles=("client",)))
         client = Client(
             cluster.scheduler_address,
             security=security,
@@ -398,7 +397,8 @@ class WorkerCredentials(LoggingConfigurable):
             timeout=self.push_timeout,
         )
         try:
-            await asyncio.wait_for(client, self.push_timeout)
+            async with asyncio.timeout(self.push_timeout):
+                await client
         except BaseException:
             await asyncio.shield(self._close_client(client))
             raise
@@ -412,6 +412,7 @@ class WorkerCredentials(LoggingConfigurable):
 
     async def _close_client(self, client) -> None:
         try:
-            await asyncio.wait_for(client.close(), self.push_timeout)
+            async with asyncio.timeout(self.push_timeout):
+                await client.close()
         except Exception as e:  # noqa: BLE001 - closing a dead connection may fail; nothing to do about it
             self.log.debug("casa: closing a credential client failed: %s", type(e).__name__)

@@ -186,6 +186,21 @@ async def test_a_restarted_hub_renews_running_servers_from_their_spawner_state(s
     assert restored.casa_bundle.files["xcache.token"].content == site.token(before)
 
 
+async def test_a_hub_shutting_down_as_the_loop_wakes_still_stops_the_loop(site):
+    # CI, 2026-11-30: a refresh ended (waking the loop) just as the test's teardown closed the refresher; Python
+    # 3.11's wait_for swallowed the cancellation and the loop ran on, so close() never returned
+    await site.login()
+    site.run()
+    await asyncio.sleep(0.3)  # the loop is parked, waiting for a wake-up or its next scan
+    site.refresher.resume("alice")  # wakes the loop ...
+    await asyncio.sleep(0)  # ... whose wait completes in this step, before the loop runs again
+    try:
+        async with asyncio.timeout(5):
+            await site.refresher.close()
+    except TimeoutError:
+        raise AssertionError("the refresher's loop ignored the hub's shutdown") from None
+
+
 async def test_renew_now_and_stop_refreshing_are_the_admins_levers(site):
     await site.login()
     spawner = site.new_spawner()
