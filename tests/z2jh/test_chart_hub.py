@@ -135,6 +135,9 @@ def test_login_gpu_spawn_and_stop_under_the_chart_config(cluster, tmp_path):
         assert "Loading extra config: casa-sqlite-wal" in log
         assert "Using Authenticator: casa_hub.authenticator.CasaAuthenticator" in log
         assert "Using Spawner: casa_hub.spawner.CasaSpawner" in log
+        # helm-values sets CasaAuthenticator.freeze_startup_heap: done once the hub serves
+        frozen = "start-up objects out of full garbage collections"
+        wait_until(lambda: frozen in deployment.hub_proc.log(), timeout=10, what=f"the log line {frozen!r}")
 
         # the JupyterHub and Python this run is meant to run the chart's config on
         H.check_runtime(hub, "chart hub process")

@@ -1,0 +1,86 @@
+"""CasaAuthenticator.freeze_startup_heap (casa_hub/startup_heap.py): collection paused while the hub loads its
+users, one collection and a freeze once it serves, collection resumed in every case. The chart tier runs it in a
+real hub (helm-values sets it; tests/z2jh checks the hub's log line)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import weakref
+from types import SimpleNamespace
+
+import pytest
+
+from casa_hub import startup_heap
+
+
+@pytest.fixture
+def collection_restored():
+    """Whatever a test does to the garbage collector of this pytest process is undone."""
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    gc.enable() if enabled else gc.disable()
+
+
+class Cycle:
+    """Garbage only the cycle collector frees."""
+
+    def __init__(self):
+        self.me = self
+
+
+async def test_a_serving_hub_gets_its_heap_frozen_and_collection_back(collection_restored, caplog):
+    app = SimpleNamespace(http_server=None)
+    assert startup_heap.pause_collection() is True and not gc.isenabled()
+    freezing = asyncio.ensure_future(startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=30))
+    await asyncio.sleep(0.2)
+    assert not freezing.done() and not gc.isenabled()  # still loading: nothing frozen, no collection
+
+    survivor = Cycle()  # loaded at start-up and kept: frozen
+    garbage = weakref.ref(Cycle())  # start-up garbage: freed by the one collection before the freeze
+    assert garbage() is not None  # collection is paused: nothing frees it yet
+    app.http_server = object()
+    with caplog.at_level(logging.INFO):
+        frozen = await asyncio.wait_for(freezing, 10)
+    assert frozen > 0 and gc.get_freeze_count() > 0 and gc.isenabled()  # (frozen objects may still die of refcount)
+    assert garbage() is None  # freed, not frozen with the rest
+    assert all(o is not survivor for o in gc.get_objects(generation=2))  # in the permanent generation now
+    assert "Froze the hub's" in caplog.text and "start-up objects out of full garbage collections" in caplog.text
+
+
+async def test_a_hub_that_never_serves_gets_collection_back_and_nothing_frozen(collection_restored, caplog):
+    app = SimpleNamespace(http_server=None)
+    startup_heap.pause_collection()
+    with caplog.at_level(logging.WARNING):
+        frozen = await startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=0.3)
+    assert frozen is None and gc.get_freeze_count() == 0 and gc.isenabled()
+    assert "its start-up heap is not frozen" in caplog.text
+
+
+async def test_collection_paused_by_someone_else_stays_theirs(collection_restored):
+    gc.disable()  # e.g. an admin's own extraConfig
+    assert startup_heap.pause_collection() is False
+    app = SimpleNamespace(http_server=object())
+    await startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=5, resume=False)
+    assert not gc.isenabled()
+
+
+async def test_the_authenticator_arms_it_once_and_only_when_asked(collection_restored, tmp_path):
+    from tests.hub import auth_support
+
+    app = SimpleNamespace(http_server=None, users={}, db=None)
+    off = auth_support.make_authenticator(tmp_path / "off", "https://idp.invalid/")
+    off.get_handlers(app)
+    assert off._heap_freezer is None and gc.isenabled()
+    await off.refresher.close()
+
+    on = auth_support.make_authenticator(tmp_path / "on", "https://idp.invalid/", freeze_startup_heap=True)
+    on.get_handlers(app)
+    first = on._heap_freezer
+    on.get_handlers(app)  # JupyterHub builds its handlers once; a second call does not pause again
+    assert first is not None and on._heap_freezer is first and not gc.isenabled()
+    app.http_server = object()
+    assert await asyncio.wait_for(first, 10) > 0 and gc.isenabled()
+    await on.refresher.close()
