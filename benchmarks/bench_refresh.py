@@ -150,12 +150,15 @@ def restart_with_all_due(site, config: str) -> Herd:
         result.lag = site.lag(wall0, max(done.values()))
     after = expiries(site)
     result.renewed = sum(1 for k, v in before.items() if after.get(k, "") > v)
+    # stopped at once: with this margin it would renew everything again while the next configuration is set up
+    site.stop_hub()
     return result
 
 
 def report(result: Herd, per_server: float, sample: int) -> None:
     n, herd = result.servers, result.herd
-    print(f"\n== {n} servers due at once, hub restarted with {result.config} (CasaRefresher.concurrency = 32) ==")
+    settings = ", ".join(CONFIGS[result.config].split("\n")[:-1]) or "the defaults (CasaRefresher.concurrency = 32)"
+    print(f"\n== {n} servers due at once, hub restarted with {settings} ==")
     print(f"  hub process start -> API up        {result.api_up:.1f} s")
     print(f"  refreshed and delivered            {result.delivered}/{n}; Secrets renewed: {result.renewed}/{n}")
     print(f"  hub start -> last Secret patched   {herd:.1f} s   ({result.delivered / herd:.0f} servers/s)")
