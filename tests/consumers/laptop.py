@@ -19,15 +19,36 @@ from pathlib import Path
 
 from tests.support import VENV_BIN, need
 
-# the source of a function a probe script uses to print why a connection failed, causes included
-CHAIN_FUNCTION = """
+# the frame of a laptop's probe script, run as ``python -c "$PROBE" TIMEOUT [ADDRESS]``: a Dask Client to ADDRESS
+# (none: the bundle's dask.yaml), then one JSON line; ``chain`` says why a connection failed, causes included
+_PROBE_FRAME = r"""
+import json, sys
+from distributed import Client, get_worker
+
+{helpers}
+
 def chain(e):
     out = []
     while e is not None:
-        out.append(f"{type(e).__name__}: {e}")
+        out.append(f"{{type(e).__name__}}: {{e}}")
         e = e.__cause__ or e.__context__
     return " <- ".join(out)
+
+
+address = sys.argv[2] if len(sys.argv) > 2 else None
+try:
+    with Client(address, timeout=float(sys.argv[1])) as client:
+        out = {{"ok": True, **result(client)}}
+except Exception as e:
+    out = {{"ok": False, "error": chain(e)}}
+print(json.dumps(out))
 """
+
+
+def client_probe(helpers: str) -> str:
+    """A laptop's probe script. ``helpers``: source defining ``result(client) -> dict``, what it prints besides
+    ``"ok": true`` once connected (``{"ok": false, "error": ...}`` when the connection fails)."""
+    return _PROBE_FRAME.format(helpers=helpers)
 
 
 def need_private_hosts() -> None:

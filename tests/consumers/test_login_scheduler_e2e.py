@@ -82,23 +82,10 @@ CLIENTS_SEEN = (
     "if isinstance(e, dict) and e.get('action') == 'add-client'})))"
 )
 
-PROBE = (
-    r"""
-import json, sys
-from distributed import Client
-
-"""
-    + laptop.CHAIN_FUNCTION
-    + r"""
-
-
-address = sys.argv[2] if len(sys.argv) > 2 else None
-try:
-    with Client(address, timeout=float(sys.argv[1])) as client:
-        out = {"ok": True, "scheduler": client.scheduler_info()["id"]}
-except Exception as e:
-    out = {"ok": False, "error": chain(e)}
-print(json.dumps(out))
+PROBE = laptop.client_probe(
+    """
+def result(client):
+    return {"scheduler": client.scheduler_info()["id"]}
 """
 )
 

@@ -51,34 +51,20 @@ UNKNOWN_HOST = "nobody.casa.test"
 TIMEOUT = 40
 REFUSED_WITHIN = 6  # the laptop's Client(timeout=...) when a refusal is expected
 
-PROBE = (
-    r"""
-import json, sys
-from distributed import Client, get_worker
-
-
+PROBE = laptop.client_probe(
+    """
 def where():
     return get_worker().name
 
-"""
-    + laptop.CHAIN_FUNCTION
-    + r"""
 
-
-address = sys.argv[2] if len(sys.argv) > 2 else None
-try:
-    with Client(address, timeout=float(sys.argv[1])) as client:
-        info = client.scheduler_info()
-        out = {
-            "ok": True,
-            "scheduler": info["address"],
-            "workers": sorted(str(w.get("name")) for w in info["workers"].values()),
-            "ran_on": client.submit(where, pure=False).result(),
-            "sum": client.submit(sum, [1, 2]).result(),
-        }
-except Exception as e:
-    out = {"ok": False, "error": chain(e)}
-print(json.dumps(out))
+def result(client):
+    info = client.scheduler_info()
+    return {
+        "scheduler": info["address"],
+        "workers": sorted(str(w.get("name")) for w in info["workers"].values()),
+        "ran_on": client.submit(where, pure=False).result(),
+        "sum": client.submit(sum, [1, 2]).result(),
+    }
 """
 )
 

@@ -142,3 +142,20 @@ def start_jupyter(
 
 def stop_jupyter(server: JupyterProc) -> None:
     stop_process(server.proc, timeout=30)
+
+
+def clean_log(server: JupyterProc) -> str:
+    """The log of a stopped ``server``, which must hold no traceback."""
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-4000:]
+    return log
+
+
+def login_cluster_args() -> list[str]:
+    """Command-line options for an empty local login cluster on a free 127.0.0.1 port: the scheduler a user's
+    laptop route leads to (the laptop bundle is offered only with one)."""
+    return [
+        '--CasaClusterSettings.login_cluster={"backend": "local", "workers": 0}',
+        "--CasaClusterSettings.scheduler_host=127.0.0.1",
+        f"--CasaClusterSettings.scheduler_port={free_port()}",
+    ]

@@ -24,8 +24,8 @@ import requests
 
 from casa_hub_ext.bundle import MountedBundle
 from tests.ext.conftest import write_bundle
-from tests.ext.jupyter_proc import LABEXTENSION, start_jupyter, stop_jupyter
-from tests.support import CHROMIUM, REPO, free_port, launch_chromium, make_minter, need, wait_until
+from tests.ext.jupyter_proc import LABEXTENSION, login_cluster_args, start_jupyter, stop_jupyter
+from tests.support import CHROMIUM, REPO, launch_chromium, make_minter, need, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -99,11 +99,7 @@ def login_lab(tmp_path_factory):
         work,
         make_minter(work / "keys"),
         {"CASA_DASK_ADDRESS": "tls://dask-alice.hub.casa.test:8786"},  # the laptop bundle's scheduler route
-        args=[
-            '--CasaClusterSettings.login_cluster={"backend": "local", "workers": 0}',
-            "--CasaClusterSettings.scheduler_host=127.0.0.1",
-            f"--CasaClusterSettings.scheduler_port={free_port()}",
-        ],
+        args=login_cluster_args(),
     )
     yield proc
     stop_jupyter(proc)

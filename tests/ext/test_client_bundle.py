@@ -25,7 +25,7 @@ from casa_hub_ext.client_bundle import (
     require_login_scheduler,
 )
 from casa_hub_ext.errors import CredentialError
-from tests.support import free_port, write_bundle
+from tests.support import write_bundle
 
 ADDRESS = "tls://dask-alice.hub.example.org:8786"
 FILES = ("README.txt", "dask.yaml", "ca.pem", "client.crt", "client.key")
@@ -198,7 +198,7 @@ def test_no_bundle_without_a_login_scheduler():
 # ------------------------------------------------------------------ GET /casa/client-bundle, real server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.ext.jupyter_proc import start_jupyter, stop_jupyter
+    from tests.ext.jupyter_proc import clean_log, login_cluster_args, start_jupyter, stop_jupyter
     from tests.support import make_minter
 
     work = tmp_path_factory.mktemp("jupyter-client-bundle")
@@ -206,19 +206,13 @@ def server(tmp_path_factory):
     bundle_dir = write_bundle(minter.mint("alice"), work / "casa")
     env = {"CASA_CREDENTIALS_DIR": str(bundle_dir), "CASA_DASK_ADDRESS": ADDRESS, "CASA_DASK_BACKENDS": "local"}
     # the laptop route leads to the login cluster's scheduler: the bundle is offered only with one configured
-    login = [
-        '--CasaClusterSettings.login_cluster={"backend": "local", "workers": 0}',
-        "--CasaClusterSettings.scheduler_host=127.0.0.1",
-        f"--CasaClusterSettings.scheduler_port={free_port()}",
-    ]
-    proc = start_jupyter(work, env, args=login)
+    proc = start_jupyter(work, env, args=login_cluster_args())
     proc.bundle_dir, proc.minter = bundle_dir, minter
     try:
         yield proc
     finally:
         stop_jupyter(proc)
-    log = proc.log.read_text()
-    assert "Traceback" not in log, log[-4000:]
+    clean_log(proc)
 
 
 def _get(server, **kw):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.ext.jupyter_proc import Kernel, start_jupyter, stop_jupyter
+from tests.ext.jupyter_proc import Kernel, clean_log, start_jupyter, stop_jupyter
 from tests.support import free_port
 
 TIMEOUT = 60
@@ -64,8 +64,7 @@ def server(tmp_path_factory):
         yield proc
     finally:
         stop_jupyter(proc)
-    log = proc.log.read_text()
-    assert "Traceback" not in log, log[-4000:]
+    log = clean_log(proc)
     assert "casa: started a local cluster" in log
 
 
