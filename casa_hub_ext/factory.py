@@ -95,10 +95,12 @@ class BookedCluster:
     casa_booking: Booking | None = None
     _casa_closing_done = False
 
-    def _casa_attach(self, booking: Booking | None) -> None:
+    def __init__(self, *args, booking: Booking | None = None, **kwargs):
+        # attached before the library's cluster starts: its first scale already goes through the booking
         self.casa_booking = booking
         if booking is not None:
             booking.cluster = self
+        super().__init__(*args, **kwargs)
 
     def _casa_rebook(self, workers: int | None = None, adapt: tuple[int, int] | None = None) -> None:
         if self.casa_booking is not None:
@@ -188,8 +190,7 @@ class CasaLocalCluster(BookedSpecCluster, LocalCluster):
         self._gpus_per_worker = gpus_per_worker
         if gpus_per_worker:
             kwargs["resources"] = {**kwargs.get("resources", {}), "GPU": gpus_per_worker}
-        self._casa_attach(booking)
-        super().__init__(n_workers=0, **kwargs)
+        super().__init__(n_workers=0, booking=booking, **kwargs)
         try:
             for _ in range(n_workers):
                 self.worker_spec.update(self.new_worker_spec())
@@ -316,9 +317,7 @@ def htcondor_cluster_class():
     from dask_jobqueue import HTCondorCluster
 
     class CasaHTCondorCluster(BookedSpecCluster, HTCondorCluster):
-        def __init__(self, *args, booking: Booking | None = None, **kwargs):
-            self._casa_attach(booking)
-            super().__init__(*args, **kwargs)
+        pass
 
     return CasaHTCondorCluster
 
@@ -371,10 +370,6 @@ def gateway_cluster_class():
     from dask_gateway import GatewayCluster
 
     class CasaGatewayCluster(BookedCluster, GatewayCluster):
-        def __init__(self, *args, booking: Booking | None = None, **kwargs):
-            self._casa_attach(booking)
-            super().__init__(*args, **kwargs)
-
         def scale(self, n, **kwargs):
             if self.status not in ("closing", "closed"):
                 self._casa_rebook(workers=n)
