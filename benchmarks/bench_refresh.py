@@ -3,10 +3,14 @@
 N people log in (real OAuth flow) and start servers (CasaSpawner, Kubernetes emulator). The hub is then stopped
 (servers keep running) and started again with a refresh margin that puts every server inside it and no
 jitter: the worst case, the hub's refresher (casa_hub/refresher.py) finding every server due at once in the
-spawner state. Measured: how long until every server's Secret holds re-minted credentials (each one is an
-identity check at the provider, a mint, and a Secret replaced; auth_state is written only when the provider's
-session changed), the hub's event-loop lag meanwhile (from inside the hub), and the latency of the hub's REST
-API meanwhile. Bounded by ``CasaRefresher.concurrency``. The margin is derived from the credentials' own
+spawner state. The proxy runs in its own process, as Z2JH's chart runs it, and keeps its routes across the
+restart (``--hub-starts-proxy``: the hub starts its own, which must then add a route per running server).
+
+Measured: how long until every server's Secret holds re-minted credentials (each one is an identity check at the
+provider, a mint, and a Secret replaced; auth_state is written only when the provider's session changed), the
+hub's event-loop lag meanwhile (from inside the hub), the latency of the hub's REST API meanwhile, and the CPU
+each process of the facility used (the machine's cores are shared by the hub and the stand-ins for the provider
+and Kubernetes). Bounded by ``CasaRefresher.concurrency``. The margin is derived from the credentials' own
 expiry (the Secrets' annotation), not from a lifetime assumed here. The herd is measured once per hub
 configuration (``--configs``): the defaults, then ``CasaAuthenticator.freeze_startup_heap`` (the start-up heap
 kept out of full garbage collections), on the same facility one after the other.
@@ -102,6 +106,7 @@ class Herd:
     renewed: int = 0
     lag: list[float] = dataclasses.field(default_factory=list)
     latencies: list[float] = dataclasses.field(default_factory=list)
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU seconds, hub process start -> done
 
     @property
     def p99(self) -> float:
@@ -123,6 +128,7 @@ def restart_with_all_due(site, config: str) -> Herd:
     latest = max(datetime.datetime.fromisoformat(v) for v in before.values())
     margin = (latest - datetime.datetime.now(datetime.timezone.utc)).total_seconds() + 5
     restart = datetime.datetime.now()
+    cpu_before = site.cpu_by_process()  # the hub is stopped: its new process starts from 0
     wall0 = time.time()
     site.start_hub(
         f"c.CasaAuthenticator.credential_refresh_margin = {max(60, int(margin))}\n"
@@ -143,6 +149,7 @@ def restart_with_all_due(site, config: str) -> Herd:
         return delivered_at(site.hub.log(), restart)
 
     done = asyncio.run(watch())
+    result.cpu = {name: used - cpu_before.get(name, 0.0) for name, used in site.cpu_by_process().items()}
     result.delivered = len(done)
     if done:
         result.herd = max(done.values()) - wall0
@@ -167,6 +174,9 @@ def report(result: Herd, per_server: float, sample: int) -> None:
     print(f"  hub event-loop lag (ms)            {summary(result.lag)}")
     print(f"                                     {stall_summary(result.lag)}")
     print(f"  hub REST API latency (ms)          {summary(result.latencies)}")
+    wall = herd + 0.5  # the watch reads the log every 0.5 s
+    used = ", ".join(f"{name} {cpu:.1f} s ({cpu / wall:.2f} cores)" for name, cpu in result.cpu.items())
+    print(f"  CPU, hub start -> done             {used}; all {sum(result.cpu.values()):.1f} s")
     print(
         f"  Coffea-Casa recipe, per server     {per_server * 1000:.0f} ms (sample of {sample}), "
         f"x{n} = {per_server * n:.0f} s blocking the loop"
@@ -184,13 +194,19 @@ def main(argv=None) -> int:
     parser.add_argument("--setup-concurrency", type=int, default=40, help="logins+spawns at once while setting up")
     parser.add_argument("--baseline-sample", type=int, default=50)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--hub-starts-proxy",
+        action="store_true",
+        help="the hub starts its own configurable-http-proxy (its routes are lost with it) instead of the chart's "
+        "separate proxy",
+    )
     parser.add_argument("--keep", type=Path, help="keep logs and state here (default: a temporary directory)")
     args = parser.parse_args(argv)
     n = args.users
     names = user_names(n)
     with tempfile.TemporaryDirectory(prefix="casa-refresh-") as tmp:
         work = args.keep or Path(tmp)
-        with facility(work, n, "casa") as site:
+        with facility(work, n, "casa", separate_proxy=not args.hub_starts_proxy) as site:
             t0 = time.monotonic()
             journeys = asyncio.run(storm(site.hub.url, names, concurrency=args.setup_concurrency))
             failed = [j for j in journeys if j.error]

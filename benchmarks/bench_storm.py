@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -46,12 +47,15 @@ def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
             raise RuntimeError(f"{mode}: warm-up spawn failed: {warm.error}\n{site.hub.log()[-3000:]}")
         time.sleep(1)
         rss_before, cpu_before = site.rss_kib(), site.cpu_seconds()
+        processes_before, client_before = site.cpu_by_process(), time.process_time()
         wall_start = time.time()
         t0 = time.monotonic()
         journeys = asyncio.run(storm(site.hub.url, user_names(n + 1)[1:], ramp=ramp))
         duration = time.monotonic() - t0
         wall_end = time.time()
         cpu = site.cpu_seconds() - cpu_before
+        processes = {name: used - processes_before[name] for name, used in site.cpu_by_process().items()}
+        processes["benchmark's browsers"] = time.process_time() - client_before
         time.sleep(1)
         rss_after = site.rss_kib()
         lag = site.lag(wall_start, wall_end)
@@ -70,6 +74,7 @@ def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
             "ready_ms": [(j.ready - j.started) * 1000 for j in ok],
             "lag_ms": lag,
             "cpu_ms_per_user": cpu * 1000 / n,
+            "cpu_by_process": processes,
             "rss_kib_per_user": (rss_after - rss_before) / n,
             "rss_after_mib": rss_after / 1024,
             "secrets": len(secrets),
@@ -90,6 +95,8 @@ def report(r: dict) -> None:
     print(f"  hub event-loop lag (ms)  {summary(r['lag_ms'])}")
     print(f"                           {stall_summary(r['lag_ms'])}")
     print(f"  hub CPU per user         {r['cpu_ms_per_user']:.1f} ms")
+    used = ", ".join(f"{name} {cpu:.1f} s" for name, cpu in r["cpu_by_process"].items())
+    print(f"  CPU during the storm     {used} (of {r['duration'] * os.cpu_count():.0f} s on {os.cpu_count()} cores)")
     print(f"  hub memory per user      {r['rss_kib_per_user']:.0f} KiB   (hub RSS after: {r['rss_after_mib']:.0f} MiB)")
     print(f"  Secrets in the cluster   {r['secrets']} ({r['distinct_secrets']} distinct)")
 

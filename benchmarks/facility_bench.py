@@ -1,7 +1,8 @@
 """A whole facility for the scale benchmarks: the demo OIDC provider with N users, the Kubernetes emulator
-(its kubelet starts pods once their Secrets exist), JupyterHub + configurable-http-proxy with CasaAuthenticator
-and either CasaSpawner or the Coffea-Casa-style baseline, and an asyncio client that logs people in through
-the real OAuth flow, submits the spawn form and waits on the progress stream, as a browser does.
+(its kubelet starts pods once their Secrets exist), configurable-http-proxy in its own process as Z2JH's chart
+runs it (so its routes outlive a hub restart), JupyterHub with CasaAuthenticator and either CasaSpawner or the
+Coffea-Casa-style baseline, and an asyncio client that logs people in through the real OAuth flow, submits the
+spawn form and waits on the progress stream, as a browser does.
 
 The hub runs :mod:`benchmarks.hub_probe`, so the benchmarks read the hub's event-loop lag from inside it.
 """
@@ -82,6 +83,7 @@ class Facility:
     pod_port: int
     mode: str
     extra: str = ""
+    proxy: H.Proxy | None = None  # None: the hub starts its own proxy (and loses its routes when it stops)
 
     def config(self, extra: str = "") -> str:
         return (
@@ -98,6 +100,7 @@ class Facility:
             extra_config=self.config(extra),
             env={"KUBECONFIG": str(self.kube.kubeconfig)},
             timeout=600,
+            proxy=self.proxy,
         )
         return self.hub
 
@@ -113,8 +116,17 @@ class Facility:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+        return process_cpu_seconds(self.hub.proc.pid)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds used so far by each running process of the facility (a proxy the hub starts is its child,
+        counted in the hub's figure only once it exits: it is left out)."""
+        pids = {"kubernetes emulator": self.kube.proc.pid, "OIDC provider": self.provider.proc.pid}
+        if self.hub is not None:
+            pids["hub"] = self.hub.proc.pid
+        if self.proxy is not None:
+            pids["proxy"] = self.proxy.proc.pid
+        return {name: process_cpu_seconds(pid) for name, pid in pids.items()}
 
     def lag(self, since: float, until: float) -> list[float]:
         return hub_probe.read(str(self.lag_file), since, until)
@@ -123,25 +135,33 @@ class Facility:
         return self.kube.objects("secrets")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
 @contextmanager
-def facility(work: Path, n_users: int, mode: str = "casa", extra: str = ""):
-    """Provider with ``n_users`` (group cms; see :func:`user_names`), emulator and hub; all stopped on exit."""
+def facility(work: Path, n_users: int, mode: str = "casa", extra: str = "", separate_proxy: bool = True):
+    """Provider with ``n_users`` (group cms; see :func:`user_names`), emulator, proxy (``separate_proxy``: in its
+    own process, as the chart runs it; else the hub starts its own) and hub; all stopped on exit."""
     work.mkdir(parents=True, exist_ok=True)
     users = [
         {"sub": name, "preferred_username": name, "email": f"{name}@casa.test", "name": name, "groups": ["cms"]}
         for name in user_names(n_users)
     ]
     provider = start_provider(work, users=users)
-    kube = None
-    site = None
+    kube = proxy = site = None
     try:
         kube = start_kube(work)
-        site = Facility(work, provider, kube, None, work / "lag.txt", free_port(), mode, extra)
+        proxy = H.start_proxy(work) if separate_proxy else None
+        site = Facility(work, provider, kube, None, work / "lag.txt", free_port(), mode, extra, proxy)
         site.start_hub()
         yield site
     finally:
         if site is not None:
             site.stop_hub()
+        if proxy is not None:
+            H.stop_proxy(proxy)
         if kube is not None:
             stop_kube(kube)
         stop_provider(provider)

@@ -71,10 +71,73 @@ class Hub:
         return list((self.work / "keys").iterdir())
 
 
-def start_hub(work: Path, provider, extra_config: str = "", timeout: float = 60, env: dict | None = None) -> Hub:
+@dataclass
+class Proxy:
+    """configurable-http-proxy in its own process, as Z2JH's chart runs it (the ``proxy`` Deployment): its routes
+    outlive a restart of the hub, which finds them in place instead of adding one per running server."""
+
+    proc: subprocess.Popen
+    port: int
+    api_port: int
+    hub_port: int
+    token: str
+
+    def hub_config(self) -> str:
+        """The chart's proxy settings of the hub (``should_start = False``, the proxy's API and its token)."""
+        return f"c.ConfigurableHTTPProxy.should_start = False\nc.ConfigurableHTTPProxy.auth_token = {self.token!r}\n"
+
+
+def start_proxy(work: Path) -> Proxy:
+    """The chart's proxy command (``--default-target`` the hub, ``--error-target`` its error page) on 127.0.0.1
+    and free ports; hand it to :func:`start_hub` (``proxy=``), stop it with :func:`stop_proxy`."""
+    work.mkdir(parents=True, exist_ok=True)
+    port, api_port, hub_port, token = free_port(), free_port(), free_port(), secrets.token_hex(32)
+    argv = [
+        str(CHP),
+        "--ip=127.0.0.1",
+        "--api-ip=127.0.0.1",
+        f"--api-port={api_port}",
+        f"--default-target=http://127.0.0.1:{hub_port}",
+        f"--error-target=http://127.0.0.1:{hub_port}/hub/error",
+        f"--port={port}",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token),
+        stdout=open(work / "proxy.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, proc=proc, timeout=30)
+        wait_for_port(api_port, proc=proc, timeout=30)
+    except Exception:
+        stop_process(proc)
+        raise
+    return Proxy(proc, port, api_port, hub_port, token)
+
+
+def stop_proxy(proxy: Proxy) -> None:
+    stop_process(proxy.proc)
+
+
+def start_hub(
+    work: Path,
+    provider,
+    extra_config: str = "",
+    timeout: float = 60,
+    env: dict | None = None,
+    proxy: Proxy | None = None,
+) -> Hub:
+    """JupyterHub on free ports with the facility's configuration plus ``extra_config``; it starts its own
+    configurable-http-proxy unless given ``proxy`` (:func:`start_proxy`), which it then uses."""
     work.mkdir(parents=True, exist_ok=True)
     key_dir = prepare_state(work)
-    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    if proxy is None:
+        port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    else:
+        port, hub_port, proxy_api_port = proxy.port, proxy.hub_port, proxy.api_port
+        extra_config = proxy.hub_config() + extra_config
     api_token = secrets.token_hex(16)
     (work / "jupyterhub_config.py").write_text(
         render_hub_config(
