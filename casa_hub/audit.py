@@ -108,6 +108,18 @@ def describe(bundle: CredentialBundle | None) -> list[CredentialInfo]:
     """The credentials a bundle holds, from its manifest (``casa.json``): name, label, id, expiry."""
     if bundle is None or MANIFEST not in bundle.files:
         return []
+    # a bundle never changes: it is described once (the mint does it in its worker thread), and its delivery, the
+    # admin page and a revoke, on the hub's event loop, reuse that instead of parsing its certificates again
+    described = bundle.__dict__.get(_DESCRIBED)
+    if described is None:
+        described = bundle.__dict__[_DESCRIBED] = tuple(_describe(bundle))
+    return list(described)
+
+
+_DESCRIBED = "_casa_audit_described"
+
+
+def _describe(bundle: CredentialBundle) -> list[CredentialInfo]:
     try:
         manifest = json.loads(bundle.files[MANIFEST].content)
         entries: Mapping[str, Any] = manifest.get("credentials") or {}

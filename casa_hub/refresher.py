@@ -120,6 +120,7 @@ class CasaRefresher(LoggingConfigurable):
         self._app = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._next_look: datetime.datetime | None = None  # when the loop looks at its servers next, unless woken
         self._slots: asyncio.Semaphore | None = None
         self._commit: asyncio.Handle | None = None
         self._unsaved: dict[int, object] = {}  # spawners whose new expiry is not in the database yet
@@ -223,8 +224,8 @@ class CasaRefresher(LoggingConfigurable):
         last_scan = None
         while True:
             try:
-                # a refresh that ends wakes the loop to dispatch the next due ones; the hub's servers are looked
-                # at no more often than scan_interval (a herd of refreshes must not mean a herd of scans)
+                # the hub's servers are looked at no more often than scan_interval (a herd of refreshes must not
+                # mean a herd of scans); a wake-up (a resume, a quick retry) dispatches what is due at once
                 if last_scan is None or loop.time() - last_scan >= self.scan_interval:
                     self._scan()
                     last_scan = loop.time()
@@ -233,8 +234,10 @@ class CasaRefresher(LoggingConfigurable):
                 self.log.exception("Credential refresher: unexpected error; continuing")
                 delay = self.scan_interval
             self._wake.clear()
+            wait = max(0.0, min(delay, self.scan_interval))
+            self._next_look = self._now() + datetime.timedelta(seconds=wait)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(delay, self.scan_interval))):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
 
     def _scan(self) -> None:
@@ -289,7 +292,10 @@ class CasaRefresher(LoggingConfigurable):
                 await self._refresh_one(entry)
         finally:
             entry.task = None
-            if self._wake is not None:
+            # the loop wakes only when this server is due again before the loop's next look (a quick retry): in a
+            # herd every due refresh is already dispatched, and a look per finished refresh walks every server
+            due = entry.status.due_at
+            if self._wake is not None and due is not None and (self._next_look is None or due < self._next_look):
                 self._wake.set()
 
     async def _refresh_one(self, entry: _Entry) -> None:

@@ -129,6 +129,21 @@ def test_describe_names_each_credential_by_its_public_id_only(minter):
     assert found["xcache"].expires_at == bundle.files[xcache].expires_at
 
 
+def test_a_bundle_is_described_once_and_its_delivery_reuses_that(minter, monkeypatch):
+    # the mint describes a bundle in its worker thread; its delivery, on the hub's loop, must not parse it again
+    bundle = minter.mint("alice", email="alice@example.org", now=NOW)
+    parsed = []
+    real = audit.credential_id
+    monkeypatch.setattr(audit, "credential_id", lambda content: parsed.append(content) or real(content))
+    first = audit.describe(bundle)
+    assert len(parsed) == len(first) > 0
+    first.clear()  # a caller's list is its own
+    again = audit.describe(bundle)
+    assert len(parsed) == len(again) and again == audit.describe(bundle)
+    other = minter.mint("bob", email="bob@example.org", now=NOW)
+    assert {c.id for c in audit.describe(other)}.isdisjoint(c.id for c in again if c.id)  # per bundle, not shared
+
+
 def test_an_audit_line_is_one_json_object_without_any_secret_bytes(minter, caplog):
     bundle = minter.mint("alice", email="alice@example.org", now=NOW)
     audit.log.addHandler(caplog.handler)  # the audit logger does not propagate: its lines are its own
