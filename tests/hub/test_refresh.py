@@ -281,6 +281,65 @@ async def test_refreshes_due_together_run_a_bounded_number_at_a_time():
     assert all(len(u.spawners[""].written) == 1 for u in users.values())
 
 
+def _herd(n: int, expires_at: datetime.datetime) -> dict:
+    users = {}
+    for i in range(n):
+        user = ServerUser(f"u{i}", {})
+        user.spawners[""] = MemoryServer(user, expires_at)
+        users[user.name] = user
+    return users
+
+
+async def _until(predicate, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_herd_of_finished_refreshes_does_not_walk_every_server_once_per_refresh(monkeypatch):
+    # 1000 servers due at once: a look at every server per finished refresh was 1000 x 1000 steps on the loop
+    refresher = CasaRefresher(authenticator=SlowAuthenticator(), concurrency=4, jitter=0, scan_interval=30)
+    looks = []
+    dispatch = refresher._dispatch
+    monkeypatch.setattr(refresher, "_dispatch", lambda: looks.append(1) or dispatch())
+    refresher.start(SimpleNamespace(users=_herd(40, _now()), db=None))
+    try:
+        await _until(lambda: refresher.totals["renewed"] == 40, "the herd renewed")
+    finally:
+        await refresher.close()
+    assert len(looks) <= 2  # the first look dispatches all 40; nothing is due again before the next look
+
+
+class FlakyAuthenticator(SlowAuthenticator):
+    """The provider is down for the first attempt of each user."""
+
+    def __init__(self):
+        super().__init__()
+        self.attempts = {}
+
+    async def renew(self, user, stored):
+        from casa_hub.authenticator import ProviderUnavailable
+
+        self.attempts[user.name] = self.attempts.get(user.name, 0) + 1
+        if self.attempts[user.name] == 1:
+            raise ProviderUnavailable("https://idp.example.org")
+        return await super().renew(user, stored)
+
+
+async def test_a_retry_due_before_the_next_look_wakes_the_loop():
+    auth = FlakyAuthenticator()
+    # the loop looks every 30 s; the retry is due 0.1 s after the failure, so the failure itself must wake it
+    refresher = CasaRefresher(authenticator=auth, jitter=0, scan_interval=30, retry_interval=0.1)
+    refresher.start(SimpleNamespace(users=_herd(1, _now() + datetime.timedelta(minutes=10)), db=None))  # due
+    try:
+        await _until(lambda: refresher.totals["renewed"] == 1, "the retry", timeout=10)
+    finally:
+        await refresher.close()
+    assert refresher.totals == {"outage": 1, "renewed": 1} and auth.attempts == {"u0": 2}
+
+
 def test_jitter_brings_refreshes_forward_by_up_to_its_share_of_the_margin():
     refresher = CasaRefresher(authenticator=SimpleNamespace(credential_refresh_margin=1000, clock=_now), jitter=0.2)
     exp = _now()
