@@ -1,5 +1,5 @@
 """CasaAuthenticator.freeze_startup_heap (casa_hub/startup_heap.py): collection paused while the hub loads its
-users, one collection and a freeze once it serves, collection resumed in every case. The chart tier runs it in a
+users, one collection and a freeze once they are loaded, collection resumed in every case. The chart tier runs it in a
 real hub (helm-values sets it; tests/z2jh checks the hub's log line)."""
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ class Cycle:
         self.me = self
 
 
-async def test_a_serving_hub_gets_its_heap_frozen_and_collection_back(collection_restored, caplog):
-    app = SimpleNamespace(http_server=None)
+async def test_a_hub_that_loaded_its_users_gets_its_heap_frozen_and_collection_back(collection_restored, caplog):
+    app = SimpleNamespace(http_server=None, io_loop=None)
     assert startup_heap.pause_collection() is True and not gc.isenabled()
-    freezing = asyncio.ensure_future(startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=30))
+    freezing = asyncio.ensure_future(startup_heap.freeze_when_loaded(app, logging.getLogger("t"), timeout=30))
     await asyncio.sleep(0.2)
     assert not freezing.done() and not gc.isenabled()  # still loading: nothing frozen, no collection
 
     survivor = Cycle()  # loaded at start-up and kept: frozen
     garbage = weakref.ref(Cycle())  # start-up garbage: freed by the one collection before the freeze
     assert garbage() is not None  # collection is paused: nothing frees it yet
-    app.http_server = object()
+    app.io_loop = object()  # JupyterHub's start() began: users and spawners loaded, not listening yet
     with caplog.at_level(logging.INFO):
         frozen = await asyncio.wait_for(freezing, 10)
     assert frozen > 0 and gc.get_freeze_count() > 0 and gc.isenabled()  # (frozen objects may still die of refcount)
@@ -50,11 +50,11 @@ async def test_a_serving_hub_gets_its_heap_frozen_and_collection_back(collection
     assert "Froze the hub's" in caplog.text and "start-up objects out of full garbage collections" in caplog.text
 
 
-async def test_a_hub_that_never_serves_gets_collection_back_and_nothing_frozen(collection_restored, caplog):
+async def test_a_hub_that_never_starts_gets_collection_back_and_nothing_frozen(collection_restored, caplog):
     app = SimpleNamespace(http_server=None)
     startup_heap.pause_collection()
     with caplog.at_level(logging.WARNING):
-        frozen = await startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=0.3)
+        frozen = await startup_heap.freeze_when_loaded(app, logging.getLogger("t"), timeout=0.3)
     assert frozen is None and gc.get_freeze_count() == 0 and gc.isenabled()
     assert "its start-up heap is not frozen" in caplog.text
 
@@ -63,14 +63,14 @@ async def test_collection_paused_by_someone_else_stays_theirs(collection_restore
     gc.disable()  # e.g. an admin's own extraConfig
     assert startup_heap.pause_collection() is False
     app = SimpleNamespace(http_server=object())
-    await startup_heap.freeze_when_serving(app, logging.getLogger("t"), timeout=5, resume=False)
+    await startup_heap.freeze_when_loaded(app, logging.getLogger("t"), timeout=5, resume=False)
     assert not gc.isenabled()
 
 
 async def test_the_authenticator_arms_it_once_and_only_when_asked(collection_restored, tmp_path):
     from tests.hub import auth_support
 
-    app = SimpleNamespace(http_server=None, users={}, db=None)
+    app = SimpleNamespace(http_server=None, io_loop=None, users={}, db=None)
     off = auth_support.make_authenticator(tmp_path / "off", "https://idp.invalid/")
     off.get_handlers(app)
     assert off._heap_freezer is None and gc.isenabled()
