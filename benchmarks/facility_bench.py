@@ -115,9 +115,6 @@ class Facility:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.hub.proc.pid)
-
     def cpu_by_process(self) -> dict[str, float]:
         """CPU seconds used so far by each running process of the facility (a proxy the hub starts is its child,
         counted in the hub's figure only once it exits: it is left out)."""

@@ -65,7 +65,8 @@ def login_nonce(state: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-# how long the hub may take from building its handlers to serving before the start-up heap is left unfrozen
+# how long the hub may take from building its handlers to having loaded its users before the start-up heap is left
+# unfrozen
 HUB_START_LIMIT = 900
 
 

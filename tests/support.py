@@ -19,6 +19,22 @@ from casa_hub.minter import CasaMinter
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
+CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
+def chart_proxy_command(hub: str, public_port: int, api_port: int) -> list[str]:
+    """The Z2JH chart's proxy Deployment command (``--api-port=8001 --default-target=http://hub:$(HUB_SERVICE_PORT)
+    --error-target=.../hub/error --port=8000``), on 127.0.0.1 and the given ports, for the hub at ``hub``
+    (host:port). Its token comes from CONFIGPROXY_AUTH_TOKEN."""
+    return [
+        str(CHP),
+        "--ip=127.0.0.1",
+        "--api-ip=127.0.0.1",
+        f"--api-port={api_port}",
+        f"--default-target=http://{hub}",
+        f"--error-target=http://{hub}/hub/error",
+        f"--port={public_port}",
+    ]
 
 
 def need(condition: bool, what: str) -> None:

@@ -18,9 +18,8 @@ from urllib.parse import urljoin
 import httpx
 
 from casa_demo.facility import prepare_state, render_hub_config
-from tests.support import REPO, VENV_BIN, free_port, stop_process, wait_for_port
+from tests.support import CHP, VENV_BIN, chart_proxy_command, free_port, stop_process, wait_for_port
 
-CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
 # the command that runs the hub processes' Python: this interpreter, or CASA_HUB_PYTHON (a command prefix), e.g.
 # scripts/z2jh-hub-python for the Z2JH chart's hub environment (JupyterHub 5.5.0 on Python 3.14; scripts/test.sh)
 HUB_PYTHON = shlex.split(os.environ.get("CASA_HUB_PYTHON", "")) or [sys.executable]
@@ -83,26 +82,17 @@ class Proxy:
     token: str
 
     def hub_config(self) -> str:
-        """The chart's proxy settings of the hub (``should_start = False``, the proxy's API and its token)."""
+        """The chart's proxy settings of the hub: it does not start the proxy, and knows its token."""
         return f"c.ConfigurableHTTPProxy.should_start = False\nc.ConfigurableHTTPProxy.auth_token = {self.token!r}\n"
 
 
 def start_proxy(work: Path) -> Proxy:
-    """The chart's proxy command (``--default-target`` the hub, ``--error-target`` its error page) on 127.0.0.1
-    and free ports; hand it to :func:`start_hub` (``proxy=``), stop it with :func:`stop_proxy`."""
+    """The chart's proxy (:func:`tests.support.chart_proxy_command`) on free ports, for a hub on 127.0.0.1; hand
+    it to :func:`start_hub` (``proxy=``), stop it with :func:`stop_proxy`."""
     work.mkdir(parents=True, exist_ok=True)
     port, api_port, hub_port, token = free_port(), free_port(), free_port(), secrets.token_hex(32)
-    argv = [
-        str(CHP),
-        "--ip=127.0.0.1",
-        "--api-ip=127.0.0.1",
-        f"--api-port={api_port}",
-        f"--default-target=http://127.0.0.1:{hub_port}",
-        f"--error-target=http://127.0.0.1:{hub_port}/hub/error",
-        f"--port={port}",
-    ]
     proc = subprocess.Popen(
-        argv,
+        chart_proxy_command(f"127.0.0.1:{hub_port}", port, api_port),
         env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token),
         stdout=open(work / "proxy.log", "wb"),
         stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ from tests import helm
 from tests.hub.hub import Hub
 from tests.hub.kube import Kube, start_kube, stop_kube
 from tests.hub.oidc import Provider, start_provider, stop_provider
-from tests.support import free_port, need, write_keys
+from tests.support import CHP, free_port, need, write_keys
 from tests.z2jh import pod as P
 
 NAMESPACE = "jhub"
@@ -182,7 +182,7 @@ def cluster(tmp_path_factory):
         os.geteuid() == 0 and shutil.which("unshare") is not None,
         "root and unshare(1) (the hub pod's files are mounted in a private mount namespace)",
     )
-    need(P.CHP.exists(), "configurable-http-proxy (npm ci)")
+    need(CHP.exists(), "configurable-http-proxy (npm ci)")
     need(
         _hub_has_pycurl(),
         "pycurl in the hub's Python (the chart's hub config switches tornado to its curl client, "

@@ -35,10 +35,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.support import REPO, VENV_BIN, stop_process, wait_for_port
+from tests.support import REPO, VENV_BIN, chart_proxy_command, stop_process, wait_for_port
 
 CHART_HUB = REPO / "tests" / "data" / "z2jh" / "hub"
-CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
 ETC = "/usr/local/etc/jupyterhub"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 HUB_ARGS_CONFIG = f"{ETC}/jupyterhub_config.py"
@@ -344,15 +343,7 @@ def start_proxy(
     --default-target=http://hub:$(HUB_SERVICE_PORT) --error-target=.../hub/error --port=8000`` with
     CONFIGPROXY_AUTH_TOKEN from the hub's Secret; here on 127.0.0.1 and free ports, resolving ``hub`` as
     cluster DNS would."""
-    argv = [
-        str(CHP),
-        "--ip=127.0.0.1",
-        "--api-ip=127.0.0.1",
-        f"--api-port={api_port}",
-        f"--default-target=http://{hub_name}:{hub_port}",
-        f"--error-target=http://{hub_name}:{hub_port}/hub/error",
-        f"--port={public_port}",
-    ]
+    argv = chart_proxy_command(f"{hub_name}:{hub_port}", public_port, api_port)
     log = work / "proxy.log"
     proc = subprocess.Popen(
         in_mount_namespace([(hosts, "/etc/hosts")], argv, scratch=work / "proxy-ns"),
