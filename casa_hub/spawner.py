@@ -45,6 +45,7 @@ from .profiles import (
     describe_availability,
     extend_tolerations,
     free_resources,
+    gpu_limits,
     initialized_profiles,
     max_gpus_for,
     offers_gpus,
@@ -212,8 +213,12 @@ class CasaSpawner(CasaCredentialsMixin, KubeSpawner):
 
     # ------------------------------------------------------------------ pod
     def get_env(self):
-        """The Spawner's env, plus the address laptops reach this server's Dask scheduler at (when routed)."""
+        """The Spawner's env, plus the GPUs this server's profile grants and the address laptops reach this
+        server's Dask scheduler at (when routed)."""
         env = super().get_env()
+        # the user side's cap on the GPUs NVML shows it: a CPU-profile pod on a GPU node, from an image that sets
+        # NVIDIA_VISIBLE_DEVICES=all, sees every GPU of the node. A profile's own "environment" value stays.
+        env.setdefault("CASA_GPU_COUNT", str(sum(gpu_limits(self.extra_resource_limits).values())))
         if self.casa_dask_service_enabled and self.casa_dask_route_host_template:
             host = self.format_string(self.casa_dask_route_host_template)
             env["CASA_DASK_ADDRESS"] = f"tls://{host}:{self.casa_dask_route_port}"

@@ -1,8 +1,10 @@
 """GPU discovery for the user's server: NVML when it is there, otherwise what the environment declares.
 
 Order: NVML (``pynvml``, optional) -> ``CUDA_VISIBLE_DEVICES`` -> ``NVIDIA_VISIBLE_DEVICES`` (set by the NVIDIA
-container runtime) -> ``CASA_GPU_COUNT`` (set by the hub's GPU profile). The first source that knows answers;
-``CUDA_VISIBLE_DEVICES`` also restricts what NVML reports, as CUDA itself would.
+container runtime) -> ``CASA_GPU_COUNT`` (set by the hub's profile). The first source that knows answers;
+``CUDA_VISIBLE_DEVICES`` also restricts what NVML reports, as CUDA itself would. ``CASA_GPU_COUNT``, what the
+hub's profile granted, caps every source: a CPU-profile server on a GPU node whose image sets
+``NVIDIA_VISIBLE_DEVICES=all`` sees the node's GPUs through NVML, and its Dask clusters must not hand them out.
 """
 
 from __future__ import annotations
@@ -89,6 +91,16 @@ def _visible(devices: list[GPU], visible: list[str]) -> list[GPU]:
 def discover(environ: Mapping[str, str] | None = None, nvml=None) -> Inventory:
     """The GPUs this server may use. ``nvml`` is an injectable pynvml-like module (tests)."""
     env = os.environ if environ is None else environ
+    granted = _granted(env)
+    inventory = _visible_inventory(env, nvml)
+    if granted is None:
+        return inventory
+    if inventory.source == "none":
+        return Inventory(tuple(GPU(i, str(i)) for i in range(granted)), "CASA_GPU_COUNT")
+    return Inventory(inventory.gpus[:granted], inventory.source)
+
+
+def _visible_inventory(env: Mapping[str, str], nvml) -> Inventory:
     cuda = env.get("CUDA_VISIBLE_DEVICES")
     devices = _from_nvml(nvml)
     if devices:
@@ -102,11 +114,15 @@ def discover(environ: Mapping[str, str] | None = None, nvml=None) -> Inventory:
     if nvidia is not None and nvidia.strip().lower() not in ("all",):
         ids = [] if nvidia.strip().lower() in _NONE_VALUES else _split(nvidia)
         return Inventory(tuple(GPU(i, v) for i, v in enumerate(ids)), "NVIDIA_VISIBLE_DEVICES")
-    count = env.get("CASA_GPU_COUNT", "").strip()
-    if count:
-        try:
-            n = max(0, int(count))
-        except ValueError:
-            raise ValueError(f"CASA_GPU_COUNT={count!r}: expected a whole number of GPUs") from None
-        return Inventory(tuple(GPU(i, str(i)) for i in range(n)), "CASA_GPU_COUNT")
     return Inventory((), "none")
+
+
+def _granted(env: Mapping[str, str]) -> int | None:
+    """``CASA_GPU_COUNT``, the GPUs the hub's profile granted, or None when it is not set."""
+    count = env.get("CASA_GPU_COUNT", "").strip()
+    if not count:
+        return None
+    try:
+        return max(0, int(count))
+    except ValueError:
+        raise ValueError(f"CASA_GPU_COUNT={count!r}: expected a whole number of GPUs") from None

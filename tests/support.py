@@ -132,7 +132,7 @@ def make_minter(key_dir: Path, *, algorithm: str = "ES256", kinds=BUILT_IN_KINDS
 
 def write_bundle(bundle, directory: Path) -> Path:
     """Lay a bundle out as the local spawner does (private directory, files with their modes)."""
-    from casa_hub.local import write_bundle_dir
+    from casa_hub.credentials.bundle_dir import write_bundle_dir
 
     write_bundle_dir(directory, bundle)
     return directory

@@ -21,7 +21,7 @@ import time
 import pytest
 from distributed import Client
 
-from casa_hub.local import write_bundle_dir
+from casa_hub.credentials.bundle_dir import write_bundle_dir
 from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.factory import make_cluster
 from casa_hub_ext.gpu import Inventory

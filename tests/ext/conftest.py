@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 import pytest
 
 from casa_hub_ext.bundle import MountedBundle
-from casa_hub_ext.gpu import GPU, Inventory
+from casa_hub_ext.gpu import GPU, Inventory, discover
 from casa_hub_ext.options import CasaClusterSettings
 from tests.support import write_bundle
 
@@ -44,3 +45,18 @@ def settings(monkeypatch) -> CasaClusterSettings:
         max_workers=4,
         gateway_address="http://127.0.0.1:1",
     )
+
+
+@pytest.fixture
+def nvml_gpus(monkeypatch) -> Inventory:
+    """The real GPUs NVML reports (the ``gpu`` tier): skipped where there are none (CI has no GPU), failed there
+    with ``CASA_TEST_GPU=1``. The environment's GPU declarations are cleared: the driver alone answers."""
+    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CASA_GPU_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    inventory = discover({})
+    if inventory.source != "nvml" or not inventory.count:
+        message = "no GPU visible to NVML (pynvml and an NVIDIA driver)"
+        if os.environ.get("CASA_TEST_GPU") == "1":
+            pytest.fail(f"CASA_TEST_GPU=1 and {message}", pytrace=False)
+        pytest.skip(f"{message}: the gpu tier runs on a GPU machine (CASA_TEST_GPU=1 makes this a failure)")
+    return inventory

@@ -56,6 +56,8 @@ def test_nvml_first_and_restricted_by_cuda_visible_devices():
     "env, source, ids",
     [
         ({"CUDA_VISIBLE_DEVICES": "0,1", "CASA_GPU_COUNT": "8"}, "CUDA_VISIBLE_DEVICES", ["0", "1"]),
+        ({"CUDA_VISIBLE_DEVICES": "0,1", "CASA_GPU_COUNT": "1"}, "CUDA_VISIBLE_DEVICES", ["0"]),
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b", "CASA_GPU_COUNT": "0"}, "NVIDIA_VISIBLE_DEVICES", []),
         ({"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES", []),
         ({"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES", []),
         ({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, "NVIDIA_VISIBLE_DEVICES", ["GPU-a", "GPU-b"]),
@@ -70,9 +72,20 @@ def test_env_fallbacks_when_nvml_is_unusable(env, source, ids):
     assert (inv.source, [g.id for g in inv.gpus]) == (source, ids)
 
 
-def test_bad_gpu_count_names_the_variable():
+@pytest.mark.parametrize(
+    "granted, ids", [("0", []), ("1", ["GPU-0aaaa-0000"]), ("9", [f"GPU-{i}aaaa-0000" for i in range(4)])]
+)
+def test_the_hubs_grant_caps_what_nvml_sees(granted, ids):
+    """A CPU-profile server on a GPU node (an image with NVIDIA_VISIBLE_DEVICES=all) sees the node's GPUs through
+    NVML; its clusters get what the hub granted, never more than the driver has."""
+    inv = discover({"CASA_GPU_COUNT": granted, "NVIDIA_VISIBLE_DEVICES": "all"}, nvml=FakeNVML(4))
+    assert (inv.source, [g.id for g in inv.gpus]) == ("nvml", ids)
+
+
+@pytest.mark.parametrize("nvml", [FakeNVML(None), FakeNVML(2)])
+def test_bad_gpu_count_names_the_variable(nvml):
     with pytest.raises(ValueError, match="CASA_GPU_COUNT='two'"):
-        discover({"CASA_GPU_COUNT": "two"}, nvml=FakeNVML(None))
+        discover({"CASA_GPU_COUNT": "two"}, nvml=nvml)
 
 
 def test_gpu_groups_are_disjoint():

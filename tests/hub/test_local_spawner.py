@@ -19,7 +19,8 @@ from aiohttp import web
 from jupyterhub.objects import Hub, Server
 
 from casa_hub.credentials.bundle import BundleFile, CredentialBundle
-from casa_hub.local import CasaLocalSpawner, remove_bundle_dir, write_bundle_dir
+from casa_hub.credentials.bundle_dir import remove_bundle_dir, write_bundle_dir
+from casa_hub.local import CasaLocalSpawner
 from tests.hub.spawners import hub_user
 from tests.support import VENV_BIN, free_port
 

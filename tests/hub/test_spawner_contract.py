@@ -73,6 +73,16 @@ async def test_a_profile_of_other_groups_is_refused_before_anything_is_written(c
     assert 'value="gpu"' in await _form(member)
 
 
+async def test_a_cpu_server_is_told_it_has_no_gpus(casa_spawner):
+    """CASA_GPU_COUNT caps the GPUs the user side finds through NVML: a CPU server on a GPU node must find none."""
+    spawner = casa_spawner.make(groups=["cms", "gpu-users"])
+    await casa_spawner.start(spawner, profile="cpu")
+    try:
+        assert casa_spawner.server_env(spawner)["CASA_GPU_COUNT"] == "0"
+    finally:
+        await spawner.stop()
+
+
 async def _form(spawner) -> str:
     form = spawner.options_form(spawner) if callable(spawner.options_form) else spawner.options_form
     return await form if hasattr(form, "__await__") else form

@@ -66,6 +66,7 @@ async def test_gpu_profile_start_writes_the_secret_before_the_pod_and_mounts_it(
         assert secret["metadata"]["annotations"] == {"casa-hub/expires-at": EXP.isoformat()}
         # read-only mount, file modes (fsGroup: owner-only files group-readable), env = bundle.env_for(mount)
         container = pod["spec"]["containers"][0]
+        assert {"name": "CASA_GPU_COUNT", "value": "2"} in container["env"]  # what the profile grants
         assert [m for m in container["volumeMounts"] if m["name"] == "casa-credentials"] == [
             {"name": "casa-credentials", "mountPath": "/etc/casa", "readOnly": True}
         ]
@@ -107,6 +108,7 @@ async def test_mig_slice_and_owner_only_files_without_fsgroup(kube):
     try:
         pod = kube.get("pods", "jupyter-mig")
         assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.5gb": "1"}
+        assert {"name": "CASA_GPU_COUNT", "value": "1"} in pod["spec"]["containers"][0]["env"]
         (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "casa-credentials"]
         assert {i["path"]: i["mode"] for i in volume["secret"]["items"]}["xcache.token"] == 0o400
     finally:
