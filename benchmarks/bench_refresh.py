@@ -107,6 +107,8 @@ class Herd:
     lag: list[float] = dataclasses.field(default_factory=list)
     latencies: list[float] = dataclasses.field(default_factory=list)
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU seconds, hub process start -> done
+    gc_seconds: float = 0.0  # the hub's garbage collection, hub process start -> done
+    full_collections: int = 0
 
     @property
     def p99(self) -> float:
@@ -155,6 +157,7 @@ def restart_with_all_due(site, config: str) -> Herd:
         result.herd = max(done.values()) - wall0
         result.first_to_last = max(done.values()) - min(done.values())
         result.lag = site.lag(wall0, max(done.values()))
+        result.gc_seconds, result.full_collections = site.gc(wall0, max(done.values()))
     after = expiries(site)
     result.renewed = sum(1 for k, v in before.items() if after.get(k, "") > v)
     # stopped at once: with this margin it would renew everything again while the next configuration is set up
@@ -177,6 +180,10 @@ def report(result: Herd, per_server: float, sample: int) -> None:
     wall = herd + 0.5  # the watch reads the log every 0.5 s
     used = ", ".join(f"{name} {cpu:.1f} s ({cpu / wall:.2f} cores)" for name, cpu in result.cpu.items())
     print(f"  CPU, hub start -> done             {used}; all {sum(result.cpu.values()):.1f} s")
+    print(
+        f"  hub garbage collection             {result.gc_seconds:.2f} s (from its config's loading on), "
+        f"{result.full_collections} full collections"
+    )
     print(
         f"  Coffea-Casa recipe, per server     {per_server * 1000:.0f} ms (sample of {sample}), "
         f"x{n} = {per_server * n:.0f} s blocking the loop"

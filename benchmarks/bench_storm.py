@@ -59,6 +59,7 @@ def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
         time.sleep(1)
         rss_after = site.rss_kib()
         lag = site.lag(wall_start, wall_end)
+        gc_seconds, full_collections = site.gc(wall_start, wall_end)
         ok = [j for j in journeys if j.error is None]
         failures = [j for j in journeys if j.error is not None]
         secrets = [s["metadata"]["name"] for s in site.secrets()]
@@ -75,6 +76,8 @@ def run_mode(mode: str, n: int, work: Path, ramp: float = 0.0) -> dict:
             "lag_ms": lag,
             "cpu_ms_per_user": cpu * 1000 / n,
             "cpu_by_process": processes,
+            "gc_seconds": gc_seconds,
+            "full_collections": full_collections,
             "rss_kib_per_user": (rss_after - rss_before) / n,
             "rss_after_mib": rss_after / 1024,
             "secrets": len(secrets),
@@ -95,6 +98,11 @@ def report(r: dict) -> None:
     print(f"  hub event-loop lag (ms)  {summary(r['lag_ms'])}")
     print(f"                           {stall_summary(r['lag_ms'])}")
     print(f"  hub CPU per user         {r['cpu_ms_per_user']:.1f} ms")
+    gc_share = r["gc_seconds"] / r["cpu_by_process"]["hub"] if r["cpu_by_process"]["hub"] else 0.0
+    print(
+        f"  hub garbage collection   {r['gc_seconds']:.2f} s ({gc_share:.0%} of the hub's CPU), "
+        f"{r['full_collections']} full collections"
+    )
     used = ", ".join(f"{name} {cpu:.1f} s" for name, cpu in r["cpu_by_process"].items())
     print(f"  CPU during the storm     {used} (of {r['duration'] * os.cpu_count():.0f} s on {os.cpu_count()} cores)")
     print(f"  hub memory per user      {r['rss_kib_per_user']:.0f} KiB   (hub RSS after: {r['rss_after_mib']:.0f} MiB)")

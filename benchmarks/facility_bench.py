@@ -128,6 +128,10 @@ class Facility:
     def lag(self, since: float, until: float) -> list[float]:
         return hub_probe.read(str(self.lag_file), since, until)
 
+    def gc(self, since: float, until: float) -> tuple[float, int]:
+        """The hub's garbage collection between two wall-clock times: seconds, full collections."""
+        return hub_probe.read_gc(str(self.lag_file), since, until)
+
     def secrets(self) -> list[dict]:
         return self.kube.objects("secrets")
 

@@ -313,6 +313,7 @@ class CasaAuthenticator(GenericOAuthenticator):
         return ""  # discovered
 
     _heap_freezer: asyncio.Task | None = None  # freeze_startup_heap's task, once the hub builds its handlers
+    _start_users: asyncio.Task | None = None  # holds the running servers' users while the hub loads its spawners
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -779,6 +780,10 @@ class CasaAuthenticator(GenericOAuthenticator):
     def get_handlers(self, app):
         # the hub's loop and app exist from here on: the refresher starts (once) and reads app.users
         self.refresher.start(app)
+        if self._start_users is None and _loop_running() and getattr(app, "db", None) is not None:
+            # JupyterHub loads its spawners next, and their users row by row unless they are in its session
+            held = startup_heap.hold_running_users(app.db)
+            self._start_users = asyncio.ensure_future(startup_heap.release_when_loaded(app, held, HUB_START_LIMIT))
         if self.freeze_startup_heap and self._heap_freezer is None and _loop_running():
             # JupyterHub builds its handlers before it loads its users' spawners: collection pauses from here
             resume = startup_heap.pause_collection()

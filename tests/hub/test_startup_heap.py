@@ -1,6 +1,7 @@
-"""CasaAuthenticator.freeze_startup_heap (casa_hub/startup_heap.py): collection paused while the hub loads its
-users, one collection and a freeze once they are loaded, collection resumed in every case. The chart tier runs it in a
-real hub (helm-values sets it; tests/z2jh checks the hub's log line)."""
+"""A big hub's start-up (casa_hub/startup_heap.py): the running servers' users held in JupyterHub's session while
+it loads their spawners; CasaAuthenticator.freeze_startup_heap: collection paused while the hub loads its users, one
+collection and a freeze once they are loaded, collection resumed in every case. The chart tier runs it in a real hub
+(helm-values sets it; tests/z2jh checks the hub's log line)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import weakref
 from types import SimpleNamespace
 
 import pytest
+from jupyterhub import orm
+from sqlalchemy import event
+from sqlalchemy.orm import selectinload
 
 from casa_hub import startup_heap
 
@@ -84,3 +88,77 @@ async def test_the_authenticator_arms_it_once_and_only_when_asked(collection_res
     app.http_server = object()
     assert await asyncio.wait_for(first, 10) > 0 and gc.isenabled()
     await on.refresher.close()
+
+
+@pytest.fixture
+def hub_db(tmp_path):
+    """JupyterHub's own database: 60 users, 40 of them with a running server (20 of those a named one)."""
+    url = f"sqlite:///{tmp_path}/jupyterhub.sqlite"
+    db = orm.new_session_factory(url)()
+    for i in range(60):
+        user = orm.User(name=f"physicist{i:02d}")
+        default = orm.Spawner(name="", user=user)
+        if i % 3 == 0:
+            default.server = orm.Server(ip="10.0.0.1", port=8888, base_url=f"/user/{user.name}/")
+        if i % 3 == 1:
+            named = orm.Spawner(name="gpu", user=user)
+            named.server = orm.Server(ip="10.0.0.2", port=8888, base_url=f"/user/{user.name}/gpu/")
+            db.add(named)
+        db.add_all([user, default])
+    db.commit()
+    db.close()
+    return lambda: orm.new_session_factory(url)()
+
+
+def jupyterhubs_running_servers_query(db) -> int:
+    """What JupyterHub's init_spawners (5.5 and 6.1) reads its running servers with; returns the statements sent."""
+    statements = []
+    event.listen(db.get_bind(), "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for orm_spawner in (
+        db.query(orm.Spawner)
+        .filter(orm.Spawner.server != None)  # noqa: E711 - SQLAlchemy's IS NOT NULL
+        .options(selectinload(orm.Spawner.user), selectinload(orm.Spawner.user, orm.User._orm_spawners))
+        .populate_existing()
+    ):
+        assert orm_spawner.user.orm_spawners
+    return len(statements)
+
+
+def test_holding_the_running_users_spares_jupyterhub_a_query_per_server(hub_db):
+    assert jupyterhubs_running_servers_query(hub_db()) > 40  # row by row: the cost this works around
+
+    db = hub_db()
+    held = startup_heap.hold_running_users(db)
+    assert sorted(u.name for u in held) == [f"physicist{i:02d}" for i in range(60) if i % 3 != 2]
+    assert all(u in db for u in held)
+    assert jupyterhubs_running_servers_query(db) <= 15  # a handful, whatever the number of servers
+
+
+async def test_the_held_users_are_dropped_once_the_hub_has_loaded_its_spawners():
+    app = SimpleNamespace(http_server=None, io_loop=None)
+    held = ["a user"]
+    release = asyncio.ensure_future(startup_heap.release_when_loaded(app, held, timeout=30))
+    await asyncio.sleep(0.1)
+    assert held and not release.done()
+    app.io_loop = object()  # JupyterHub's start() began: its spawners are loaded
+    await asyncio.wait_for(release, 10)
+    assert held == []
+
+    never = ["a user"]
+    await asyncio.wait_for(startup_heap.release_when_loaded(SimpleNamespace(), never, timeout=0.2), 10)
+    assert never == []
+
+
+async def test_the_authenticator_holds_them_from_building_its_handlers_until_the_hub_is_loaded(hub_db, tmp_path):
+    from tests.hub import auth_support
+
+    db = hub_db()
+    app = SimpleNamespace(http_server=None, io_loop=None, users={}, db=db)
+    authenticator = auth_support.make_authenticator(tmp_path, "https://idp.invalid/")
+    authenticator.get_handlers(app)
+    holding = authenticator._start_users
+    assert holding is not None and not holding.done()
+    assert jupyterhubs_running_servers_query(db) <= 15
+    app.io_loop = object()
+    await asyncio.wait_for(holding, 10)
+    await authenticator.refresher.close()
