@@ -164,7 +164,9 @@ def read_snapshot(bundle: MountedBundle, kinds: list[str]) -> Snapshot:
 
 
 def _is_gateway(cluster) -> bool:
-    return type(cluster).__module__.startswith("dask_gateway")
+    """A dask-gateway cluster (Casa's own subclass too): its scheduler speaks the gateway's per-cluster TLS."""
+    gateway = sys.modules.get("dask_gateway")  # no gateway cluster exists before dask_gateway is imported
+    return gateway is not None and isinstance(cluster, gateway.GatewayCluster)
 
 
 def _cluster_name(cluster) -> str:

@@ -1,5 +1,6 @@
 """A real dask-gateway-server (local backend) behind the real hub's authentication: the user's JupyterHub
-token opens the gateway, and the GPU option reaches the workers' resources."""
+token opens the gateway, the GPU option reaches the workers' resources, and the workers follow the hub's renewals
+of the storage token (they do not see the server's mounted files)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import secrets
 
 import pytest
 
+from casa_hub_ext.bundle import MountedBundle
 from casa_hub_ext.errors import OptionError
 from casa_hub_ext.factory import make_cluster
 from casa_hub_ext.gpu import Inventory
 from casa_hub_ext.options import CasaClusterSettings
+from casa_hub_ext.worker_credentials import WorkerCredentials
 from tests.ext.gateway_server import start_gateway, stop_gateway
+from tests.ext.workers import POLL, RENEWAL_BOUND, mounted_bytes, wait_for_token, worker_view
 from tests.hub import hub as H
-from tests.support import need
+from tests.support import need, write_bundle
 
 TIMEOUT = 90
 
@@ -90,6 +94,44 @@ async def test_gpu_option_reaches_worker_resources(gateway_settings, mounted):
             assert await client.submit(lambda: 42, resources={"GPU": 1}) == 42
     finally:
         await cluster.shutdown()
+
+
+async def test_gateway_workers_follow_the_hubs_renewals(gateway_settings, bundle_dir, minter, caplog):
+    """Gateway workers run where the server's mounted files are not: WorkerCredentials pushes the storage token
+    to them over the gateway's own per-cluster TLS, and again after the hub renews it."""
+    cluster = await asyncio.wait_for(
+        make_cluster(
+            {"backend": "gateway", "workers": 1, "memory": "1 GiB"},
+            MountedBundle.from_directory(bundle_dir),
+            settings=gateway_settings,
+            inventory=Inventory((), "none"),
+            asynchronous=True,
+        ),
+        TIMEOUT,
+    )
+    creds = WorkerCredentials(bundle=lambda: MountedBundle.from_directory(bundle_dir), poll_interval=POLL)
+    tokens = []
+    try:
+        async with cluster.get_client(set_as_default=False) as client:
+            await client.wait_for_workers(1, timeout=TIMEOUT)
+            assert await creds.attach(cluster)
+            first, _ = mounted_bytes(bundle_dir)
+            await wait_for_token(client, first, 1, RENEWAL_BOUND)
+            (view,) = (await client.run(worker_view)).values()
+            assert view["BEARER_TOKEN_FILE"]["path"] != str(bundle_dir / "xcache.token")  # the worker's own copy
+            assert (view["BEARER_TOKEN_FILE"]["mode"], view["BEARER_TOKEN_FILE"]["dir_mode"]) == (0o600, 0o700)
+
+            write_bundle(minter.mint("alice"), bundle_dir)  # the hub renews; the kubelet swaps the files
+            renewed, _ = mounted_bytes(bundle_dir)
+            tokens += [first, renewed]
+            assert renewed != first
+            await wait_for_token(client, renewed, 1, RENEWAL_BOUND)
+            await creds.detach(cluster)
+    finally:
+        await creds.close()
+        await cluster.shutdown()
+    for token in tokens:
+        assert token.strip().decode() not in caplog.text
 
 
 def test_over_limit_refused_before_contacting_gateway(gateway_settings, mounted):

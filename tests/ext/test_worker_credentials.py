@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,46 +26,10 @@ from casa_hub_ext.worker_credentials import (
     WorkerCredentials,
     ship_by_value,
 )
+from tests.ext.workers import POLL, RENEWAL_BOUND, mounted_bytes, wait_for_token, worker_view
 from tests.support import free_port, write_bundle
 
 TIMEOUT = 60
-POLL = 0.2
-# a renewal must reach the workers within one poll, the read and one push; the bound leaves room for a busy CI
-RENEWAL_BOUND = 10.0
-
-
-def worker_view(dask_worker):
-    """What code in the worker sees: the files the variables name, their modes, where they are."""
-    view = {"local_directory": dask_worker.local_directory}
-    for env in ("BEARER_TOKEN_FILE", "CASA_MACAROON_FILE"):
-        path = os.environ.get(env)
-        if path and os.path.exists(path):
-            view[env] = {
-                "path": path,
-                "content": open(path, "rb").read(),
-                "mode": stat.S_IMODE(os.stat(path).st_mode),
-                "dir_mode": stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode),
-            }
-    return view
-
-
-def mounted_bytes(bundle_dir: Path) -> tuple[bytes, bytes]:
-    bundle = MountedBundle.from_directory(bundle_dir)
-    return bundle.credentials["xcache"].path.read_bytes(), bundle.credentials["macaroon"].path.read_bytes()
-
-
-async def wait_for_token(client: Client, token: bytes, n_workers: int, bound: float, since: float | None = None):
-    """Seconds from ``since`` (default: now) until ``n_workers`` workers read ``token`` through
-    BEARER_TOKEN_FILE; fails after ``bound``."""
-    t0 = time.monotonic() if since is None else since
-    while True:
-        views = await client.run(worker_view)
-        have = [v.get("BEARER_TOKEN_FILE", {}).get("content") for v in views.values()]
-        if len(have) == n_workers and all(h == token for h in have):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > bound:
-            pytest.fail(f"workers still without the current token after {bound} s ({len(have)} workers)")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
