@@ -782,7 +782,13 @@ class CasaAuthenticator(GenericOAuthenticator):
         self.refresher.start(app)
         if self._start_users is None and _loop_running() and getattr(app, "db", None) is not None:
             # JupyterHub loads its spawners next, and their users row by row unless they are in its session
+            started = time.perf_counter()
             held = startup_heap.hold_running_users(app.db)
+            self.log.info(
+                "Loaded the %d users with a running server in one query (%.0f ms) for the hub's start",
+                len(held),
+                (time.perf_counter() - started) * 1000,
+            )
             self._start_users = asyncio.ensure_future(startup_heap.release_when_loaded(app, held, HUB_START_LIMIT))
         if self.freeze_startup_heap and self._heap_freezer is None and _loop_running():
             # JupyterHub builds its handlers before it loads its users' spawners: collection pauses from here

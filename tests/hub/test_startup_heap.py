@@ -149,13 +149,17 @@ async def test_the_held_users_are_dropped_once_the_hub_has_loaded_its_spawners()
     assert never == []
 
 
-async def test_the_authenticator_holds_them_from_building_its_handlers_until_the_hub_is_loaded(hub_db, tmp_path):
+async def test_the_authenticator_holds_them_from_building_its_handlers_until_the_hub_is_loaded(
+    hub_db, tmp_path, caplog
+):
     from tests.hub import auth_support
 
     db = hub_db()
     app = SimpleNamespace(http_server=None, io_loop=None, users={}, db=db)
     authenticator = auth_support.make_authenticator(tmp_path, "https://idp.invalid/")
-    authenticator.get_handlers(app)
+    with caplog.at_level(logging.INFO):
+        authenticator.get_handlers(app)
+    assert "Loaded the 40 users with a running server in one query" in caplog.text
     holding = authenticator._start_users
     assert holding is not None and not holding.done()
     assert jupyterhubs_running_servers_query(db) <= 15
