@@ -47,10 +47,8 @@ def hold_running_users(db) -> list:
 
 async def release_when_loaded(app, held: list, timeout: float) -> None:
     """Drop ``held`` once JupyterHub ``app`` has loaded its users' spawners, or after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
     try:
-        while not _loaded(app) and time.monotonic() < deadline:
-            await asyncio.sleep(LOADED_POLL)
+        await _until_loaded(app, timeout)
     finally:
         held.clear()
 
@@ -61,17 +59,24 @@ def _loaded(app) -> bool:
     return getattr(app, "io_loop", None) is not None or getattr(app, "http_server", None) is not None
 
 
+async def _until_loaded(app, timeout: float) -> bool:
+    """Wait until JupyterHub ``app`` has loaded its users and their spawners; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not _loaded(app):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(LOADED_POLL)
+    return True
+
+
 async def freeze_when_loaded(app, log: logging.Logger, timeout: float, resume: bool = True) -> int | None:
     """Once JupyterHub ``app`` has loaded its users and their spawners (its ``start()`` began), collect once and
     freeze what survives. Returns how many objects were frozen, None if the hub did not get there within
     ``timeout`` seconds. Automatic collection is resumed in every case when ``resume``."""
-    deadline = time.monotonic() + timeout
     try:
-        while not _loaded(app):
-            if time.monotonic() > deadline:
-                log.warning("The hub did not start within %.0f s: its start-up heap is not frozen", timeout)
-                return None
-            await asyncio.sleep(LOADED_POLL)
+        if not await _until_loaded(app, timeout):
+            log.warning("The hub did not start within %.0f s: its start-up heap is not frozen", timeout)
+            return None
         started = time.perf_counter()
         freed = gc.collect()
         gc.freeze()
