@@ -18,6 +18,7 @@ from distributed import Client, get_worker
 from casa_hub_ext.errors import OptionError
 from casa_hub_ext.factory import make_cluster
 from casa_hub_ext.gpu import discover
+from casa_hub_ext.options import CasaClusterSettings
 
 pytestmark = pytest.mark.gpu
 
@@ -104,8 +105,6 @@ async def test_each_gpu_worker_computes_on_its_own_device(mounted, monkeypatch, 
     pinned to, which CUDA inside the worker confirms by UUID, and computes correctly there."""
     monkeypatch.setenv("CASA_GPU_MAX_PER_WORKER", "1")
     monkeypatch.setenv("CASA_DASK_BACKENDS", "local")
-    from casa_hub_ext.options import CasaClusterSettings
-
     settings = CasaClusterSettings(backends=["local"], max_gpus_per_worker=1, max_workers=max(4, nvml_gpus.count))
     n = nvml_gpus.count
     with pytest.raises(OptionError, match=f"need {n + 1} GPUs; this server has {n}"):
